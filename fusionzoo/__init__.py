@@ -1,0 +1,88 @@
+"""fusionzoo: a multimodal fusion model zoo for PyTorch.
+
+The public face: ``create_X``, ``list_X``, ``register_X`` and ``get_X_info`` for X in encoder,
+fusion, head, model, dataset and loss; ``load_config`` and ``build_model``.
+"""
+
+from fusionzoo import encoders, fusion, models  # noqa: F401  (imports register the entries)
+from fusionzoo.config import ConfigError, build_model, load_config
+from fusionzoo.encoders.base import Encoder
+from fusionzoo.fusion.base import FusionBlock
+from fusionzoo.models.multimodal import MultimodalModel
+from fusionzoo.registry import DATASETS, ENCODERS, FUSIONS, HEADS, LOSSES, MODELS, Registry
+
+__version__ = "0.1.0"
+
+create_encoder = ENCODERS.create
+list_encoders = ENCODERS.list
+register_encoder = ENCODERS.register
+
+create_fusion = FUSIONS.create
+list_fusions = FUSIONS.list
+register_fusion = FUSIONS.register
+
+create_head = HEADS.create
+list_heads = HEADS.list
+register_head = HEADS.register
+
+create_model = MODELS.create
+list_models = MODELS.list
+register_model = MODELS.register
+
+create_dataset = DATASETS.create
+list_datasets = DATASETS.list
+register_dataset = DATASETS.register
+
+create_loss = LOSSES.create
+list_losses = LOSSES.list
+register_loss = LOSSES.register
+
+
+def get_encoder_info(name: str) -> dict:
+    """Metadata of a registered encoder, plus parameter count and example input shape at defaults."""
+    return ENCODERS.get(name).describe()
+
+
+def get_fusion_info(name: str) -> dict:
+    """Metadata of a registered fusion block, plus parameter count and example input shape at defaults."""
+    return FUSIONS.get(name).describe()
+
+
+def get_head_info(name: str) -> dict:
+    """Metadata of a registered head, plus parameter count and example input shape at defaults."""
+    return HEADS.get(name).describe()
+
+
+def get_model_info(name: str) -> dict:
+    """Metadata of a registered model, plus parameter count at defaults."""
+    return MODELS.get(name).describe()
+
+
+def get_dataset_info(name: str) -> dict:
+    """Metadata of a registered dataset."""
+    return DATASETS.get(name).describe()
+
+
+def get_loss_info(name: str) -> dict:
+    """Metadata of a registered loss."""
+    return LOSSES.get(name).describe()
+
+
+__all__ = [
+    "ConfigError",
+    "DATASETS",
+    "ENCODERS",
+    "Encoder",
+    "FUSIONS",
+    "FusionBlock",
+    "HEADS",
+    "LOSSES",
+    "MODELS",
+    "MultimodalModel",
+    "Registry",
+    "__version__",
+    "build_model",
+    "load_config",
+] + [f"{verb}_{kind}" for kind in ("encoder", "fusion", "head", "model", "dataset", "loss") for verb in ("create", "register")] + [
+    f"list_{kind}s" for kind in ("encoder", "fusion", "head", "model", "dataset", "loss")
+] + [f"get_{kind}_info" for kind in ("encoder", "fusion", "head", "model", "dataset", "loss")]

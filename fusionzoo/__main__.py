@@ -1,0 +1,3 @@
+from fusionzoo.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""The ``fusionzoo`` command: ``list`` the registries, ``info`` on an entry or a config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import fusionzoo
+from fusionzoo.config import ConfigError, build_model, load_config
+from fusionzoo.registry import REGISTRIES
+
+__all__ = ["main", "format_table"]
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain aligned text table."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _format_params(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}K" if n >= 1000 else str(n)
+
+
+def _list(args: argparse.Namespace) -> int:
+    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    for i, kind in enumerate(kinds):
+        registry = REGISTRIES[kind]
+        rows = []
+        for name in registry.list(args.pattern):
+            entry = registry.get(name)
+            params = None
+            try:
+                obj = entry.build()
+                if isinstance(obj, torch.nn.Module):
+                    params = sum(p.numel() for p in obj.parameters())
+            except Exception as e:  # a broken entry must not hide the others
+                params = None
+                print(f"warning: {kind} {name!r} failed to build at its defaults: {e}", file=sys.stderr)
+            kind_col = entry.modality or entry.input_kind or "-"
+            rows.append([name, kind_col, _format_params(params), entry.paper or "-"])
+        if i:
+            print()
+        print(f"{kind} ({len(rows)})")
+        if rows:
+            print(format_table(["name", "modality/input", "params", "paper"], rows))
+    return 0
+
+
+def _info_entry(name: str) -> int:
+    found = [(kind, reg) for kind, reg in REGISTRIES.items() if name in reg]
+    if not found:
+        known = sorted({n for reg in REGISTRIES.values() for n in reg})
+        hint = fusionzoo.registry.closest(name, known)
+        print(f"error: no entry named {name!r}" + (f"; did you mean {', '.join(hint)}?" if hint else ""), file=sys.stderr)
+        return 2
+    for kind, reg in found:
+        info = reg.get(name).describe()
+        print(f"[{kind}] {name}")
+        for key, value in info.items():
+            if key != "name" and value not in (None, [], {}, ""):
+                print(f"  {key}: {value}")
+    return 0
+
+
+def _info_config(path: str, overrides: Sequence[str], batch_size: int) -> int:
+    cfg = load_config(path, overrides)
+    torch.manual_seed(cfg.get("seed", 0))
+    model = build_model(cfg).eval()
+    batch = model.example_input(batch_size)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model(batch)
+    elapsed = time.perf_counter() - start
+    print(f"config: {path}")
+    print(f"fusion: {cfg['model']['fusion']['name']} ({model.fusion.input_kind}), head: {cfg['model']['head']['name']}")
+    print(format_table(["part", "params"], [[k, f"{v:,}"] for k, v in model.num_params().items()]))
+    print("forward pass on an example batch:")
+    for m, x in batch.items():
+        print(f"  {m}: {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}")
+    print(f"  -> output {tuple(out.shape)} in {elapsed * 1e3:.1f} ms, finite: {bool(torch.isfinite(out).all())}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    target = args.target
+    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        return _info_config(target, args.set, args.batch_size)
+    return _info_entry(target)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusionzoo", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fusionzoo {fusionzoo.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered entries as a table")
+    p.add_argument("kind", nargs="?", choices=list(REGISTRIES), help="one registry (default: all)")
+    p.add_argument("--pattern", default="*", help="fnmatch pattern over names, e.g. '*attention*'")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("info", help="describe a registry entry, or build a config and run one forward pass")
+    p.add_argument("target", help="a registry name or a YAML config path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""The encoder contract: one modality in, ``[b, out_dim]`` pooled features out.
+
+Legend: ``b`` batch, ``n`` tokens, ``d`` features.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["Encoder"]
+
+
+class Encoder(nn.Module):
+    """Base class of every modality encoder.
+
+    Subclasses set ``self.modality`` and ``self.out_dim``, implement ``forward`` (pooled features)
+    and ``example_input``, and implement ``forward_tokens`` where token-level features exist.
+
+    Shapes: ``forward``: input -> ``[b, out_dim]``; ``forward_tokens``: input ->
+    ``([b, n, out_dim], bool [b, n] or None)`` with False marking padding.
+    """
+
+    modality: str
+    out_dim: int
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+    def forward_tokens(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError(f"{type(self).__name__} ({self.modality}) has no token-level output")
+
+    @property
+    def has_tokens(self) -> bool:
+        return type(self).forward_tokens is not Encoder.forward_tokens
+
+    def example_input(self, batch_size: int = 2) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement example_input")

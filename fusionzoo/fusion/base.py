@@ -1,0 +1,147 @@
+"""The fusion block contract and the presence handling every block shares.
+
+Legend: ``b`` batch, ``m`` modality, ``n`` tokens, ``d`` features.
+
+A block is built with ``in_dims`` (``{modality: d_m}``) and ``out_dim``, and called as
+``block(features, present=None)``. :meth:`FusionBlock.prepare` turns whatever subset of modalities
+the caller passed into a complete, validated pair ``(features, present)``:
+
+* every modality of the block is there, in sorted order; a modality absent from ``features`` is a
+  zero tensor whose ``present`` is all False (the whole batch lacks it);
+* every slot that ``present`` marks missing holds exactly 0 (``torch.where``, so NaN and inf in a
+  missing slot never reach the arithmetic);
+* pooled blocks get ``features[m]: [b, d_m]`` and ``present[m]: bool [b]``; token blocks get
+  ``features[m]: [b, n_m, d_m]`` and ``present[m]: bool [b, n_m]`` (a pooled input is one token,
+  a ``[b]`` presence is spread over that modality's tokens).
+
+Blocks then only have to decide what a missing slot *means* (a learned embedding, a masked
+softmax, a renormalised weight), never how to find it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from fusionzoo.layers.masking import zero_missing
+from fusionzoo.layers.validation import check_dims, check_positive_int, check_tensor
+
+__all__ = ["FusionBlock", "example_features", "example_present"]
+
+
+class FusionBlock(nn.Module):
+    """Base class of every fusion block: combines per-modality features into ``[b, out_dim]``.
+
+    Subclasses set ``input_kind`` (``"pooled"`` or ``"tokens"``), call ``super().__init__`` with
+    ``in_dims`` and ``out_dim``, and start ``forward`` with ``self.prepare(features, present)``.
+    """
+
+    input_kind: ClassVar[str] = "pooled"
+
+    def __init__(self, *, in_dims: Mapping[str, int], out_dim: int) -> None:
+        super().__init__()
+        where = type(self).__name__
+        self.in_dims: dict[str, int] = check_dims(in_dims, where=where)
+        self.modalities: tuple[str, ...] = tuple(self.in_dims)
+        self.out_dim: int = check_positive_int(out_dim, name="out_dim", where=where)
+
+    def prepare(
+        self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Validate the inputs and complete them to every modality; see the module docstring."""
+        where = type(self).__name__
+        if not isinstance(features, dict):
+            raise TypeError(f"{where}: features must be a dict {{modality: Tensor}}, got {type(features).__name__}")
+        for m in features:
+            if m not in self.in_dims:
+                raise ValueError(
+                    f"{where}: got features for modality {m!r}, but the block was built for {list(self.modalities)}"
+                )
+        if len(features) == 0:
+            raise ValueError(f"{where}: features is empty; pass at least one of {list(self.modalities)}")
+        if present is not None:
+            if not isinstance(present, dict):
+                raise TypeError(f"{where}: present must be a dict {{modality: BoolTensor}}, got {type(present).__name__}")
+            for m in present:
+                if m not in features:
+                    raise ValueError(
+                        f"{where}: present[{m!r}] is given but features has no {m!r} "
+                        f"(features holds {sorted(features)})"
+                    )
+
+        tokens = self.input_kind == "tokens"
+        batch: int | None = None
+        ref: Tensor | None = None
+        out_f: dict[str, Tensor] = {}
+        out_p: dict[str, Tensor] = {}
+        for m in self.modalities:
+            if m not in features:
+                continue
+            d = self.in_dims[m]
+            x = features[m]
+            if tokens and isinstance(x, Tensor) and x.dim() == 2:
+                x = x.unsqueeze(1)
+            check_tensor(x, name=f"{where} features[{m!r}]", shape=("B", "N", d) if tokens else ("B", d))
+            if batch is None:
+                batch, ref = x.shape[0], x
+            elif x.shape[0] != batch:
+                raise ValueError(
+                    f"{where}: features[{m!r}] has batch size {x.shape[0]}, but earlier modalities have {batch}"
+                )
+            mask = self._presence(present, m, x, where)
+            out_f[m] = zero_missing(x, mask) if present is not None and m in present else x
+            out_p[m] = mask
+
+        # features is non-empty and holds only our modalities, so ref and batch are set here.
+        for m in self.modalities:
+            if m not in out_f:
+                shape = (batch, 1, self.in_dims[m]) if tokens else (batch, self.in_dims[m])
+                out_f[m] = ref.new_zeros(shape)  # type: ignore[union-attr]
+                out_p[m] = torch.zeros(shape[:-1], dtype=torch.bool, device=ref.device)  # type: ignore[union-attr]
+        return out_f, out_p
+
+    def _presence(self, present: dict[str, Tensor] | None, m: str, x: Tensor, where: str) -> Tensor:
+        shape = x.shape[:-1]
+        if present is None or m not in present:
+            return torch.ones(shape, dtype=torch.bool, device=x.device)
+        mask = present[m]
+        name = f"{where} present[{m!r}]"
+        if self.input_kind == "tokens" and isinstance(mask, Tensor) and mask.dim() == 2:
+            return check_tensor(mask, name=name, shape=tuple(shape), dtype=torch.bool, what="mask")
+        check_tensor(mask, name=name, shape=(shape[0],), dtype=torch.bool, what="mask")
+        return mask.unsqueeze(1).expand(shape) if self.input_kind == "tokens" else mask
+
+    def example_input(self, batch_size: int = 2) -> dict[str, Tensor]:
+        """Random features for every modality, shaped as this block expects."""
+        return example_features(self.in_dims, batch_size, self.input_kind)
+
+    def extra_repr(self) -> str:
+        return f"in_dims={self.in_dims}, out_dim={self.out_dim}"
+
+
+def example_features(
+    in_dims: Mapping[str, int],
+    batch_size: int,
+    input_kind: str = "pooled",
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Tensor]:
+    """``{m: randn[b, d_m]}`` for pooled blocks, ``{m: randn[b, n_m, d_m]}`` with unequal ``n_m`` for token blocks."""
+    out = {}
+    for i, m in enumerate(sorted(in_dims)):
+        shape = (batch_size, 3 + 2 * i, in_dims[m]) if input_kind == "tokens" else (batch_size, in_dims[m])
+        out[m] = torch.randn(shape, generator=generator, device=device)
+    return out
+
+
+def example_present(modalities: tuple[str, ...] | list[str], batch_size: int) -> dict[str, Tensor]:
+    """A presence pattern that walks through every subset: sample ``i`` has modality ``j`` when bit
+    ``j`` of ``(2^M - 1 - i) mod 2^M`` is set, so sample 0 has everything and sample ``2^M - 1`` nothing."""
+    mods = sorted(modalities)
+    full = (1 << len(mods)) - 1
+    code = (full - torch.arange(batch_size)) % (full + 1)
+    return {m: (code >> j) & 1 == 1 for j, m in enumerate(mods)}

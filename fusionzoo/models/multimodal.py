@@ -1,0 +1,102 @@
+"""Encoders + fusion + head, by composition.
+
+Legend: ``b`` batch, ``m`` modality, ``n`` tokens, ``d`` features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from fusionzoo.fusion.base import FusionBlock
+
+__all__ = ["MultimodalModel"]
+
+RESERVED_KEYS = ("label", "present")
+
+
+class MultimodalModel(nn.Module):
+    """One encoder per modality, a fusion block, a head; runs on any subset of its modalities.
+
+    The sizes are checked at construction: every encoder's ``out_dim`` must equal the fusion
+    block's ``in_dims`` entry for its modality, and the head's ``in_dim`` the fusion ``out_dim``.
+
+    Shapes: ``forward(batch)``: ``{m: input_m, "present"?: {m: bool [b]}} -> [b, out_dim]``.
+    """
+
+    def __init__(self, *, encoders: Mapping[str, nn.Module], fusion: FusionBlock, head: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(fusion, FusionBlock):
+            raise TypeError(f"fusion must be a FusionBlock, got {type(fusion).__name__}")
+        if set(encoders) != set(fusion.modalities):
+            raise ValueError(
+                f"encoders are given for {sorted(encoders)} but the fusion block expects {list(fusion.modalities)}"
+            )
+        for m, enc in encoders.items():
+            if getattr(enc, "out_dim", None) != fusion.in_dims[m]:
+                raise ValueError(
+                    f"{m}: encoder out_dim is {getattr(enc, 'out_dim', None)} but the fusion block expects "
+                    f"in_dims[{m!r}] = {fusion.in_dims[m]}"
+                )
+            if fusion.input_kind == "tokens" and not getattr(enc, "has_tokens", False):
+                raise ValueError(f"{m}: {type(fusion).__name__} fuses tokens but {type(enc).__name__} has no forward_tokens")
+        if getattr(head, "in_dim", fusion.out_dim) != fusion.out_dim:
+            raise ValueError(f"head in_dim is {head.in_dim} but the fusion block's out_dim is {fusion.out_dim}")
+        self.modalities: tuple[str, ...] = fusion.modalities
+        self.encoders = nn.ModuleDict({m: encoders[m] for m in self.modalities})
+        self.fusion = fusion
+        self.head = head
+        self.out_dim: int = getattr(head, "out_dim", fusion.out_dim)
+
+    def encode(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Run each encoder whose modality is in ``batch``; returns ``(features, present)``.
+
+        Token-level fusion gets ``forward_tokens`` output; the encoder's padding mask is combined
+        with the batch's per-sample presence.
+        """
+        if not isinstance(batch, dict):
+            raise TypeError(f"batch must be a dict {{modality: Tensor}}, got {type(batch).__name__}")
+        given = [m for m in self.modalities if m in batch]
+        if not given:
+            raise ValueError(f"batch holds none of the model's modalities {list(self.modalities)} (keys: {sorted(batch)})")
+        batch_present: dict[str, Tensor] = batch.get("present") or {}  # type: ignore[assignment]
+        features: dict[str, Tensor] = {}
+        present: dict[str, Tensor] = {}
+        for m in given:
+            encoder = self.encoders[m]
+            if self.fusion.input_kind == "tokens":
+                tokens, pad = encoder.forward_tokens(batch[m])
+                features[m] = tokens
+                mask = pad
+                if m in batch_present:
+                    sample = batch_present[m].unsqueeze(1)
+                    mask = sample.expand(tokens.shape[:2]) if pad is None else pad & sample
+                if mask is not None:
+                    present[m] = mask
+            else:
+                features[m] = encoder(batch[m])
+                if m in batch_present:
+                    present[m] = batch_present[m]
+        return features, present
+
+    def fuse(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
+        return self.fusion(features, present)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        features, present = self.encode(batch)
+        return self.head(self.fuse(features, present))
+
+    def example_input(self, batch_size: int = 2) -> dict[str, Tensor]:
+        """A batch of every encoder's example input."""
+        return {m: self.encoders[m].example_input(batch_size) for m in self.modalities}
+
+    @torch.no_grad()
+    def num_params(self) -> dict[str, int]:
+        """Parameter count per part: ``encoders.<m>``, ``fusion``, ``head`` and ``total``."""
+        counts = {f"encoders.{m}": sum(p.numel() for p in e.parameters()) for m, e in self.encoders.items()}
+        counts["fusion"] = sum(p.numel() for p in self.fusion.parameters())
+        counts["head"] = sum(p.numel() for p in self.head.parameters())
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
