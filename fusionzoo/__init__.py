@@ -83,6 +83,7 @@ __all__ = [
     "__version__",
     "build_model",
     "load_config",
-] + [f"{verb}_{kind}" for kind in ("encoder", "fusion", "head", "model", "dataset", "loss") for verb in ("create", "register")] + [
-    f"list_{kind}s" for kind in ("encoder", "fusion", "head", "model", "dataset", "loss")
-] + [f"get_{kind}_info" for kind in ("encoder", "fusion", "head", "model", "dataset", "loss")]
+    *(f"{verb}_{kind}" for kind in ("encoder", "fusion", "head", "model", "dataset", "loss") for verb in ("create", "register")),
+    *(f"get_{kind}_info" for kind in ("encoder", "fusion", "head", "model", "dataset", "loss")),
+    *(f"list_{kinds}" for kinds in ("encoders", "fusions", "heads", "models", "datasets", "losses")),
+]
