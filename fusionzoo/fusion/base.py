@@ -29,7 +29,10 @@ from torch import Tensor, nn
 from fusionzoo.layers.masking import zero_missing
 from fusionzoo.layers.validation import check_dims, check_positive_int, check_tensor
 
-__all__ = ["FusionBlock", "example_features", "example_present"]
+__all__ = ["FusionBlock", "example_features", "example_present", "DEFAULT_DIMS"]
+
+#: Small, unequal per-modality widths used by the registry defaults (and so by the contract tests).
+DEFAULT_DIMS = {"audio": 12, "text": 20, "visual": 16}
 
 
 class FusionBlock(nn.Module):

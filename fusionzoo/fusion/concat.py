@@ -10,18 +10,15 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from fusionzoo.fusion.base import FusionBlock
+from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
 from fusionzoo.layers.mlp import MLP
 from fusionzoo.registry import FUSIONS
 
 __all__ = ["ConcatMLPFusion"]
 
-SMALL_DIMS = {"audio": 12, "text": 20, "visual": 16}
-
-
 @FUSIONS.register(
     "concat_mlp",
-    defaults={"in_dims": SMALL_DIMS, "out_dim": 16, "hidden_dims": (32,)},
+    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16, "hidden_dims": (32,)},
     input_kind="pooled",
     tags=("early",),
 )

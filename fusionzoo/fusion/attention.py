@@ -1,0 +1,59 @@
+"""Attention fusion: a per-sample softmax over modalities weights their projected embeddings.
+
+Legend: ``b`` batch, ``m`` modality, ``d`` features, ``o`` output width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
+from fusionzoo.layers.masking import masked_softmax
+from fusionzoo.registry import FUSIONS
+
+__all__ = ["AttentionFusion"]
+
+
+@FUSIONS.register(
+    "attention",
+    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16},
+    input_kind="pooled",
+    paper="https://github.com/facebookresearch/multimodal/blob/main/torchmultimodal/modules/fusions/attention_fusion.py",
+    tags=("attention",),
+)
+class AttentionFusion(FusionBlock):
+    """Project every modality to ``out_dim``; score modalities from the concatenation; weighted sum.
+
+    As TorchMultimodal's ``AttentionFusionModule``, with missing modalities masked out of the
+    softmax: the scorer sees the concatenated (zero-filled) features plus one presence flag per
+    modality, and the weights sum to 1 over the modalities present in each sample. A sample with
+    nothing present returns a learned vector.
+
+    Shapes: ``{m: [b, d_m]} -> [b, out_dim]``; :meth:`attention_weights` ``-> [b, m]``.
+    """
+
+    input_kind = "pooled"
+
+    def __init__(self, *, in_dims: Mapping[str, int], out_dim: int) -> None:
+        super().__init__(in_dims=in_dims, out_dim=out_dim)
+        num = len(self.modalities)
+        self.score = nn.Linear(sum(self.in_dims.values()) + num, num)
+        self.proj = nn.ModuleDict({m: nn.Linear(d, out_dim) for m, d in self.in_dims.items()})
+        self.empty = nn.Parameter(torch.zeros(out_dim))
+
+    def attention_weights(self, features: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        """Softmax weights over modalities, 0 for missing ones; expects ``prepare``d inputs."""
+        mask = torch.stack([present[m] for m in self.modalities], dim=1)
+        x = torch.cat([features[m] for m in self.modalities] + [mask.to(features[self.modalities[0]].dtype)], dim=-1)
+        return masked_softmax(self.score(x), mask, dim=-1)
+
+    def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
+        features, present = self.prepare(features, present)
+        weights = self.attention_weights(features, present)
+        projected = torch.stack([self.proj[m](features[m]) for m in self.modalities], dim=1)
+        fused = torch.einsum("bm,bmo->bo", weights, projected)
+        anything = weights.sum(dim=1, keepdim=True) > 0
+        return torch.where(anything, fused, self.empty)

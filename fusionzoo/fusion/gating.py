@@ -1,0 +1,129 @@
+"""Gating fusion: the Gated Multimodal Unit (GMU) and feature-wise linear modulation (FiLM).
+
+Legend: ``b`` batch, ``m`` modality, ``d`` features, ``h`` hidden width, ``o`` output width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
+from fusionzoo.layers.masking import masked_softmax
+from fusionzoo.layers.mlp import get_activation
+from fusionzoo.registry import FUSIONS
+
+__all__ = ["GatedMultimodalUnit", "FiLMFusion", "split_roles"]
+
+
+def split_roles(
+    modalities: tuple[str, ...], target: str, conditioners: Sequence[str] | None, where: str
+) -> tuple[str, tuple[str, ...]]:
+    """Check a ``target`` modality and its ``conditioners`` (default: every other modality)."""
+    if target not in modalities:
+        raise ValueError(f"{where}: target {target!r} is not one of the block's modalities {list(modalities)}")
+    others = tuple(m for m in modalities if m != target)
+    conds = tuple(sorted(conditioners)) if conditioners is not None else others
+    if not conds:
+        raise ValueError(f"{where}: needs at least one conditioner modality besides target {target!r}")
+    for c in conds:
+        if c not in others:
+            raise ValueError(f"{where}: conditioner {c!r} must be one of {list(others)} (not the target)")
+    unused = sorted(set(others) - set(conds))
+    if unused:
+        raise ValueError(f"{where}: modalities {unused} are in in_dims but neither target nor conditioner")
+    return target, conds
+
+
+@FUSIONS.register(
+    "gmu",
+    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16},
+    input_kind="pooled",
+    paper="https://arxiv.org/abs/1702.01992",
+    tags=("gating",),
+)
+class GatedMultimodalUnit(FusionBlock):
+    """Gated Multimodal Unit (Arevalo et al. 2017) for N modalities.
+
+    ``h_m = tanh(W_m x_m)``; gates ``z = softmax_m(W_z [x_1, ..., x_N, flags])`` per output feature;
+    ``out = sum_m z_m * h_m``. With two modalities the softmax of two logits is a sigmoid of their
+    difference, which is the paper's bimodal ``z * h_1 + (1 - z) * h_2``. Missing modalities are
+    masked out of the softmax; a sample with nothing present returns a learned vector.
+
+    Shapes: ``{m: [b, d_m]} -> [b, out_dim]``; gates ``[b, m, out_dim]``.
+    """
+
+    input_kind = "pooled"
+
+    def __init__(self, *, in_dims: Mapping[str, int], out_dim: int) -> None:
+        super().__init__(in_dims=in_dims, out_dim=out_dim)
+        num = len(self.modalities)
+        self.proj = nn.ModuleDict({m: nn.Linear(d, out_dim) for m, d in self.in_dims.items()})
+        self.gate = nn.Linear(sum(self.in_dims.values()) + num, num * out_dim)
+        self.empty = nn.Parameter(torch.zeros(out_dim))
+
+    def gates(self, features: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        """Per-feature softmax gates over modalities (0 for missing ones); expects ``prepare``d inputs."""
+        mask = torch.stack([present[m] for m in self.modalities], dim=1)
+        x = torch.cat([features[m] for m in self.modalities] + [mask.to(features[self.modalities[0]].dtype)], dim=-1)
+        logits = rearrange(self.gate(x), "b (m o) -> b m o", m=len(self.modalities))
+        return masked_softmax(logits, rearrange(mask, "b m -> b m 1").expand_as(logits), dim=1)
+
+    def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
+        features, present = self.prepare(features, present)
+        h = torch.stack([torch.tanh(self.proj[m](features[m])) for m in self.modalities], dim=1)
+        fused = (self.gates(features, present) * h).sum(dim=1)
+        anything = torch.stack([present[m] for m in self.modalities], dim=1).any(dim=1, keepdim=True)
+        return torch.where(anything, fused, self.empty)
+
+
+@FUSIONS.register(
+    "film",
+    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16, "target": "visual", "hidden_dim": 24},
+    input_kind="pooled",
+    paper="https://arxiv.org/abs/1709.07871",
+    tags=("gating", "conditioning"),
+)
+class FiLMFusion(FusionBlock):
+    """FiLM (Perez et al. 2018): the conditioner modalities scale and shift the target's features.
+
+    ``h = W_t x_t``; ``(gamma, beta) = W_c [x_c..., flags]``; ``out = W_o act((1 + gamma) * h + beta)``.
+    A missing target is replaced by a learned hidden vector (still modulated, so the conditioners
+    alone give a prediction); when every conditioner is missing the modulation is the identity.
+
+    Shapes: ``{m: [b, d_m]} -> [b, out_dim]``.
+    """
+
+    input_kind = "pooled"
+
+    def __init__(
+        self,
+        *,
+        in_dims: Mapping[str, int],
+        out_dim: int,
+        target: str,
+        conditioners: Sequence[str] | None = None,
+        hidden_dim: int = 256,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__(in_dims=in_dims, out_dim=out_dim)
+        self.target, self.conditioners = split_roles(self.modalities, target, conditioners, "FiLMFusion")
+        cond_dim = sum(self.in_dims[c] for c in self.conditioners) + len(self.conditioners)
+        self.target_proj = nn.Linear(self.in_dims[self.target], hidden_dim)
+        self.missing_target = nn.Parameter(0.02 * torch.randn(hidden_dim))
+        self.film = nn.Linear(cond_dim, 2 * hidden_dim)
+        self.act = get_activation(activation)
+        self.out = nn.Linear(hidden_dim, out_dim)
+
+    def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
+        features, present = self.prepare(features, present)
+        t = self.target
+        h = torch.where(present[t].unsqueeze(-1), self.target_proj(features[t]), self.missing_target)
+        flags = torch.stack([present[c] for c in self.conditioners], dim=1)
+        cond = torch.cat([features[c] for c in self.conditioners] + [flags.to(h.dtype)], dim=-1)
+        gamma, beta = self.film(cond).chunk(2, dim=-1)
+        h = torch.where(flags.any(dim=1, keepdim=True), (1 + gamma) * h + beta, h)
+        return self.out(self.act(h))

@@ -1,0 +1,69 @@
+"""Multiplicative interactions: one modality generates the weight and bias applied to another.
+
+Legend: ``b`` batch, ``i`` target features, ``k`` conditioner features, ``o`` output width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
+from fusionzoo.fusion.gating import split_roles
+from fusionzoo.registry import FUSIONS
+
+__all__ = ["MultiplicativeFusion"]
+
+
+@FUSIONS.register(
+    "multiplicative",
+    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16, "target": "visual"},
+    input_kind="pooled",
+    paper="https://openreview.net/forum?id=rylnK6VtDH",
+    tags=("multiplicative", "hypernetwork"),
+)
+class MultiplicativeFusion(FusionBlock):
+    """Multiplicative interactions (Jayakumar et al. 2020; MultiBench's MI, matrix form).
+
+    ``out = x_t W(c) + b(c)`` with ``W(c) = W_0 + sum_k c_k W_k`` and ``b(c) = b_0 + U c``, where
+    ``c`` concatenates the conditioners and their presence flags. The per-sample ``W(c) - W_0`` comes
+    from one ``[b, k] @ [k, i*o]`` matmul and is applied to ``x_t`` with one batched matmul.
+    A missing target is replaced by a learned embedding; missing conditioners contribute 0, which
+    leaves ``x_t W_0 + b_0``.
+
+    Shapes: ``{m: [b, d_m]} -> [b, out_dim]``; hyper-weight ``[k, i, o]``.
+    """
+
+    input_kind = "pooled"
+
+    def __init__(
+        self,
+        *,
+        in_dims: Mapping[str, int],
+        out_dim: int,
+        target: str,
+        conditioners: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(in_dims=in_dims, out_dim=out_dim)
+        self.target, self.conditioners = split_roles(self.modalities, target, conditioners, "MultiplicativeFusion")
+        i = self.in_dims[self.target]
+        k = sum(self.in_dims[c] for c in self.conditioners) + len(self.conditioners)
+        self.base = nn.Linear(i, out_dim)
+        self.cond_bias = nn.Linear(k, out_dim, bias=False)
+        bound = 1.0 / math.sqrt(i * k)
+        self.hyper_weight = nn.Parameter(torch.empty(k, i, out_dim).uniform_(-bound, bound))
+        self.missing_target = nn.Parameter(0.02 * torch.randn(i))
+
+    def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
+        features, present = self.prepare(features, present)
+        x = torch.where(present[self.target].unsqueeze(-1), features[self.target], self.missing_target)
+        flags = torch.stack([present[c] for c in self.conditioners], dim=1).to(x.dtype)
+        c = torch.cat([features[m] for m in self.conditioners] + [flags], dim=-1)
+        k, i, o = self.hyper_weight.shape
+        w = rearrange(c @ self.hyper_weight.view(k, i * o), "b (i o) -> b i o", i=i)  # W(c) - W_0, per sample
+        y = torch.bmm(x.unsqueeze(1), w).squeeze(1)
+        return self.base(x) + y + self.cond_bias(c)
