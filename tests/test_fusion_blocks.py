@@ -190,15 +190,17 @@ def test_role_blocks_validate_roles(name, kwargs, message):
         fz.create_fusion(name, in_dims=DIMS3, out_dim=4, **kwargs)
 
 
-def test_multiplicative_matches_per_sample_hypernetwork():
-    block = fz.create_fusion("multiplicative", in_dims=DIMS3, out_dim=4, target="visual").eval()
-    x = rand_feats(DIMS3, b=3)
+@pytest.mark.parametrize("dims", [DIMS3, {"audio": 5, "text": 2, "visual": 12}], ids=["cond-first", "target-first"])
+def test_multiplicative_matches_per_sample_hypernetwork(dims):
+    block = fz.create_fusion("multiplicative", in_dims=dims, out_dim=4, target="visual").eval()
+    assert block.target_first == (dims["audio"] + dims["text"] + 2 < dims["visual"])
+    x = rand_feats(dims, b=3)
     present = {"audio": mask(1, 0, 1)}
     out = block(x, present)
     for i in range(3):
-        a = x["audio"][i] if present["audio"][i] else torch.zeros(5)
+        a = x["audio"][i] if present["audio"][i] else torch.zeros(dims["audio"])
         c = torch.cat([a, x["text"][i], torch.tensor([float(present["audio"][i]), 1.0])])
-        W = block.base.weight.T + torch.einsum("k,kio->io", c, block.hyper_weight)
+        W = block.base.weight.T + torch.einsum("k,kio->io", c, block.hyper_weight_kio)
         b = block.base.bias + block.cond_bias.weight @ c
         torch.testing.assert_close(out[i], x["visual"][i] @ W + b)
 

@@ -30,12 +30,14 @@ class MultiplicativeFusion(FusionBlock):
     """Multiplicative interactions (Jayakumar et al. 2020; MultiBench's MI, matrix form).
 
     ``out = x_t W(c) + b(c)`` with ``W(c) = W_0 + sum_k c_k W_k`` and ``b(c) = b_0 + U c``, where
-    ``c`` concatenates the conditioners and their presence flags. The per-sample ``W(c) - W_0`` comes
-    from one ``[b, k] @ [k, i*o]`` matmul and is applied to ``x_t`` with one batched matmul.
+    ``c`` concatenates the conditioners and their presence flags. The bilinear term is two
+    contractions: the wider of ``x_t`` and ``c`` with the hyper-weight in one matmul, then the other
+    in one batched matmul; the hyper-weight is stored ``[i, k, o]`` or ``[k, i, o]`` to match
+    (:attr:`hyper_weight_kio` always reads it as ``[k, i, o]``).
     A missing target is replaced by a learned embedding; missing conditioners contribute 0, which
     leaves ``x_t W_0 + b_0``.
 
-    Shapes: ``{m: [b, d_m]} -> [b, out_dim]``; hyper-weight ``[k, i, o]``.
+    Shapes: ``{m: [b, d_m]} -> [b, out_dim]``.
     """
 
     input_kind = "pooled"
@@ -55,7 +57,10 @@ class MultiplicativeFusion(FusionBlock):
         self.base = nn.Linear(i, out_dim)
         self.cond_bias = nn.Linear(k, out_dim, bias=False)
         bound = 1.0 / math.sqrt(i * k)
-        self.hyper_weight = nn.Parameter(torch.empty(k, i, out_dim).uniform_(-bound, bound))
+        # Contract the wider input first: the [b, narrower * o] intermediate is the smaller one.
+        self.target_first = k < i
+        shape = (i, k, out_dim) if self.target_first else (k, i, out_dim)
+        self.hyper_weight = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
         self.missing_target = nn.Parameter(0.02 * torch.randn(i))
 
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
@@ -63,7 +68,13 @@ class MultiplicativeFusion(FusionBlock):
         x = torch.where(present[self.target].unsqueeze(-1), features[self.target], self.missing_target)
         flags = torch.stack([present[c] for c in self.conditioners], dim=1).to(x.dtype)
         c = torch.cat([features[m] for m in self.conditioners] + [flags], dim=-1)
-        k, i, o = self.hyper_weight.shape
-        w = rearrange(c @ self.hyper_weight.view(k, i * o), "b (i o) -> b i o", i=i)  # W(c) - W_0, per sample
-        y = torch.bmm(x.unsqueeze(1), w).squeeze(1)
+        first, second = (x, c) if self.target_first else (c, x)
+        n1, n2, o = self.hyper_weight.shape
+        partial = rearrange(first @ self.hyper_weight.view(n1, n2 * o), "b (n o) -> b n o", n=n2)
+        y = torch.bmm(second.unsqueeze(1), partial).squeeze(1)
         return self.base(x) + y + self.cond_bias(c)
+
+    @property
+    def hyper_weight_kio(self) -> Tensor:
+        """The hyper-weight as ``[k, i, o]`` whatever its storage order (a view, no copy)."""
+        return self.hyper_weight.transpose(0, 1) if self.target_first else self.hyper_weight
