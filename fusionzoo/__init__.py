@@ -9,7 +9,15 @@ from fusionzoo.config import ConfigError, build_model, load_config
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.fusion.base import FusionBlock
 from fusionzoo.models.multimodal import MultimodalModel
-from fusionzoo.registry import DATASETS, ENCODERS, FUSIONS, HEADS, LOSSES, MODELS, Registry
+from fusionzoo.registry import (
+    DATASETS,
+    ENCODERS,
+    FUSIONS,
+    HEADS,
+    LOSSES,
+    MODELS,
+    Registry,
+)
 
 __version__ = "0.1.0"
 

@@ -26,7 +26,16 @@ from typing import Any
 
 import yaml
 
-from fusionzoo.registry import DATASETS, ENCODERS, FUSIONS, HEADS, Registry, accepted_kwargs, check_kwargs, closest
+from fusionzoo.registry import (
+    DATASETS,
+    ENCODERS,
+    FUSIONS,
+    HEADS,
+    Registry,
+    accepted_kwargs,
+    check_kwargs,
+    closest,
+)
 
 __all__ = ["ConfigError", "load_config", "apply_overrides", "validate_config", "build_model", "build_from_section"]
 

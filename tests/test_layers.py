@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from fusionzoo.layers import MLP, check_dims, check_tensor, masked_max, masked_mean, masked_softmax, zero_missing
+from fusionzoo.layers import (
+    MLP,
+    check_dims,
+    check_tensor,
+    masked_max,
+    masked_mean,
+    masked_softmax,
+    zero_missing,
+)
 
 
 def test_zero_missing_removes_nan():

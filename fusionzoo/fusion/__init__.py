@@ -14,7 +14,12 @@ from fusionzoo.fusion import (
     transformer,
 )
 from fusionzoo.fusion.attention import AttentionFusion
-from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock, example_features, example_present
+from fusionzoo.fusion.base import (
+    DEFAULT_DIMS,
+    FusionBlock,
+    example_features,
+    example_present,
+)
 from fusionzoo.fusion.bilinear import BilinearFusion
 from fusionzoo.fusion.bottleneck import BottleneckFusion
 from fusionzoo.fusion.concat import ConcatMLPFusion

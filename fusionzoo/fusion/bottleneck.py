@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
 from fusionzoo.layers.attention import CrossAttentionBlock, TransformerBlock
+from fusionzoo.layers.tokens import ModalityTokens
 from fusionzoo.layers.validation import check_positive_int
 from fusionzoo.registry import FUSIONS
 
@@ -53,9 +54,7 @@ class BottleneckFusion(FusionBlock):
     ) -> None:
         super().__init__(in_dims=in_dims, out_dim=out_dim)
         check_positive_int(num_latents, name="num_latents", where="BottleneckFusion")
-        self.proj = nn.ModuleDict({m: nn.Linear(d, hidden_dim) for m, d in self.in_dims.items()})
-        self.type_embed = nn.Parameter(0.02 * torch.randn(len(self.modalities), hidden_dim))
-        self.null = nn.Parameter(0.02 * torch.randn(1, 1, hidden_dim))
+        self.tokens = ModalityTokens(self.in_dims, hidden_dim)  # its special token is the null key
         self.latents = nn.Parameter(0.02 * torch.randn(1, num_latents, hidden_dim))
         kw = {"num_heads": num_heads, "mlp_ratio": mlp_ratio, "dropout": dropout}
         self.cross = nn.ModuleList([CrossAttentionBlock(hidden_dim, context_dim=hidden_dim, **kw) for _ in range(depth)])
@@ -65,14 +64,8 @@ class BottleneckFusion(FusionBlock):
 
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
-        b = features[self.modalities[0]].shape[0]
-        tokens = [self.null.expand(b, -1, -1)]
-        masks = [torch.ones(b, 1, dtype=torch.bool, device=self.null.device)]
-        for i, m in enumerate(self.modalities):
-            tokens.append(self.proj[m](features[m]) + self.type_embed[i])
-            masks.append(present[m])
-        context, mask = torch.cat(tokens, dim=1), torch.cat(masks, dim=1)
-        z = self.latents.expand(b, -1, -1)
+        context, mask = self.tokens(features, present)
+        z = self.latents.expand(context.shape[0], -1, -1)
         for cross, mix in zip(self.cross, self.mix):
             z = mix(cross(z, context, mask))
         return self.out(self.norm(z.mean(dim=1)))

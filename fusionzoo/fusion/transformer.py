@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
 from fusionzoo.layers.attention import TransformerBlock
+from fusionzoo.layers.tokens import ModalityTokens
 from fusionzoo.registry import FUSIONS
 
 __all__ = ["TransformerFusion"]
@@ -50,9 +50,7 @@ class TransformerFusion(FusionBlock):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(in_dims=in_dims, out_dim=out_dim)
-        self.proj = nn.ModuleDict({m: nn.Linear(d, hidden_dim) for m, d in self.in_dims.items()})
-        self.type_embed = nn.Parameter(0.02 * torch.randn(len(self.modalities), hidden_dim))
-        self.cls = nn.Parameter(0.02 * torch.randn(1, 1, hidden_dim))
+        self.tokens = ModalityTokens(self.in_dims, hidden_dim)  # its special token is the CLS token
         self.blocks = nn.ModuleList(
             [TransformerBlock(hidden_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout) for _ in range(depth)]
         )
@@ -61,13 +59,7 @@ class TransformerFusion(FusionBlock):
 
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
-        b = features[self.modalities[0]].shape[0]
-        tokens = [self.cls.expand(b, -1, -1)]
-        masks = [torch.ones(b, 1, dtype=torch.bool, device=self.cls.device)]
-        for i, m in enumerate(self.modalities):
-            tokens.append(self.proj[m](features[m]) + self.type_embed[i])
-            masks.append(present[m])
-        x, mask = torch.cat(tokens, dim=1), torch.cat(masks, dim=1)
+        x, mask = self.tokens(features, present)
         for block in self.blocks:
             x = block(x, mask)
         return self.out(self.norm(x[:, 0]))
