@@ -1,7 +1,33 @@
-"""Modality encoders; importing this package registers them in ``ENCODERS``."""
+"""Modality encoders, one file per modality; importing this package registers them in ``ENCODERS``."""
 
-from fusionzoo.encoders import features
+from fusionzoo.encoders import audio, features, text, visual
+from fusionzoo.encoders.audio import AudioResNet18, AudioSpecCNN, LogMelFrontEnd
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.encoders.features import FeatureMLPEncoder
+from fusionzoo.encoders.text import (
+    TextEmbeddingEncoder,
+    TextLSTMEncoder,
+    TextTransformerEncoder,
+    load_word_vectors,
+)
+from fusionzoo.encoders.visual import BACKBONES, LeNet, TorchvisionBackbone, VisualCNN
 
-__all__ = ["Encoder", "FeatureMLPEncoder", "features"]
+__all__ = [
+    "BACKBONES",
+    "AudioResNet18",
+    "AudioSpecCNN",
+    "Encoder",
+    "FeatureMLPEncoder",
+    "LeNet",
+    "LogMelFrontEnd",
+    "TextEmbeddingEncoder",
+    "TextLSTMEncoder",
+    "TextTransformerEncoder",
+    "TorchvisionBackbone",
+    "VisualCNN",
+    "audio",
+    "features",
+    "load_word_vectors",
+    "text",
+    "visual",
+]

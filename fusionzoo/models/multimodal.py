@@ -54,7 +54,8 @@ class MultimodalModel(nn.Module):
         """Run each encoder whose modality is in ``batch``; returns ``(features, present)``.
 
         Token-level fusion gets ``forward_tokens`` output; the encoder's padding mask is combined
-        with the batch's per-sample presence.
+        with the batch's per-sample presence. ``batch["<modality>_lengths"]`` (valid lengths of a
+        padded input, e.g. ``audio_lengths``) is passed to that encoder as ``lengths=``.
         """
         if not isinstance(batch, dict):
             raise TypeError(f"batch must be a dict {{modality: Tensor}}, got {type(batch).__name__}")
@@ -66,8 +67,9 @@ class MultimodalModel(nn.Module):
         present: dict[str, Tensor] = {}
         for m in given:
             encoder = self.encoders[m]
+            kwargs = {"lengths": batch[f"{m}_lengths"]} if f"{m}_lengths" in batch else {}
             if self.fusion.input_kind == "tokens":
-                tokens, pad = encoder.forward_tokens(batch[m])
+                tokens, pad = encoder.forward_tokens(batch[m], **kwargs)
                 features[m] = tokens
                 mask = pad
                 if m in batch_present:
@@ -76,7 +78,7 @@ class MultimodalModel(nn.Module):
                 if mask is not None:
                     present[m] = mask
             else:
-                features[m] = encoder(batch[m])
+                features[m] = encoder(batch[m], **kwargs)
                 if m in batch_present:
                     present[m] = batch_present[m]
         return features, present
