@@ -41,7 +41,7 @@ def _list(args: argparse.Namespace) -> int:
             entry = registry.get(name)
             params = None
             try:
-                obj = entry.build()
+                obj = entry.build() if kind != "datasets" else None
                 if isinstance(obj, torch.nn.Module):
                     params = sum(p.numel() for p in obj.parameters())
             except Exception as e:  # a broken entry must not hide the others

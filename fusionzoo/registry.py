@@ -102,6 +102,8 @@ class Entry:
             "tags": list(self.tags),
             "defaults": dict(self.defaults),
         }
+        if self.kind == "dataset":  # building one reads or generates data: describe without it
+            return info
         obj = self.build()
         if hasattr(obj, "parameters"):
             info["num_params"] = sum(p.numel() for p in obj.parameters())

@@ -1,5 +1,10 @@
-"""Data: the text vocabulary (datasets and collation arrive with the data issue)."""
+"""Data: datasets (registered in ``DATASETS``), collation, the loader recipe and the text vocabulary."""
 
+from fusionzoo.data import avdigits, synthetic
+from fusionzoo.data.avdigits import AVDigits
+from fusionzoo.data.collate import collate
+from fusionzoo.data.loader import make_loader
+from fusionzoo.data.synthetic import SyntheticTrimodal
 from fusionzoo.data.text import PAD_ID, UNK_ID, Vocab, tokenize
 
-__all__ = ["PAD_ID", "UNK_ID", "Vocab", "tokenize"]
+__all__ = ["AVDigits", "avdigits", "PAD_ID", "UNK_ID", "SyntheticTrimodal", "Vocab", "collate", "make_loader", "synthetic", "tokenize"]

@@ -1,0 +1,67 @@
+"""Samples/s of the data pipeline (dataset + collate + DataLoader) for the registered datasets, and
+the time to build each dataset.
+
+    python benchmarks/loader_speed.py [--avdigits ../shared/datasets/avdigits] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import fusionzoo as fz
+from fusionzoo.data import make_loader
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fusion_reference import machine_tag, write_atomic  # noqa: E402
+
+
+def time_loader(dataset, batch_size: int, num_workers: int, epochs: int = 2) -> float:
+    loader = make_loader(dataset, batch_size, shuffle=True, num_workers=num_workers)
+    for _ in loader:  # warm-up epoch (starts the workers)
+        pass
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for _ in loader:
+            pass
+    return epochs * len(dataset) / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--avdigits", default=os.environ.get("FUSIONZOO_AVDIGITS", "../shared/datasets/avdigits"))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    out = args.out or Path(__file__).parent / "results" / machine_tag()
+    records = []
+    builds = {"synthetic (n=10000)": lambda: fz.create_dataset("synthetic", n=10000, seed=0)}
+    if (Path(args.avdigits) / "manifest.csv").is_file():
+        builds["avdigits train (2500)"] = lambda: fz.create_dataset("avdigits", root=args.avdigits, split="train")
+        builds["avdigits train hard (2500)"] = lambda: fz.create_dataset("avdigits", root=args.avdigits, split="train", difficulty="hard")
+    for name, build in builds.items():
+        start = time.perf_counter()
+        ds = build()
+        build_s = time.perf_counter() - start
+        for workers in (0, 2):
+            rate = time_loader(ds, args.batch_size, workers)
+            records.append({"dataset": name, "build_s": build_s, "num_workers": workers, "batch_size": args.batch_size, "samples_per_s": rate})
+            print(f"{name:28s} built in {build_s:5.2f} s  workers={workers}  {rate:9.0f} samples/s", flush=True)
+    info = {"machine": machine_tag(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "command": "python benchmarks/loader_speed.py"}
+    write_atomic(out / "loader_speed.json", json.dumps({"info": info, "records": records}, indent=2))
+    lines = [f"# Data loading ({info['machine']})", "", f"Command: `{info['command']}`, torch {info['torch']}.", "",
+             "| dataset | build s | workers | batch | samples/s |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['dataset']} | {r['build_s']:.2f} | {r['num_workers']} | {r['batch_size']} | {r['samples_per_s']:.0f} |" for r in records]
+    write_atomic(out / "loader_speed.md", "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

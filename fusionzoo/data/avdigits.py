@@ -1,0 +1,314 @@
+"""``avdigits``: spoken digits (FSDD, 8 kHz) paired with handwritten digits (MNIST), AV-MNIST style.
+
+The folder layout, split and pairing rule are those of ``shared/datasets/avdigits/README.md``:
+
+* ``manifest.csv`` (``audio_path,digit,speaker,take,split``), ``audio/*.wav``, ``mnist/*.gz``,
+  optionally ``checksums.sha256``;
+* test = speaker ``jackson`` (an unseen speaker), train = the other five; audio ``train`` pairs
+  with MNIST ``train`` images, audio ``test`` with ``t10k``;
+* for each split and digit, clips sorted by ``(speaker, int(take))``; clip ``k`` pairs with image
+  ``imgs[(k + epoch * len(clips)) % len(imgs)]``, ``imgs`` the ascending indices of that digit.
+
+Audio is read with the standard library ``wave`` module (16-bit PCM, mono, 8 kHz checked), the DC
+offset removed and each clip peak-normalised (one speaker is recorded 5-22 dB quieter, another has
+a DC offset), then cropped to ``clip_seconds`` from its start; a sample returns the clip at its true
+length and :func:`~fusionzoo.data.collate.collate` pads it and records ``audio_lengths``.
+
+``difficulty="hard"`` follows AV-MNIST: images keep only the principal components that carry 25%
+of the energy (PCA fitted on the training split's paired images), and audio is mixed with white
+noise at ``snr_db`` (default 0 dB, seeded per clip).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import os
+import struct
+import tempfile
+import urllib.request
+import wave
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fusionzoo.registry import DATASETS
+
+__all__ = ["AVDigits", "read_idx", "read_wav", "pair_indices", "verify_checksums", "download_avdigits"]
+
+SAMPLE_RATE = 8000
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+# MD5 of the decompressed originals (the values public MNIST loaders check).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+}
+FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"
+FSDD_URL = f"https://github.com/Jakobovski/free-spoken-digit-dataset/archive/{FSDD_COMMIT}.zip"
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/{}"
+TEST_SPEAKER = "jackson"
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MANIFEST_COLUMNS = ["audio_path", "digit", "speaker", "take", "split"]
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An MNIST idx file (gzip-compressed) as a uint8 array."""
+    path = Path(path)
+    try:
+        data = gzip.open(path).read()
+        (magic,) = struct.unpack(">I", data[:4])
+        ndim = magic & 0xFF
+        dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+        body = np.frombuffer(data[4 + 4 * ndim :], np.uint8)
+        if magic >> 8 != 0x08 or body.size != int(np.prod(dims)):
+            raise ValueError(f"expected {int(np.prod(dims))} uint8 values, found {body.size}")
+    except (OSError, EOFError, struct.error, ValueError) as e:
+        raise ValueError(f"avdigits: {path} is not a valid gzip-compressed MNIST idx file: {e}") from None
+    return body.reshape(dims)
+
+
+def read_wav(path: str | Path) -> np.ndarray:
+    """A 16-bit PCM mono 8 kHz wav as float32 in [-1, 1]; anything else raises naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"avdigits: audio file not found: {path}")
+    try:
+        with wave.open(str(path), "rb") as w:
+            channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+            raw = w.readframes(frames)
+    except (wave.Error, EOFError) as e:
+        raise ValueError(f"avdigits: {path} is not a readable PCM wav file: {e}") from None
+    if (channels, width, rate) != (1, 2, SAMPLE_RATE):
+        raise ValueError(
+            f"avdigits: {path}: expected mono 16-bit PCM at {SAMPLE_RATE} Hz, "
+            f"got {channels} channel(s), {8 * width}-bit, {rate} Hz"
+        )
+    if len(raw) != 2 * frames or frames == 0:
+        raise ValueError(f"avdigits: {path} is truncated: header says {frames} frames, found {len(raw) // 2}")
+    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def pair_indices(rows: list[dict], labels: np.ndarray, epoch: int = 0) -> np.ndarray:
+    """MNIST index for each manifest row of one split, by the README's rule (rows keep their order)."""
+    out = np.empty(len(rows), dtype=np.int64)
+    for d in range(10):
+        clips = sorted((i for i, r in enumerate(rows) if int(r["digit"]) == d), key=lambda i: (rows[i]["speaker"], int(rows[i]["take"])))
+        imgs = np.flatnonzero(labels == d)
+        for k, i in enumerate(clips):
+            out[i] = imgs[(k + epoch * len(clips)) % len(imgs)]
+    return out
+
+
+def verify_checksums(root: str | Path) -> int:
+    """Check every file listed in ``root/checksums.sha256``; returns how many were checked."""
+    root = Path(root)
+    listing = root / "checksums.sha256"
+    if not listing.is_file():
+        raise FileNotFoundError(f"avdigits: no checksums file at {listing}")
+    n = 0
+    for line in listing.read_text().splitlines():
+        if not line.strip():
+            continue
+        expected, name = line.split(maxsplit=1)
+        path = root / name.lstrip("*")
+        if not path.is_file():
+            raise FileNotFoundError(f"avdigits: {path} is listed in checksums.sha256 but missing")
+        got = hashlib.sha256(path.read_bytes()).hexdigest()
+        if got != expected:
+            raise ValueError(f"avdigits: checksum mismatch for {path}: expected sha256 {expected}, got {got}")
+        n += 1
+    return n
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310 - fixed https URLs
+        return response.read()
+
+
+def download_avdigits(root: str | Path, fetch: Callable[[str], bytes] = _fetch) -> None:
+    """Fetch FSDD's recordings (the pinned commit's archive) and the four MNIST idx files, verify
+    MNIST against the published MD5s and the recordings' format, and write ``manifest.csv``.
+    Every file is written atomically; existing files are kept."""
+    root = Path(root)
+    for name, md5 in MNIST_MD5.items():
+        path = root / "mnist" / name
+        if path.is_file():
+            continue
+        data = fetch(MNIST_URL.format(name))
+        got = hashlib.md5(gzip.decompress(data)).hexdigest()  # noqa: S324 - a checksum, not security
+        if got != md5:
+            raise ValueError(f"avdigits: downloaded {name} has MD5 {got} after decompression, expected {md5}")
+        _atomic_write(path, data)
+    audio = root / "audio"
+    if not audio.is_dir() or len(list(audio.glob("*.wav"))) < 3000:
+        archive = zipfile.ZipFile(io.BytesIO(fetch(FSDD_URL)))
+        members = [m for m in archive.namelist() if "/recordings/" in m and m.endswith(".wav")]
+        if len(members) != 3000:
+            raise ValueError(f"avdigits: the FSDD archive holds {len(members)} recordings, expected 3000")
+        for member in members:
+            target = audio / Path(member).name
+            if not target.is_file():
+                _atomic_write(target, archive.read(member))
+    rows = []
+    for path in sorted(audio.glob("*.wav")):
+        read_wav(path)  # format check
+        digit, speaker, take = path.stem.split("_")
+        rows.append([f"audio/{path.name}", digit, speaker, take, "test" if speaker == TEST_SPEAKER else "train"])
+    rows.sort(key=lambda r: (int(r[1]), r[2], int(r[3])))
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([MANIFEST_COLUMNS, *rows])
+    _atomic_write(root / "manifest.csv", text.getvalue().encode())
+
+
+_CACHE: dict[tuple, dict] = {}
+
+
+def _load_split(root: Path, split: str, clip_samples: int) -> dict:
+    """Decode one split once per process: clean audio, lengths, digits, MNIST labels and images."""
+    key = (str(root.resolve()), split, clip_samples)
+    if key in _CACHE:
+        return _CACHE[key]
+    with (root / "manifest.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != MANIFEST_COLUMNS:
+            raise ValueError(f"avdigits: {root / 'manifest.csv'} has columns {reader.fieldnames}, expected {MANIFEST_COLUMNS}")
+        rows = [r for r in reader if r["split"] == split]
+    if not rows:
+        raise ValueError(f"avdigits: {root / 'manifest.csv'} has no rows with split == {split!r}")
+    audio = np.zeros((len(rows), clip_samples), dtype=np.float32)
+    lengths = np.zeros(len(rows), dtype=np.int64)
+    for i, r in enumerate(rows):
+        x = read_wav(root / r["audio_path"])
+        x = x - x.mean()
+        x = x / max(float(np.abs(x).max()), 1e-8)
+        n = min(len(x), clip_samples)
+        audio[i, :n], lengths[i] = x[:n], n
+    images_file, labels_file = MNIST_FILES[split]
+    data = {
+        "rows": rows,
+        "audio": audio,
+        "lengths": lengths,
+        "digits": np.array([int(r["digit"]) for r in rows]),
+        "mnist_labels": read_idx(root / "mnist" / labels_file),
+        "mnist_images": read_idx(root / "mnist" / images_file),
+    }
+    _CACHE[key] = data
+    return data
+
+
+@DATASETS.register(
+    "avdigits",
+    defaults={"root": os.environ.get("FUSIONZOO_AVDIGITS", "../shared/datasets/avdigits")},
+    paper="https://arxiv.org/abs/1808.07275",
+    tags=("real", "audio-visual"),
+)
+class AVDigits(Dataset):
+    """Spoken digits paired with MNIST images, speaker-held-out (see module docstring).
+
+    Samples: ``{"visual": float [1, 28, 28] (MNIST-normalised), "audio": float [t] (t <= clip length),
+    "label": int}``.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str | Path,
+        split: str = "train",
+        download: bool = False,
+        difficulty: str = "clean",
+        pairing_epoch: int = 0,
+        clip_seconds: float = 1.0,
+        snr_db: float = 0.0,
+        pca_energy: float = 0.25,
+        seed: int = 0,
+    ) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"avdigits: split must be 'train' or 'test', got {split!r}")
+        if difficulty not in ("clean", "hard"):
+            raise ValueError(f"avdigits: difficulty must be 'clean' or 'hard', got {difficulty!r}")
+        self.root = Path(root)
+        if download:
+            download_avdigits(self.root)
+        needed = [self.root / "manifest.csv", *(self.root / "mnist" / f for f in MNIST_FILES[split])]
+        for path in needed:
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"avdigits: {path} not found. Put the avdigits folder (manifest.csv, audio/, mnist/; "
+                    f"see its README) at {self.root}, set FUSIONZOO_AVDIGITS, or pass download=True on a "
+                    "machine that is online."
+                )
+        self.split, self.difficulty = split, difficulty
+        data = _load_split(self.root, split, int(round(clip_seconds * SAMPLE_RATE)))
+        self.rows = data["rows"]
+        self.labels = data["digits"]
+        self.mnist_index = pair_indices(self.rows, data["mnist_labels"], pairing_epoch)
+        if not np.array_equal(data["mnist_labels"][self.mnist_index], self.labels):
+            raise ValueError("avdigits: paired MNIST labels disagree with the audio digits")
+        images = data["mnist_images"][self.mnist_index].astype(np.float32) / 255.0
+        audio, self.lengths = data["audio"], data["lengths"]
+        if difficulty == "hard":
+            images = self._pca_images(images, pca_energy, clip_seconds)
+            audio = self._noisy(audio, self.lengths, snr_db, seed)
+        self.images = ((images - MNIST_MEAN) / MNIST_STD)[:, None].astype(np.float32)
+        self.audio = audio
+
+    def _pca_images(self, images: np.ndarray, energy: float, clip_seconds: float) -> np.ndarray:
+        """Project onto the principal components of the *training* images that carry ``energy``."""
+        train = images if self.split == "train" else self._train_images(clip_seconds)
+        x = torch.from_numpy(train.reshape(len(train), -1)).double()
+        mean = x.mean(dim=0)
+        _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        share = (s**2).cumsum(0) / (s**2).sum()
+        k = int((share < energy).sum()) + 1
+        basis = vh[:k]
+        flat = torch.from_numpy(images.reshape(len(images), -1)).double() - mean
+        return ((flat @ basis.T @ basis + mean).reshape(images.shape)).float().numpy()
+
+    def _train_images(self, clip_seconds: float) -> np.ndarray:
+        data = _load_split(self.root, "train", int(round(clip_seconds * SAMPLE_RATE)))
+        index = pair_indices(data["rows"], data["mnist_labels"], 0)
+        return data["mnist_images"][index].astype(np.float32) / 255.0
+
+    @staticmethod
+    def _noisy(audio: np.ndarray, lengths: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        noise = rng.standard_normal(audio.shape, dtype=np.float32)
+        valid = np.arange(audio.shape[1])[None] < lengths[:, None]
+        power = (audio**2 * valid).sum(1) / np.maximum(lengths, 1)
+        scale = np.sqrt(power / 10 ** (snr_db / 10))[:, None].astype(np.float32)
+        return np.where(valid, audio + scale * noise, 0.0).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "visual": torch.from_numpy(self.images[i]),
+            "audio": torch.from_numpy(self.audio[i, : self.lengths[i]]),
+            "label": int(self.labels[i]),
+        }

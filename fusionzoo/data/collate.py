@@ -1,0 +1,75 @@
+"""Collation: a list of per-sample dicts into one batch dict with padding and presence masks.
+
+Legend: ``b`` batch, ``t`` samples, ``l`` tokens.
+
+A sample is ``{modality: Tensor, ..., "label": int | Tensor}``; a modality the sample lacks is
+absent (or ``None``). The batch follows DESIGN.md's contract:
+
+* fixed-shape modalities (images) are stacked; a missing sample's slot is zeros;
+* 1-D float modalities (waveforms) are right-padded with zeros to the longest, and
+  ``batch["<m>_lengths"]`` holds the true lengths (0 where missing);
+* 1-D integer modalities (token ids) are right-padded with the padding id 0;
+* ``batch["present"][m]`` is a bool ``[b]`` for every modality in the batch;
+* ``batch["label"]`` is a ``long [b]``.
+
+Nothing is truncated, and shapes or dtypes that disagree within a modality raise naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["collate", "RESERVED"]
+
+RESERVED = ("label", "present")
+
+
+def collate(samples: Sequence[dict]) -> dict:
+    """Stack, pad and mask a list of samples; see the module docstring."""
+    if len(samples) == 0:
+        raise ValueError("collate: got no samples")
+    modalities = sorted({k for s in samples for k, v in s.items() if k not in RESERVED and v is not None})
+    batch: dict = {}
+    present: dict[str, Tensor] = {}
+    for m in modalities:
+        items = [s.get(m) for s in samples]
+        ref = next(x for x in items if x is not None)
+        for i, x in enumerate(items):
+            if x is None:
+                continue
+            if not isinstance(x, Tensor):
+                raise TypeError(f"collate: sample {i} {m!r} is a {type(x).__name__}, expected a Tensor")
+            if x.dtype != ref.dtype or x.dim() != ref.dim():
+                raise ValueError(
+                    f"collate: {m!r} samples disagree: sample {i} is {x.dtype} {list(x.shape)}, "
+                    f"an earlier one {ref.dtype} {list(ref.shape)}"
+                )
+        present[m] = torch.tensor([x is not None for x in items])
+        if ref.dim() == 1:
+            lengths = torch.tensor([0 if x is None else x.shape[0] for x in items])
+            out = ref.new_zeros(len(items), max(int(lengths.max()), 1))
+            for i, x in enumerate(items):
+                if x is not None:
+                    out[i, : x.shape[0]] = x
+            batch[m] = out
+            if ref.is_floating_point():
+                batch[f"{m}_lengths"] = lengths
+        else:
+            for i, x in enumerate(items):
+                if x is not None and x.shape != ref.shape:
+                    raise ValueError(
+                        f"collate: {m!r} needs one shape per batch: sample {i} is {list(x.shape)}, "
+                        f"an earlier one {list(ref.shape)}"
+                    )
+            batch[m] = torch.stack([ref.new_zeros(ref.shape) if x is None else x for x in items])
+    labels = []
+    for i, s in enumerate(samples):
+        if "label" not in s:
+            raise ValueError(f"collate: sample {i} has no 'label'")
+        labels.append(int(s["label"]))
+    batch["label"] = torch.tensor(labels, dtype=torch.long)
+    batch["present"] = present
+    return batch
