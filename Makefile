@@ -6,9 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test venv clean
 
+# The main job: train on the embedded synthetic data, then evaluate under every subset of modalities.
 run: $(STAMP)
-	$(BIN)/fusionzoo list
-	$(BIN)/fusionzoo info configs/models/concat_mlp.yaml
+	$(BIN)/fusionzoo train configs/experiments/quickstart.yaml --overwrite
+	$(BIN)/fusionzoo eval runs/quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

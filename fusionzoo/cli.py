@@ -1,4 +1,4 @@
-"""The ``fusionzoo`` command: ``list`` the registries, ``info`` on an entry or a config."""
+"""The ``fusionzoo`` command: ``list``, ``info``, ``train``, ``eval``."""
 
 from __future__ import annotations
 
@@ -99,6 +99,48 @@ def _info(args: argparse.Namespace) -> int:
     return _info_entry(target)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from fusionzoo.training import train
+
+    summary = train(args.config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite, overrides=args.set)
+    final = summary["final"]
+    if final is not None:
+        print(
+            f"done: {summary['run_dir']}  test accuracy {final['test']['accuracy']:.4f}  "
+            f"macro-F1 {final['test']['macro_f1']:.4f}  ({summary['train_seconds']:.1f} s)"
+        )
+    return 0
+
+
+def _parse_noise(items: Sequence[str]) -> dict[str, float]:
+    noise = {}
+    for item in items:
+        for part in item.split(","):
+            m, sep, level = part.partition("=")
+            if not sep:
+                raise ConfigError(f"--noise {part!r}: expected MODALITY=LEVEL, e.g. audio=0.5")
+            noise[m.strip()] = float(level)
+    return noise
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from fusionzoo.training import evaluate_run
+
+    missing = [m for item in args.missing for m in item.split(",") if m]
+    levels = [float(v) for v in args.levels.split(",")]
+    result = evaluate_run(args.run, missing=missing, noise=_parse_noise(args.noise), levels=levels)
+    print(f"checkpoint: {result['checkpoint']}")
+    if result["missing"] or result["noise"]:
+        print(f"condition: missing {result['missing'] or 'none'}, noise {result['noise'] or 'none'}")
+    rows = [[" + ".join(r["modalities"]), f"{100 * r['accuracy']:.1f}%", f"{r['macro_f1']:.3f}", f"{r['loss']:.4f}"] for r in result["subsets"]]
+    print(format_table(["modalities seen", "accuracy", "macro-F1", "loss"], rows))
+    curves = result["robustness"]
+    levels = [p["level"] for p in next(iter(curves.values()))]
+    print("\naccuracy as noise grows on one modality:")
+    print(format_table(["noise on"] + [str(v) for v in levels], [[m] + [f"{100 * p['accuracy']:.1f}%" for p in pts] for m, pts in curves.items()]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionzoo", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fusionzoo {fusionzoo.__version__}")
@@ -114,6 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--batch-size", type=int, default=4)
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("train", help="train a config (under torchrun: on every process)")
+    p.add_argument("config", help="a YAML experiment config (model + data + train)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.add_argument("--run-dir", default=None, help="default: runs/<config name>")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run directory that already holds a run")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="evaluate a run under every subset of modalities and growing noise")
+    p.add_argument("run", help="a run directory or a checkpoint folder")
+    p.add_argument("--missing", action="append", default=[], metavar="M1,M2", help="modalities to remove")
+    p.add_argument("--noise", action="append", default=[], metavar="M=LEVEL", help="noise added to a modality")
+    p.add_argument("--levels", default="0,0.25,0.5,1,2", help="noise levels of the robustness curves")
+    p.set_defaults(func=_eval)
     return parser
 
 
@@ -121,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

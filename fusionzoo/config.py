@@ -39,7 +39,7 @@ from fusionzoo.registry import (
 
 __all__ = ["ConfigError", "load_config", "apply_overrides", "validate_config", "build_model", "build_from_section"]
 
-TOP_LEVEL_KEYS = ("name", "description", "seed", "model", "data")
+TOP_LEVEL_KEYS = ("name", "description", "seed", "model", "data", "train")
 MODEL_KEYS = ("encoders", "fusion", "head")
 
 
@@ -142,7 +142,11 @@ def validate_config(cfg: Mapping[str, Any], origin: str = "<dict>") -> None:
         _check_section(FUSIONS, model["fusion"], "model.fusion", ("in_dims",), origin)
         _check_section(HEADS, model["head"], "model.head", ("in_dim",), origin)
     if "data" in cfg:
-        _check_section(DATASETS, cfg["data"], "data", (), origin)
+        _check_section(DATASETS, cfg["data"], "data", ("split",), origin)
+    if "train" in cfg:
+        from fusionzoo.training.settings import TrainSettings
+
+        TrainSettings.from_dict(_mapping(cfg["train"], "train", origin), origin)
 
 
 def build_from_section(registry: Registry, section: Mapping[str, Any], path: str, origin: str = "<dict>", **derived: Any) -> Any:

@@ -37,7 +37,7 @@ def test_info_unknown_suggests(capsys):
 
 
 def test_info_config_runs_a_forward_pass(capsys):
-    assert main(["info", str(ROOT / "configs/models/concat_mlp.yaml"), "--set", "model.head.out_dim=7"]) == 0
+    assert main(["info", str(ROOT / "configs/experiments/quickstart.yaml"), "--set", "model.head.out_dim=7"]) == 0
     out = capsys.readouterr().out
     assert "-> output (4, 7)" in out and "finite: True" in out
 

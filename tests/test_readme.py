@@ -25,7 +25,7 @@ def test_readme_example_runs(monkeypatch, capsys):
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["fused"].shape == (4, 64)
-    assert namespace["logits"].shape == (4, 10)
+    assert namespace["logits"].shape == (4, 8)
     assert "concat_mlp" in capsys.readouterr().out
 
 

@@ -1,0 +1,90 @@
+"""Checkpoints: model weights as safetensors, the rest with ``torch.save``; written atomically.
+
+A checkpoint is a folder ``checkpoints/epoch-NNN/`` holding ``model.safetensors`` and ``state.pt``
+(optimizer, scheduler, epoch, history). It is written into a temporary folder, fsynced and renamed,
+then ``checkpoints/last`` (the folder's name) is replaced atomically, so a crash leaves either the
+old or the new checkpoint, never half of one. ``state.pt`` is read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "write_text_atomic", "load_model_weights"]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``checkpoints/epoch-{epoch:03d}`` and point ``checkpoints/last`` at it; keep the newest ``keep``."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"epoch-{epoch:03d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+    try:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        for f in tmp.iterdir():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(root / "last", name + "\n")
+    for old in sorted(p for p in root.glob("epoch-*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / "last"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"checkpoint {path} named by {pointer} is missing or incomplete")
+    return path
+
+
+def load_model_weights(model: nn.Module, checkpoint: Path) -> None:
+    model.load_state_dict(load_file(str(Path(checkpoint) / "model.safetensors")))
+
+
+def load_checkpoint(checkpoint: Path, model: nn.Module) -> dict[str, Any]:
+    """Load the weights into ``model`` and return the rest of the state."""
+    load_model_weights(model, checkpoint)
+    return torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=True)

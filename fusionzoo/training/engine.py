@@ -1,0 +1,279 @@
+"""The training loop: one function, :func:`train`, from a config to a run directory.
+
+AdamW with linear warm-up and cosine decay (per step), gradient clipping, modality dropout, bf16
+autocast on CUDA (float32 on the CPU), optional ``torch.compile``, per-epoch accuracy / macro-F1 /
+loss on the test split, a JSONL log, ``metrics.json``, a training-curve PNG, and atomic checkpoints.
+
+Determinism: the global RNG is reseeded from ``(seed, epoch, rank)`` at the start of every epoch
+and the data order is a function of ``(seed, epoch)``, so a run resumed from the checkpoint of
+epoch ``e`` continues exactly as the uninterrupted run would (bitwise on the CPU).
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) it initialises ``torch.distributed`` (NCCL on GPU, gloo on
+CPU), wraps the model in ``DistributedDataParallel``, shards the training data with a
+``DistributedSampler``, all-reduces the training metrics, and lets rank 0 alone write files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from fusionzoo.config import ConfigError, build_from_section, build_model, load_config
+from fusionzoo.data.loader import make_loader
+from fusionzoo.fusion.dropout import ModalityDropout
+from fusionzoo.registry import DATASETS
+from fusionzoo.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
+from fusionzoo.training.evaluate import evaluate, move_batch
+from fusionzoo.training.settings import TrainSettings
+
+__all__ = ["train", "build_datasets", "num_classes_of", "default_run_dir"]
+
+
+def default_run_dir(cfg: Mapping[str, Any]) -> Path:
+    name = cfg.get("name") or Path(str(cfg.get("_origin", "run"))).stem
+    return Path("runs") / name
+
+
+def build_datasets(cfg: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The ``data:`` section built twice, with the derived ``split="train"`` and ``split="test"``."""
+    origin = cfg.get("_origin", "<dict>")
+    if "data" not in cfg:
+        raise ConfigError(f"{origin}: data: required to train")
+    section = cfg["data"]
+    return (
+        build_from_section(DATASETS, section, "data", origin, split="train"),
+        build_from_section(DATASETS, section, "data", origin, split="test"),
+    )
+
+
+def num_classes_of(dataset: Any) -> int:
+    if hasattr(dataset, "num_classes"):
+        return int(dataset.num_classes)
+    return int(max(int(dataset[i]["label"]) for i in range(len(dataset)))) + 1
+
+
+def _check_compatible(cfg: Mapping[str, Any], model: nn.Module, dataset: Any) -> int:
+    origin = cfg.get("_origin", "<dict>")
+    classes = num_classes_of(dataset)
+    if model.out_dim != classes:
+        raise ConfigError(f"{origin}: model.head.out_dim: the data has {classes} classes, the head outputs {model.out_dim}")
+    vocab = getattr(dataset, "vocab", None)
+    for m, enc in model.encoders.items():
+        size = getattr(enc, "vocab_size", None)
+        if vocab is not None and size is not None and size < len(vocab):
+            raise ConfigError(f"{origin}: model.encoders.{m}.vocab_size: {size} is smaller than the data's vocabulary ({len(vocab)})")
+    return classes
+
+
+def _setup_distributed(settings: TrainSettings) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available())
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def _lr_lambda(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _weights_digest(model: nn.Module) -> str:
+    """SHA-256 of the parameters. Buffers (BatchNorm running statistics) are left out: DDP broadcasts
+    rank 0's at every forward, and each rank then updates its own copy during that forward."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _plot(history: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [h["train"]["loss"] for h in history], label="train")
+    ax1.plot(epochs, [h["test"]["loss"] for h in history], label="test")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
+    ax2.plot(epochs, [h["train"]["accuracy"] for h in history], label="train")
+    ax2.plot(epochs, [h["test"]["accuracy"] for h in history], label="test")
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def train(
+    config: str | Path | Mapping[str, Any],
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    overrides: Iterable[str] = (),
+    log: bool = True,
+) -> dict[str, Any]:
+    """Train the model a config describes; returns the summary also written to ``metrics.json``."""
+    cfg = load_config(config, overrides) if not (isinstance(config, Mapping) and "_origin" in config) else dict(config)
+    origin = cfg["_origin"]
+    settings = TrainSettings.from_dict(cfg.get("train"), origin)
+    seed = int(cfg.get("seed", 0))
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if not resume and not overwrite and (run_dir / "checkpoints").exists():
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to replace it")
+
+    rank, world, device = _setup_distributed(settings)
+    is_main = rank == 0
+    say = print if (log and is_main) else (lambda *a, **k: None)
+
+    torch.manual_seed(seed)  # identical initial weights on every rank
+    train_set, test_set = build_datasets(cfg)
+    model = build_model(cfg)
+    classes = _check_compatible(cfg, model, train_set)
+    model.to(device)
+    train_loader = make_loader(train_set, settings.batch_size, shuffle=True, num_workers=settings.num_workers, seed=seed, distributed=world > 1)
+    test_loader = make_loader(test_set, max(settings.batch_size, 256), num_workers=settings.num_workers, distributed=False)
+    steps = len(train_loader)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(round(settings.warmup_epochs * steps), settings.epochs * steps)
+    )
+    history: list[dict] = []
+    start_epoch = 0
+    if resume and checkpoint is not None:
+        state = load_checkpoint(checkpoint, model)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+        say(f"resuming {run_dir} after epoch {start_epoch}")
+    elif resume:
+        say(f"no checkpoint in {run_dir}; starting from scratch")
+
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {k: v for k, v in cfg.items() if k != "_origin"}
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        # The log restarts from what the checkpoint knows, so epochs after it are not duplicated.
+        write_text_atomic(run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    if settings.compile:
+        net = torch.compile(net)
+    dropout = ModalityDropout(settings.modality_dropout, settings.min_present) if settings.modality_dropout > 0 else None
+    autocast = device.type == "cuda" and settings.amp
+    show = settings.progress if settings.progress is not None else (sys.stderr.isatty() and not os.environ.get("CI"))
+
+    started = time.perf_counter()
+    for epoch in range(start_epoch, settings.epochs):
+        torch.manual_seed(seed + 1_000_003 * (epoch + 1) + 7919 * rank)
+        if world > 1:
+            train_loader.sampler.set_epoch(epoch)
+        else:
+            train_loader.generator.manual_seed(seed + epoch)
+        net.train()
+        if dropout is not None:
+            dropout.train()
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        t0 = time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not (show and is_main), leave=False)
+        for batch in bar:
+            batch = move_batch(batch, device)
+            if dropout is not None:
+                feats = {m: batch[m] for m in model.modalities if m in batch}
+                batch["present"] = dropout(feats, {m: p for m, p in batch["present"].items() if m in feats})
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = net(batch)
+            loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=settings.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            n = batch["label"].shape[0]
+            totals += torch.tensor([loss.item() * n, (logits.argmax(1) == batch["label"]).sum().item(), n], dtype=torch.float64)
+            bar.set_postfix(loss=f"{loss.item():.3f}", sps=f"{totals[2].item() / (time.perf_counter() - t0):.0f}")
+        if world > 1:
+            dist.all_reduce(totals)
+        train_time = time.perf_counter() - t0
+        test_metrics = evaluate(model, test_loader, classes, device)
+        record = {
+            "epoch": epoch + 1,
+            "train": {"loss": totals[0].item() / totals[2].item(), "accuracy": totals[1].item() / totals[2].item()},
+            "test": test_metrics,
+            "lr": scheduler.get_last_lr()[0],
+            "epoch_seconds": train_time,
+            "samples_per_s": totals[2].item() / train_time,
+        }
+        history.append(record)
+        say(
+            f"epoch {epoch + 1:3d}/{settings.epochs}  train loss {record['train']['loss']:.4f} acc {record['train']['accuracy']:.3f}"
+            f"  test loss {test_metrics['loss']:.4f} acc {test_metrics['accuracy']:.3f} f1 {test_metrics['macro_f1']:.3f}"
+            f"  {record['samples_per_s']:.0f} samples/s"
+        )
+        if is_main:
+            with (run_dir / "log.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history}
+            save_checkpoint(run_dir, epoch + 1, model, state, keep=settings.keep_checkpoints)
+
+    digest = _weights_digest(model)
+    digests = [digest]
+    if world > 1:
+        digests = [None] * world
+        dist.all_gather_object(digests, digest)
+    summary = {
+        "run_dir": str(run_dir),
+        "epochs": settings.epochs,
+        "world_size": world,
+        "device": str(device),
+        "final": history[-1] if history else None,
+        "best_test_accuracy": max((h["test"]["accuracy"] for h in history), default=None),
+        "train_seconds": time.perf_counter() - started,
+        "weights_sha256": digest,
+        "weights_identical_across_ranks": len(set(digests)) == 1,
+    }
+    if is_main:
+        write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2))
+        if history:
+            _plot(history, run_dir / "curves.png")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary

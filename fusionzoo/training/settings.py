@@ -1,0 +1,71 @@
+"""The ``train:`` section of a config, as a typed, validated dataclass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from fusionzoo.registry import closest
+
+__all__ = ["TrainSettings"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training options; every field is a key of the config's ``train:`` section.
+
+    ``warmup_epochs`` may be fractional (linear warm-up over that many epochs of steps, then cosine
+    decay to 0). ``amp`` means bf16 autocast on CUDA; on the CPU training is always float32.
+    ``progress`` ``None`` shows a progress bar only on a terminal and never under CI.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.5
+    grad_clip: float | None = 1.0
+    label_smoothing: float = 0.0
+    modality_dropout: float = 0.0
+    min_present: int = 1
+    amp: bool = True
+    compile: bool = False
+    num_workers: int = 0
+    device: str = "auto"
+    progress: bool | None = None
+    keep_checkpoints: int = 2
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any] | None, origin: str = "<dict>") -> TrainSettings:
+        from fusionzoo.config import ConfigError
+
+        section = dict(section or {})
+        known = {f.name: f for f in fields(cls)}
+        for key in section:
+            if key not in known:
+                hint = closest(key, sorted(known), n=1)
+                raise ConfigError(f"{origin}: train.{key}: unknown key" + (f"; did you mean {hint[0]}?" if hint else ""))
+        settings = cls(**section)
+        checks = {
+            "epochs": settings.epochs >= 1,
+            "batch_size": settings.batch_size >= 1,
+            "lr": settings.lr > 0,
+            "weight_decay": settings.weight_decay >= 0,
+            "warmup_epochs": 0 <= settings.warmup_epochs <= settings.epochs,
+            "grad_clip": settings.grad_clip is None or settings.grad_clip > 0,
+            "label_smoothing": 0 <= settings.label_smoothing < 1,
+            "modality_dropout": 0 <= settings.modality_dropout <= 1,
+            "min_present": settings.min_present >= 0,
+            "num_workers": settings.num_workers >= 0,
+            "device": settings.device in ("auto", "cpu", "cuda"),
+            "keep_checkpoints": settings.keep_checkpoints >= 1,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"{origin}: train.{key}: invalid value {getattr(settings, key)!r}")
+        for key in ("epochs", "batch_size", "min_present", "num_workers", "keep_checkpoints"):
+            value = getattr(settings, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{origin}: train.{key}: expected an int, got {value!r}")
+        return settings

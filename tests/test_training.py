@@ -1,0 +1,152 @@
+"""The training engine: resume, config errors, evaluation under subsets, torchrun."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import fusionzoo as fz
+from fusionzoo.cli import main
+from fusionzoo.config import ConfigError
+from fusionzoo.training import TrainSettings, evaluate_run, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(**train):
+    return {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"name": "synthetic", "n": 96},
+        "model": {
+            "encoders": {
+                "visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4], "out_dim": 8},
+                "audio": {"name": "audio_spec_cnn", "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 16, "channels": [4], "out_dim": 8},
+                "text": {"name": "text_embedding", "vocab_size": 64, "embed_dim": 8, "out_dim": 8},
+            },
+            "fusion": {"name": "concat_mlp", "out_dim": 16, "hidden_dims": [16]},
+            "head": {"name": "linear", "out_dim": 8},
+        },
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.003, "modality_dropout": 0.3, **train},
+    }
+
+
+def weights(run_dir):
+    return load_file(str(fz.training.latest_checkpoint(run_dir) / "model.safetensors"))
+
+
+def test_resume_reaches_the_same_weights(tmp_path):
+    full = train(tiny_cfg(), run_dir=tmp_path / "full", log=False)
+    part = tmp_path / "part"
+    train(tiny_cfg(), run_dir=part, log=False)
+    # Interrupt after epoch 1: point `last` back at it and drop epoch 2.
+    (part / "checkpoints" / "last").write_text("epoch-001\n")
+    import shutil
+
+    shutil.rmtree(part / "checkpoints" / "epoch-002")
+    resumed = train(tiny_cfg(), run_dir=part, resume=True, log=False)
+    a, b = weights(tmp_path / "full"), weights(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert resumed["weights_sha256"] == full["weights_sha256"]
+    log = [json.loads(line) for line in (part / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+
+
+def test_run_directory_contents(tmp_path):
+    summary = train(tiny_cfg(epochs=1), run_dir=tmp_path / "run", log=False)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "log.jsonl", "metrics.json", "curves.png", "checkpoints/last"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["final"]["test"]["n"] == 96 and 0 <= metrics["final"]["test"]["macro_f1"] <= 1
+    assert summary["weights_identical_across_ranks"] and summary["world_size"] == 1
+    state = torch.load(fz.training.latest_checkpoint(run) / "state.pt", weights_only=True)
+    assert state["epoch"] == 1 and "optimizer" in state
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_cfg(epochs=1), run_dir=run, log=False)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["train"].update(epocs=3), r"train\.epocs: unknown key; did you mean epochs\?"),
+        (lambda c: c["train"].update(lr=-1), r"train\.lr: invalid value"),
+        (lambda c: c["data"].update(split="train"), r"data\.split: derived by the builder"),
+        (lambda c: c["model"]["head"].update(out_dim=5), r"model\.head\.out_dim: the data has 8 classes"),
+        (lambda c: c["model"]["encoders"]["text"].update(vocab_size=10), r"vocab_size: 10 is smaller than the data's vocabulary"),
+    ],
+)
+def test_bad_config_fails_before_training(tmp_path, edit, message):
+    cfg = tiny_cfg()
+    edit(cfg)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, run_dir=tmp_path / "run", log=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_train_settings_defaults_are_valid():
+    assert TrainSettings.from_dict({}).epochs == 10
+
+
+def test_eval_every_subset_and_noise(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg(epochs=1), run_dir=run, log=False)
+    result = evaluate_run(run, levels=(0.0, 1.0))
+    assert [tuple(r["modalities"]) for r in result["subsets"]] == [
+        ("audio", "text", "visual"), ("audio", "text"), ("audio", "visual"), ("text", "visual"), ("audio",), ("text",), ("visual",)
+    ]
+    assert set(result["robustness"]) == {"audio", "text", "visual"}
+    assert (run / "eval" / "results.json").is_file() and (run / "eval" / "robustness.png").is_file()
+    assert result["robustness"]["text"][0]["accuracy"] == result["subsets"][0]["accuracy"]
+    partial = evaluate_run(run, missing=["audio"], noise={"visual": 0.5}, levels=(0.0,))
+    assert [len(r["modalities"]) for r in partial["subsets"]] == [2, 1, 1]
+    with pytest.raises(ValueError, match="unknown modality 'depth'"):
+        evaluate_run(run, missing=["depth"])
+
+
+def test_cli_train_and_eval(tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_cfg(epochs=1)))
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--set", "train.batch_size=48"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "run"), "--levels", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert "audio + text + visual" in out and "noise on" in out
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2  # exists: needs --resume / --overwrite
+    assert main(["train", str(path), "--set", "train.epocs=1"]) == 2
+    assert "train.epocs" in capsys.readouterr().err
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_cfg(epochs=3)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        "-m", "fusionzoo", "train", str(path), "--run-dir", str(tmp_path / "run"),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["weights_identical_across_ranks"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and log[-1]["train"]["loss"] < log[0]["train"]["loss"]
