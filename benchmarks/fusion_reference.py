@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import os
 import platform
 import shlex
-import tempfile
 from pathlib import Path
 
 import torch
@@ -29,6 +27,7 @@ from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 import fusionzoo as fz
+from fusionzoo.atomic import write_text_atomic
 from fusionzoo.fusion.base import example_features
 
 REFERENCE_DIMS = {"audio": 128, "text": 256, "visual": 512}
@@ -167,16 +166,6 @@ def to_markdown(records: list[dict], peak: float, info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fusions", default="*", help="fnmatch pattern over fusion names")
@@ -211,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['pct_of_peak']:5.1f}% of peak  matmul time {100 * r['matmul_time_share']:4.0f}%",
             flush=True,
         )
-    write_atomic(out / "fusion_reference.json", json.dumps({"info": info, "records": records}, indent=2))
-    write_atomic(out / "fusion_reference.md", to_markdown(records, peak, info))
+    write_text_atomic(out / "fusion_reference.json", json.dumps({"info": info, "records": records}, indent=2))
+    write_text_atomic(out / "fusion_reference.md", to_markdown(records, peak, info))
     print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; wrote {out}")
     return 0
 

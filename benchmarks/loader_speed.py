@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 import fusionzoo as fz
+from fusionzoo.atomic import write_text_atomic
 from fusionzoo.data import make_loader
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fusion_reference import machine_tag, write_atomic  # noqa: E402
+from fusion_reference import machine_tag  # noqa: E402
 
 
 def time_loader(dataset, batch_size: int, num_workers: int, epochs: int = 2) -> float:
@@ -55,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:28s} built in {build_s:5.2f} s  workers={workers}  {rate:9.0f} samples/s", flush=True)
     info = {"machine": machine_tag(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "command": "python benchmarks/loader_speed.py"}
-    write_atomic(out / "loader_speed.json", json.dumps({"info": info, "records": records}, indent=2))
+    write_text_atomic(out / "loader_speed.json", json.dumps({"info": info, "records": records}, indent=2))
     lines = [f"# Data loading ({info['machine']})", "", f"Command: `{info['command']}`, torch {info['torch']}.", "",
              "| dataset | build s | workers | batch | samples/s |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['dataset']} | {r['build_s']:.2f} | {r['num_workers']} | {r['batch_size']} | {r['samples_per_s']:.0f} |" for r in records]
-    write_atomic(out / "loader_speed.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / "loader_speed.md", "\n".join(lines) + "\n")
     return 0
 
 

@@ -62,10 +62,12 @@ def test_encoder_same_seed_same_output(name):
 @pytest.mark.parametrize("name", HEADS)
 def test_head_contract(name):
     head = fz.create_head(name)
-    out = head(head.example_input(3))
+    x = head.example_input(3).requires_grad_()
+    out = head(x)
     assert out.shape == (3, head.out_dim)
     _loss(out).backward()
     _assert_every_param_has_grad(head, name)
+    assert x.grad is not None and x.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=f"shape \\[B, {head.in_dim}\\]"):
         head(torch.randn(3, head.in_dim + 1))
 

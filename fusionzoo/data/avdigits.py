@@ -27,7 +27,6 @@ import hashlib
 import io
 import os
 import struct
-import tempfile
 import urllib.request
 import wave
 import zipfile
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fusionzoo.atomic import write_bytes_atomic
 from fusionzoo.registry import DATASETS
 
 __all__ = ["AVDigits", "read_idx", "read_wav", "pair_indices", "verify_checksums", "download_avdigits"]
@@ -131,20 +131,6 @@ def verify_checksums(root: str | Path) -> int:
     return n
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310 - fixed https URLs
         return response.read()
@@ -163,7 +149,7 @@ def download_avdigits(root: str | Path, fetch: Callable[[str], bytes] = _fetch) 
         got = hashlib.md5(gzip.decompress(data)).hexdigest()  # noqa: S324 - a checksum, not security
         if got != md5:
             raise ValueError(f"avdigits: downloaded {name} has MD5 {got} after decompression, expected {md5}")
-        _atomic_write(path, data)
+        write_bytes_atomic(path, data)
     audio = root / "audio"
     if not audio.is_dir() or len(list(audio.glob("*.wav"))) < 3000:
         archive = zipfile.ZipFile(io.BytesIO(fetch(FSDD_URL)))
@@ -173,7 +159,7 @@ def download_avdigits(root: str | Path, fetch: Callable[[str], bytes] = _fetch) 
         for member in members:
             target = audio / Path(member).name
             if not target.is_file():
-                _atomic_write(target, archive.read(member))
+                write_bytes_atomic(target, archive.read(member))
     rows = []
     for path in sorted(audio.glob("*.wav")):
         read_wav(path)  # format check
@@ -182,7 +168,7 @@ def download_avdigits(root: str | Path, fetch: Callable[[str], bytes] = _fetch) 
     rows.sort(key=lambda r: (int(r[1]), r[2], int(r[3])))
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows([MANIFEST_COLUMNS, *rows])
-    _atomic_write(root / "manifest.csv", text.getvalue().encode())
+    write_bytes_atomic(root / "manifest.csv", text.getvalue().encode())
 
 
 _CACHE: dict[tuple, dict] = {}

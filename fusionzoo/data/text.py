@@ -6,15 +6,15 @@ Id 0 is padding and id 1 the unknown word. No torchtext, no ``transformers``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from fusionzoo.atomic import write_text_atomic
 
 __all__ = ["Vocab", "tokenize", "PAD_ID", "UNK_ID"]
 
@@ -87,18 +87,7 @@ class Vocab:
 
     def save(self, path: str | Path) -> None:
         """Write ``{"lower": ..., "itos": [...]}`` as JSON, atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"lower": self.lower, "itos": self.itos}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, json.dumps({"lower": self.lower, "itos": self.itos}))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:

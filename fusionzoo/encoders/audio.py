@@ -109,11 +109,17 @@ class _AudioEncoder(Encoder):
     input: str
     frontend: LogMelFrontEnd
 
-    def _init_input(self, input: str, frontend: LogMelFrontEnd) -> None:
+    def _init_input(self, input: str, sample_rate: int, **frontend: object) -> None:
         if input not in INPUTS:
             raise ValueError(f"audio: input must be one of {INPUTS}, got {input!r}")
         self.input = input
-        self.frontend = frontend
+        self.sample_rate = sample_rate
+        self.frontend = LogMelFrontEnd(sample_rate=sample_rate, **frontend)
+
+    def example_input(self, batch_size: int = 2) -> Tensor:
+        if self.input == "spectrogram":
+            return torch.randn(batch_size, 1, self.frontend.n_mels, 64)
+        return torch.randn(batch_size, self.sample_rate // 2)
 
     def spectrogram(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Validate the input and return ``(log-mel [b, 1, f, t], valid frames [b])``."""
@@ -168,13 +174,9 @@ class AudioSpecCNN(_AudioEncoder):
         self.out_dim = check_positive_int(out_dim, name="out_dim", where="AudioSpecCNN")
         if not channels or n_mels < 2 ** (len(channels) - 1):
             raise ValueError(f"audio: {len(channels)} stages need n_mels >= {2 ** (len(channels) - 1)}, got {n_mels}")
-        self.sample_rate = sample_rate
         self._init_input(
-            input,
-            LogMelFrontEnd(
-                sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, top_db=top_db,
-                freq_mask=freq_mask, time_mask=time_mask,
-            ),
+            input, sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, top_db=top_db,
+            freq_mask=freq_mask, time_mask=time_mask,
         )
         self.blocks = nn.ModuleList()
         c_in = 1
@@ -207,11 +209,6 @@ class AudioSpecCNN(_AudioEncoder):
     def forward_tokens(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         tokens, mask = self._tokens(x, lengths)
         return self.proj(tokens), mask
-
-    def example_input(self, batch_size: int = 2) -> Tensor:
-        if self.input == "spectrogram":
-            return torch.randn(batch_size, 1, self.frontend.n_mels, 48)
-        return torch.randn(batch_size, self.sample_rate // 2)
 
 
 @ENCODERS.register(
@@ -247,13 +244,9 @@ class AudioResNet18(_AudioEncoder):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        self.sample_rate = sample_rate
         self._init_input(
-            input,
-            LogMelFrontEnd(
-                sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, top_db=top_db,
-                freq_mask=freq_mask, time_mask=time_mask,
-            ),
+            input, sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, top_db=top_db,
+            freq_mask=freq_mask, time_mask=time_mask,
         )
         self.backbone = TorchvisionBackbone(arch="resnet18", out_dim=out_dim, in_channels=1, weights=weights, progress=progress)
         self.out_dim = self.backbone.out_dim
@@ -274,8 +267,3 @@ class AudioResNet18(_AudioEncoder):
     def forward_tokens(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         tokens, mask = self._tokens(x, lengths)
         return self.backbone.proj(tokens), mask
-
-    def example_input(self, batch_size: int = 2) -> Tensor:
-        if self.input == "spectrogram":
-            return torch.randn(batch_size, 1, self.frontend.n_mels, 64)
-        return torch.randn(batch_size, self.sample_rate // 2)

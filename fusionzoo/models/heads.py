@@ -14,7 +14,7 @@ from fusionzoo.layers.mlp import MLP
 from fusionzoo.layers.validation import check_positive_int, check_tensor
 from fusionzoo.registry import HEADS
 
-__all__ = ["LinearHead", "MLPHead"]
+__all__ = ["IdentityHead", "LinearHead", "MLPHead"]
 
 
 class _Head(nn.Module):
@@ -72,3 +72,22 @@ class MLPHead(_Head):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         return self.mlp(x)
+
+
+@HEADS.register("identity", defaults={"in_dim": 16})
+class IdentityHead(_Head):
+    """No head: the fused vector is the output (for late fusion, whose blocks already produce logits).
+
+    Shapes: ``[b, in_dim] -> [b, in_dim]``.
+    """
+
+    def __init__(self, *, in_dim: int, out_dim: int | None = None) -> None:
+        super().__init__()
+        self.in_dim = check_positive_int(in_dim, name="in_dim", where="IdentityHead")
+        if out_dim is not None and out_dim != in_dim:
+            raise ValueError(f"IdentityHead: out_dim {out_dim} must equal in_dim {in_dim} (the fusion block's out_dim)")
+        self.out_dim = in_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        return x

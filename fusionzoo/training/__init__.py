@@ -1,6 +1,10 @@
 """Training: the loop, checkpoints, evaluation under missing modalities and noise."""
 
-from fusionzoo.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fusionzoo.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fusionzoo.training.engine import build_datasets, train
 from fusionzoo.training.evaluate import classification_metrics, evaluate, subsets
 from fusionzoo.training.robustness import evaluate_run

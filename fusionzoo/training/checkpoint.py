@@ -18,7 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "write_text_atomic", "load_model_weights"]
+from fusionzoo.atomic import write_text_atomic
+
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_model_weights"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -27,20 +29,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, state: dict[str, Any], keep: int = 2) -> Path:

@@ -36,7 +36,12 @@ from fusionzoo.config import ConfigError, build_from_section, build_model, load_
 from fusionzoo.data.loader import make_loader
 from fusionzoo.fusion.dropout import ModalityDropout
 from fusionzoo.registry import DATASETS
-from fusionzoo.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
+from fusionzoo.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_text_atomic,
+)
 from fusionzoo.training.evaluate import evaluate, move_batch
 from fusionzoo.training.settings import TrainSettings
 

@@ -12,7 +12,11 @@ import yaml
 
 from fusionzoo.config import build_model, load_config
 from fusionzoo.data.loader import make_loader
-from fusionzoo.training.checkpoint import latest_checkpoint, load_model_weights, write_text_atomic
+from fusionzoo.training.checkpoint import (
+    latest_checkpoint,
+    load_model_weights,
+    write_text_atomic,
+)
 from fusionzoo.training.engine import build_datasets, num_classes_of
 from fusionzoo.training.evaluate import NOISE_LEVELS, evaluate, subsets
 
