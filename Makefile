@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv clean
+.PHONY: run test bench bench-full venv clean
 
 # The main job: train on the embedded synthetic data, then evaluate under every subset of modalities.
 run: $(STAMP)
@@ -13,6 +13,22 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Quick benchmark suite (under 5 minutes on 2 CPU cores); results in benchmarks/results/<machine>/.
+bench: $(STAMP)
+	$(BIN)/fusionzoo bench --fusions '*' --batch-sizes 256 --modality-sweep 2,4,8 --missing-sweep 0,0.5 --min-time 0.2 --name quick_fusions
+	$(BIN)/fusionzoo bench --encoders '*' --batch-sizes 32 --min-time 0.2 --name quick_encoders
+	$(BIN)/fusionzoo bench --models configs/experiments/quickstart.yaml --batch-sizes 64 --min-time 0.5 --name quick_models
+	$(BIN)/python benchmarks/loader_speed.py
+
+# Everything: batch sweeps, torch.compile, all model configs; the GPU suite where CUDA is present.
+bench-full: $(STAMP)
+	$(BIN)/fusionzoo bench --fusions '*' --batch-sizes 32,64,128,256,512 --compile --modality-sweep 2,3,4,5,6,7,8 --missing-sweep 0,0.25,0.5,0.75 --min-time 1 --name full_fusions
+	$(BIN)/fusionzoo bench --encoders '*' --batch-sizes 8,32,128 --compile --min-time 1 --name full_encoders
+	$(BIN)/fusionzoo bench --models configs/experiments/quickstart.yaml configs/models/*.yaml --batch-sizes 64,256 --compile --min-time 1 --name full_models
+	$(BIN)/python benchmarks/fusion_reference.py
+	$(BIN)/python benchmarks/loader_speed.py
+	$(BIN)/fusionzoo bench --device cuda --fusions '*' --encoders '*' --models configs/experiments/quickstart.yaml --batch-sizes 256,1024 --dtypes float32,bfloat16 --compile --channels-last --name gpu
 
 venv: $(STAMP)
 

@@ -17,67 +17,34 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import platform
 import shlex
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.benchmark import Timer
-from torch.utils.flop_counter import FlopCounterMode
 
 import fusionzoo as fz
 from fusionzoo.atomic import write_text_atomic
-from fusionzoo.fusion.base import example_features
+from fusionzoo.bench import (
+    build_fusion,
+    count_flops,
+    fusion_inputs,
+    machine_info,
+    machine_tag,
+    matmul_peak,
+    time_callable,
+)
 
-REFERENCE_DIMS = {"audio": 128, "text": 256, "visual": 512}
-TENSOR_DIMS = {"audio": 16, "text": 32, "visual": 16}
-REFERENCE_TOKENS = 16
 # Kernels whose FLOPs FlopCounterMode counts; the rest of the time is elementwise work and overhead.
 COUNTED_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product")
-REFERENCE_KWARGS = {"film": {"target": "visual"}, "multiplicative": {"target": "visual"}}
-TWO_MODALITY = {"bilinear": ("text", "visual")}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_tag() -> str:
-    if torch.cuda.is_available():
-        return "cuda-" + torch.cuda.get_device_name().lower().replace(" ", "-")
-    return f"cpu-{torch.get_num_threads()}t-" + cpu_model().lower().replace(" ", "-")
-
-
-def measure(fn, min_time: float) -> tuple[float, float]:
-    m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_time)
-    return m.median, m.iqr
-
-
-def matmul_peak(min_time: float, n: int = 2048) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    median, _ = measure(lambda: a @ b, min_time)
-    return 2 * n**3 / median
 
 
 def bench_fusion(name: str, batch: int, min_time: float) -> dict:
-    dims = TENSOR_DIMS if name == "tensor" else REFERENCE_DIMS
-    if name in TWO_MODALITY:
-        dims = {m: dims[m] for m in TWO_MODALITY[name]}
     torch.manual_seed(0)
     # The class's own defaults (realistic widths), not the registry's small test defaults.
-    block = fz.FUSIONS.get(name).fn(in_dims=dims, out_dim=256, **REFERENCE_KWARGS.get(name, {})).train()
-    feats = example_features(block.in_dims, batch, block.input_kind)
-    if block.input_kind == "tokens":
-        feats = {m: torch.randn(batch, REFERENCE_TOKENS, d) for m, d in block.in_dims.items()}
+    block = build_fusion(name).train()
     # As inside a model: the gradient flows on to the encoders.
-    feats = {m: x.requires_grad_() for m, x in feats.items()}
+    feats, _ = fusion_inputs(block, batch, "cpu")
     grad = torch.randn(batch, block.out_dim)
 
     def forward():
@@ -90,14 +57,10 @@ def bench_fusion(name: str, batch: int, min_time: float) -> dict:
             x.grad = None
         block(feats).backward(grad)
 
-    with FlopCounterMode(display=False) as counter:
-        block(feats)
-    fwd_flops = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        forward_backward()
-    fb_flops = counter.get_total_flops()
-    fwd_t, fwd_iqr = measure(forward, min_time)
-    fb_t, fb_iqr = measure(forward_backward, min_time)
+    fwd_flops = count_flops(lambda: block(feats))
+    fb_flops = count_flops(forward_backward)
+    fwd_t, fwd_iqr = time_callable(forward, "cpu", min_time)
+    fb_t, fb_iqr = time_callable(forward_backward, "cpu", min_time)
     with profile(activities=[ProfilerActivity.CPU], acc_events=True) as prof:
         forward_backward()
     events = prof.key_averages()
@@ -107,7 +70,7 @@ def bench_fusion(name: str, batch: int, min_time: float) -> dict:
         "name": name,
         "input_kind": block.input_kind,
         "in_dims": block.in_dims,
-        "tokens": REFERENCE_TOKENS if block.input_kind == "tokens" else None,
+        "tokens": 16 if block.input_kind == "tokens" else None,
         "batch_size": batch,
         "out_dim": block.out_dim,
         "params": sum(p.numel() for p in block.parameters()),
@@ -177,13 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or Path(__file__).parent / "results" / machine_tag()
-    peak = matmul_peak(args.min_time)
+    peak = matmul_peak("cpu", min_time=args.min_time)
     info = {
         "machine": machine_tag(),
-        "cpu": cpu_model(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        **machine_info(),
         "matmul_peak_gflops": peak / 1e9,
         "command": "python benchmarks/fusion_reference.py "
         + " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items() if v is not None and k != "out"),

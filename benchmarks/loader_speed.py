@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -17,10 +16,8 @@ import torch
 
 import fusionzoo as fz
 from fusionzoo.atomic import write_text_atomic
+from fusionzoo.bench import machine_tag
 from fusionzoo.data import make_loader
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fusion_reference import machine_tag  # noqa: E402
 
 
 def time_loader(dataset, batch_size: int, num_workers: int, epochs: int = 2) -> float:

@@ -1,4 +1,4 @@
-"""The ``fusionzoo`` command: ``list``, ``info``, ``train``, ``eval``."""
+"""The ``fusionzoo`` command: ``list``, ``info``, ``train``, ``eval``, ``bench``."""
 
 from __future__ import annotations
 
@@ -141,6 +141,31 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(text: str, kind=str) -> list:
+    return [kind(v) for v in text.split(",") if v.strip()]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from fusionzoo.bench import SuiteOptions, machine_tag, run_suite
+
+    if not (args.encoders or args.fusions or args.models):
+        print("error: choose what to time: --fusions PATTERN, --encoders PATTERN and/or --models CONFIG ...", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("CUDA is not available on this machine: GPU benchmarks skipped")
+        return 0
+    opts = SuiteOptions(
+        encoders=args.encoders, fusions=args.fusions, models=args.models, batch_sizes=_csv(args.batch_sizes, int),
+        device=args.device, dtypes=_csv(args.dtypes), compile=args.compile, channels_last=args.channels_last,
+        modality_sweep=_csv(args.modality_sweep, int), missing_sweep=_csv(args.missing_sweep, float),
+        min_time=args.min_time, memory=not args.no_memory,
+    )
+    out = Path(args.out) if args.out else Path("benchmarks") / "results" / machine_tag(args.device)
+    command = "fusionzoo bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "fusionzoo bench (from Python)"
+    run_suite(opts, out, args.name, command)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionzoo", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fusionzoo {fusionzoo.__version__}")
@@ -171,6 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", action="append", default=[], metavar="M=LEVEL", help="noise added to a modality")
     p.add_argument("--levels", default="0,0.25,0.5,1,2", help="noise levels of the robustness curves")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("bench", help="time encoders, fusion blocks and models against the measured matmul rate")
+    p.add_argument("--encoders", default=None, metavar="PATTERN", help="fnmatch pattern over encoder names")
+    p.add_argument("--fusions", default=None, metavar="PATTERN", help="fnmatch pattern over fusion names")
+    p.add_argument("--models", nargs="*", default=[], metavar="CONFIG", help="model / experiment configs")
+    p.add_argument("--batch-sizes", default="256", help="comma-separated batch sizes (a sweep when several)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtypes", default="float32", help="float32 and/or bfloat16 (autocast; CUDA only)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (compile time reported)")
+    p.add_argument("--channels-last", action="store_true", help="also time CNN encoders in channels_last (CUDA)")
+    p.add_argument("--modality-sweep", default="", help="fusion cost for these numbers of modalities, e.g. 2,4,8")
+    p.add_argument("--missing-sweep", default="", help="fusion time at these missing-modality rates, e.g. 0,0.5")
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--out", default=None, help="default: benchmarks/results/<machine-tag>")
+    p.add_argument("--name", default="bench", help="file name stem of the results")
+    p.set_defaults(func=_bench)
     return parser
 
 

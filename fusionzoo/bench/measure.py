@@ -1,0 +1,278 @@
+"""The benchmark harness: time registry entries and models, forward and forward+backward, against the
+machine's measured matmul rate.
+
+Legend: ``b`` batch, ``m`` modality, ``d`` features.
+
+Timing: on the CPU ``torch.utils.benchmark.Timer`` (blocked runs, median and IQR, fixed thread
+count); on CUDA, CUDA events around each of many repetitions after a warm-up. FLOPs come from
+``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention where it has a
+formula; elementwise work is not counted). Peak memory: CUDA ``max_memory_allocated``; on Linux
+CPUs the resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the
+resident set before the call.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
+
+from fusionzoo.atomic import write_text_atomic
+from fusionzoo.fusion.base import example_features, example_present
+from fusionzoo.registry import ENCODERS, FUSIONS
+
+__all__ = [
+    "Measurement",
+    "machine_info",
+    "machine_tag",
+    "matmul_peak",
+    "time_callable",
+    "count_flops",
+    "peak_memory",
+    "bench_callable",
+    "build_encoder",
+    "build_fusion",
+    "fusion_inputs",
+    "write_results",
+    "REFERENCE_DIMS",
+    "TENSOR_DIMS",
+]
+
+REFERENCE_DIMS = {"audio": 128, "text": 256, "visual": 512}
+TENSOR_DIMS = {"audio": 16, "text": 32, "visual": 16}
+REFERENCE_TOKENS = 16
+ROLE_KWARGS = {"film": {"target": "visual"}, "multiplicative": {"target": "visual"}}
+TWO_MODALITY = {"bilinear": ("text", "visual")}
+
+
+@dataclass
+class Measurement:
+    """One timed configuration of one target."""
+
+    target: str
+    kind: str  # encoder | fusion | model | matmul
+    mode: str  # forward | forward_backward | train_step
+    batch_size: int
+    device: str
+    dtype: str = "float32"
+    compiled: bool = False
+    variant: dict[str, Any] = field(default_factory=dict)
+    median_ms: float = math.nan
+    iqr_ms: float = math.nan
+    flops: int = 0
+    gflops_per_s: float = math.nan
+    pct_of_peak: float = math.nan
+    params: int = 0
+    peak_memory_bytes: int | None = None
+    samples_per_s: float = math.nan
+    compile_s: float | None = None
+    note: str = ""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+    }
+
+
+def machine_tag(device: str = "cpu") -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return "cuda-" + torch.cuda.get_device_name().lower().replace(" ", "-")
+    return f"cpu-{torch.get_num_threads()}t-" + _cpu_model().lower().replace(" ", "-")
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_callable(fn: Callable[[], Any], device: str = "cpu", min_time: float = 1.0) -> tuple[float, float]:
+    """``(median, IQR)`` in seconds of ``fn()``, after a warm-up."""
+    fn()
+    _sync(device)
+    if not device.startswith("cuda"):
+        m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_time)
+        return m.median, m.iqr
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times: list[float] = []
+    deadline = time.perf_counter() + min_time
+    while len(times) < 10 or (time.perf_counter() < deadline and len(times) < 1000):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    q = statistics.quantiles(times, n=4)
+    return statistics.median(times), q[2] - q[0]
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _rss_kib(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory(fn: Callable[[], Any], device: str = "cpu") -> int | None:
+    """Bytes of memory ``fn()`` needs at its peak beyond what was in use before it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return None
+    before = _rss_kib("VmRSS")
+    fn()
+    peak = _rss_kib("VmHWM")
+    return None if before is None or peak is None else max(0, peak - before) * 1024
+
+
+def matmul_peak(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int | None = None, min_time: float = 1.0) -> float:
+    """Measured FLOP/s of a large square matmul."""
+    n = n or (8192 if device.startswith("cuda") else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    median, _ = time_callable(lambda: a @ b, device, min_time)
+    return 2 * n**3 / median
+
+
+def bench_callable(
+    record: Measurement,
+    fn: Callable[[], Any],
+    peak: float,
+    min_time: float,
+    measure_memory: bool = True,
+) -> Measurement:
+    """Fill ``record`` with time, FLOPs, rate, share of ``peak`` and memory of ``fn``."""
+    record.flops = count_flops(fn)
+    median, iqr = time_callable(fn, record.device, min_time)
+    record.median_ms, record.iqr_ms = median * 1e3, iqr * 1e3
+    record.gflops_per_s = record.flops / median / 1e9
+    record.pct_of_peak = 100 * record.flops / median / peak if peak else math.nan
+    record.samples_per_s = record.batch_size / median
+    if measure_memory:
+        record.peak_memory_bytes = peak_memory(fn, record.device)
+    return record
+
+
+def _required_defaults(entry) -> dict[str, Any]:
+    """The registry defaults for arguments the constructor has no default for (e.g. ``vocab_size``)."""
+    params = inspect.signature(entry.fn).parameters
+    return {k: v for k, v in entry.defaults.items() if k in params and params[k].default is inspect.Parameter.empty}
+
+
+def build_encoder(name: str) -> nn.Module:
+    """An encoder at its constructor's own (realistic) defaults, plus any required registry default."""
+    entry = ENCODERS.get(name)
+    return entry.fn(**_required_defaults(entry))
+
+
+def build_fusion(name: str, in_dims: dict[str, int] | None = None, out_dim: int = 256) -> nn.Module:
+    """A fusion block at the reference dims (or ``in_dims``) with its constructor's defaults."""
+    dims = dict(in_dims or (TENSOR_DIMS if name == "tensor" else REFERENCE_DIMS))
+    if in_dims is None and name in TWO_MODALITY:
+        dims = {m: dims[m] for m in TWO_MODALITY[name]}
+    kwargs = dict(ROLE_KWARGS.get(name, {}))
+    if "target" in kwargs and kwargs["target"] not in dims:
+        kwargs["target"] = sorted(dims)[-1]
+    return FUSIONS.get(name).fn(in_dims=dims, out_dim=out_dim, **kwargs)
+
+
+def fusion_inputs(block, batch_size: int, device: str, missing_rate: float = 0.0, tokens: int = REFERENCE_TOKENS):
+    """Reference inputs for a block: ``(features, present)``, features requiring grad."""
+    g = torch.Generator().manual_seed(0)
+    if block.input_kind == "tokens":
+        feats = {m: torch.randn(batch_size, tokens, d, generator=g) for m, d in block.in_dims.items()}
+    else:
+        feats = example_features(block.in_dims, batch_size, "pooled", generator=g)
+    present = None
+    if missing_rate > 0:
+        present = {m: torch.rand(batch_size, generator=g) >= missing_rate for m in block.modalities}
+    elif missing_rate < 0:  # every subset pattern
+        present = example_present(block.modalities, batch_size)
+    feats = {m: x.to(device).requires_grad_() for m, x in feats.items()}
+    present = None if present is None else {m: p.to(device) for m, p in present.items()}
+    return feats, present
+
+
+def write_results(out: Path, name: str, records: Sequence[Measurement], info: dict[str, Any], markdown: str) -> list[Path]:
+    """``<name>.json`` (machine info + one record per measurement), ``<name>.csv`` and ``<name>.md``."""
+    rows = [asdict(r) for r in records]
+    paths = [out / f"{name}.json", out / f"{name}.csv", out / f"{name}.md"]
+    write_text_atomic(paths[0], json.dumps({"info": info, "records": rows}, indent=2, default=str))
+    buf = io.StringIO()
+    flat = [{**{k: v for k, v in r.items() if k != "variant"}, "variant": json.dumps(r["variant"], sort_keys=True)} for r in rows]
+    if flat:
+        writer = csv.DictWriter(buf, fieldnames=list(flat[0]))
+        writer.writeheader()
+        writer.writerows(flat)
+    write_text_atomic(paths[1], buf.getvalue())
+    write_text_atomic(paths[2], markdown)
+    return paths
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def params_of(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def iter_names(names: Iterable[str], pattern: str | None) -> list[str]:
+    import fnmatch
+
+    return [] if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
