@@ -4,7 +4,7 @@ The public face: ``create_X``, ``list_X``, ``register_X`` and ``get_X_info`` for
 fusion, head, model, dataset and loss; ``load_config`` and ``build_model``.
 """
 
-from fusionzoo import data, encoders, fusion, models  # noqa: F401  (imports register the entries)
+from fusionzoo import data, encoders, fusion, losses, models  # noqa: F401  (imports register the entries)
 from fusionzoo.config import ConfigError, build_model, load_config
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.fusion.base import FusionBlock

@@ -1,0 +1,37 @@
+"""Cross-modal retrieval metrics for paired embeddings (row ``i`` of ``a`` matches row ``i`` of ``b``).
+
+Legend: ``b`` batch, ``d`` embedding width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["retrieval_metrics"]
+
+
+def _ranks(sim: Tensor) -> Tensor:
+    """1-based rank of the true match (the diagonal) in each row; ties count in the match's favour."""
+    return (sim > sim.diag()[:, None]).sum(dim=1) + 1
+
+
+@torch.no_grad()
+def retrieval_metrics(a: Tensor, b: Tensor, ks: Sequence[int] = (1, 5, 10), names: tuple[str, str] = ("a", "b")) -> dict[str, float]:
+    """Recall@k and median rank, ``a -> b`` (query a, find its b) and ``b -> a``, by cosine similarity.
+
+    Shapes: a, b ``[b, d]``.
+    """
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(f"retrieval: paired embeddings must both be [B, D], got {list(a.shape)} and {list(b.shape)}")
+    sim = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
+    out: dict[str, float] = {}
+    for direction, s in ((f"{names[0]}->{names[1]}", sim), (f"{names[1]}->{names[0]}", sim.T)):
+        ranks = _ranks(s).float()
+        for k in ks:
+            out[f"{direction} R@{k}"] = (ranks <= k).float().mean().item()
+        out[f"{direction} median rank"] = ranks.median().item()
+    return out

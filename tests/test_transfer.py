@@ -1,0 +1,102 @@
+"""Transfer utilities: partial loading, freezing (and frozen BatchNorm), learning-rate groups, strategies."""
+
+import pytest
+import torch
+from torch import nn
+
+import fusionzoo as fz
+from fusionzoo.transfer import (
+    GradualUnfreezer,
+    apply_strategy,
+    freeze,
+    load_partial,
+    param_groups,
+    unfreeze,
+)
+
+
+def small_model():
+    return fz.build_model(
+        {
+            "model": {
+                "encoders": {
+                    "visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4, 8], "out_dim": 8},
+                    "text": {"name": "text_embedding", "vocab_size": 20, "embed_dim": 4, "out_dim": 6},
+                },
+                "fusion": {"name": "concat_mlp", "out_dim": 8, "hidden_dims": []},
+                "head": {"name": "linear", "out_dim": 3},
+            }
+        }
+    )
+
+
+def test_load_partial_reports_renamed_and_reshaped_keys(tmp_path):
+    src = small_model()
+    state = {k.replace("encoders.visual.", "backbone."): v for k, v in src.state_dict().items()}
+    state["head.fc.weight"] = torch.randn(5, 8)  # reshaped
+    state["extra.thing"] = torch.zeros(1)  # unexpected
+    del state["head.fc.bias"]  # missing
+    path = tmp_path / "w.pt"
+    torch.save(state, path)
+    dst = small_model()
+    with pytest.raises(ValueError, match=r"(?s)shape mismatch.*head.fc.weight model \[3, 8\] file \[5, 8\]"):
+        load_partial(dst, path, key_map={"backbone.": "encoders.visual."})
+    report = load_partial(dst, path, key_map={"backbone.": "encoders.visual."}, strict_shapes=False)
+    assert report.unexpected == ["extra.thing"]
+    assert set(report.missing) == {"head.fc.bias"} and set(report.mismatched) == {"head.fc.weight"}
+    assert "encoders.visual.features.0.0.weight" in report.loaded
+    torch.testing.assert_close(dst.encoders["visual"].features[0][0].weight, src.encoders["visual"].features[0][0].weight)
+    text = str(report)
+    assert "loaded" in text and "mismatched      1  head.fc.weight model [3, 8] file [5, 8]" in text
+
+
+def test_freeze_unfreeze_and_frozen_batchnorm_statistics_stay_put():
+    model = small_model()
+    changed = freeze(model, "encoders.visual.*")
+    assert changed and all(n.startswith("encoders.visual.") for n in changed)
+    assert all(not p.requires_grad for p in model.encoders["visual"].parameters())
+    bn = model.encoders["visual"].features[0][1]
+    before = bn.running_mean.clone()
+    model.train()  # must not wake the frozen BatchNorm
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        batch = {"visual": torch.randn(4, 1, 16, 16) * 3 + 1, "text": torch.randint(1, 20, (4, 5))}
+        model(batch).sum().backward()
+        opt.step()
+    assert torch.equal(bn.running_mean, before) and not bn.training
+    assert unfreeze(model, "encoders.visual.*") == changed
+    model.train()
+    model({"visual": torch.randn(4, 1, 16, 16) + 5, "text": torch.randint(1, 20, (4, 5))})
+    assert not torch.equal(bn.running_mean, before) and bn.training
+
+
+def test_param_groups_apply_multipliers():
+    model = small_model()
+    groups = param_groups(model, 1e-3, {"encoders.*": 0.1, "head.*": 2.0})
+    lrs = {g["lr_mult"]: g["lr"] for g in groups}
+    assert lrs == {0.1: pytest.approx(1e-4), 1.0: pytest.approx(1e-3), 2.0: pytest.approx(2e-3)}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    torch.optim.AdamW(groups)  # a valid optimizer spec
+
+
+def test_strategies_and_gradual_unfreezing():
+    model = small_model()
+    apply_strategy(model, "linear_probe")
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("encoders."))
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith("encoders."))
+    apply_strategy(model, "finetune")
+    assert all(p.requires_grad for p in model.parameters())
+    unfreezer = apply_strategy(model, "gradual")
+    assert isinstance(unfreezer, GradualUnfreezer)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("encoders."))
+    first = unfreezer.step(0)
+    assert first and all(n.startswith("encoders.text.") for n in first)
+    assert all(n.startswith("encoders.visual.") for n in unfreezer.step(1))
+    with pytest.raises(ValueError, match="unknown strategy"):
+        apply_strategy(model, "surgery")
+
+
+def test_a_different_architecture_gives_a_report_not_a_crash():
+    other = nn.Sequential(nn.Linear(3, 4))
+    report = load_partial(small_model(), other.state_dict())
+    assert report.loaded == [] and report.unexpected == ["0.weight", "0.bias"]
