@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fusionzoo.atomic import write_bytes_atomic
+from fusionzoo.data.sampling import first_per_class
 from fusionzoo.registry import DATASETS
 
 __all__ = ["AVDigits", "read_idx", "read_wav", "pair_indices", "verify_checksums", "download_avdigits"]
@@ -232,6 +233,7 @@ class AVDigits(Dataset):
         snr_db: float = 0.0,
         pca_energy: float = 0.25,
         seed: int = 0,
+        labels_per_class: int | None = None,
     ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"avdigits: split must be 'train' or 'test', got {split!r}")
@@ -262,6 +264,11 @@ class AVDigits(Dataset):
             audio = self._noisy(audio, self.lengths, snr_db, seed)
         self.images = ((images - MNIST_MEAN) / MNIST_STD)[:, None].astype(np.float32)
         self.audio = audio
+        if labels_per_class is not None and split == "train":
+            index = first_per_class(self.labels, labels_per_class)
+            self.rows = [self.rows[i] for i in index]
+            self.labels, self.mnist_index, self.lengths = self.labels[index], self.mnist_index[index], self.lengths[index]
+            self.images, self.audio = self.images[index], self.audio[index]
 
     def _pca_images(self, images: np.ndarray, energy: float, clip_seconds: float) -> np.ndarray:
         """Project onto the principal components of the *training* images that carry ``energy``."""

@@ -18,7 +18,9 @@ reveals one attribute, so with 8 classes the Bayes accuracy is 25% from the imag
 for audio + text); all three determine the class. ``noise`` (0 to 1) scales the sensor noise.
 ``missing_rate`` drops each modality of each sample independently (never all three).
 
-``split="train"`` and ``"test"`` draw from independent random streams of the same ``seed``.
+``split="train"`` and ``"test"`` draw from independent random streams of the same ``seed``;
+``labels_per_class`` keeps the first ``k`` training samples of each class (low-label experiments;
+the test split stays whole).
 Generation is vectorised: 10,000 samples take about 4 s on one core (2000: under 1 s).
 """
 
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fusionzoo.data.sampling import first_per_class
 from fusionzoo.data.text import PAD, UNK, Vocab
 from fusionzoo.registry import DATASETS
 
@@ -73,6 +76,7 @@ class SyntheticTrimodal(Dataset):
         image_size: int = 32,
         sample_rate: int = 8000,
         duration: float = 0.5,
+        labels_per_class: int | None = None,
     ) -> None:
         if num_classes not in ATTRIBUTE_COUNTS:
             raise ValueError(f"synthetic: num_classes must be one of {sorted(ATTRIBUTE_COUNTS)}, got {num_classes}")
@@ -99,6 +103,14 @@ class SyntheticTrimodal(Dataset):
         nothing = ~keep.any(axis=1)
         keep[nothing, rng.integers(0, 3, int(nothing.sum()))] = True  # never drop all three
         self.keep = keep
+        if labels_per_class is not None and split == "train":
+            self._subset(first_per_class(self.labels, labels_per_class))
+
+    def _subset(self, index: np.ndarray) -> None:
+        self.n = len(index)
+        for name in ("labels", "attributes", "images", "audio", "audio_lengths", "names_shape", "keep"):
+            setattr(self, name, getattr(self, name)[index])
+        self.texts = [self.texts[i] for i in index]
 
     # ------------------------------------------------------------------ generators
 

@@ -44,6 +44,7 @@ from fusionzoo.training.checkpoint import (
 )
 from fusionzoo.training.evaluate import evaluate, move_batch
 from fusionzoo.training.settings import TrainSettings
+from fusionzoo.transfer import apply_strategy, freeze, load_partial, param_groups
 
 __all__ = ["train", "build_datasets", "num_classes_of", "default_run_dir"]
 
@@ -95,6 +96,31 @@ def _setup_distributed(settings: TrainSettings) -> tuple[int, int, torch.device]
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     return rank, world, torch.device("cpu")
+
+
+def _prepare_transfer(cfg, settings: TrainSettings, model: nn.Module, run_dir: Path | None, say, world: int):
+    """``train.init_from`` (load, then freeze) and ``train.strategy``; returns a gradual unfreezer or None."""
+    origin = cfg.get("_origin", "<dict>")
+    init = settings.init_from
+    if init is not None:
+        path = Path(init["path"])
+        if path.is_dir():
+            from fusionzoo.training.robustness import resolve_checkpoint
+
+            path = resolve_checkpoint(path)[1] / "model.safetensors"
+        try:
+            report = load_partial(model, path, key_map=init.get("key_map"), strict_shapes=init.get("strict_shapes", False))
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"{origin}: train.init_from: {e}") from e
+        say(f"init_from {path}:\n{report}")
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "init_report.txt").write_text(f"{path}\n{report}\n")
+        if init.get("freeze"):
+            freeze(model, init["freeze"])
+    if settings.strategy == "gradual" and world > 1:
+        raise ConfigError(f"{origin}: train.strategy: gradual unfreezing is not supported under torchrun (DDP fixes its parameter set at start)")
+    return apply_strategy(model, settings.strategy) if settings.strategy != "finetune" else None
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -171,7 +197,8 @@ def train(
     train_loader = make_loader(train_set, settings.batch_size, shuffle=True, num_workers=settings.num_workers, seed=seed, distributed=world > 1)
     test_loader = make_loader(test_set, max(settings.batch_size, 256), num_workers=settings.num_workers, distributed=False)
     steps = len(train_loader)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    unfreezer = _prepare_transfer(cfg, settings, model, run_dir if is_main else None, say, world)
+    optimizer = torch.optim.AdamW(param_groups(model, settings.lr, settings.lr_mult, settings.weight_decay))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(round(settings.warmup_epochs * steps), settings.epochs * steps)
     )
@@ -207,6 +234,8 @@ def train(
     started = time.perf_counter()
     for epoch in range(start_epoch, settings.epochs):
         torch.manual_seed(seed + 1_000_003 * (epoch + 1) + 7919 * rank)
+        if unfreezer is not None:
+            unfreezer.step(epoch)
         if world > 1:
             train_loader.sampler.set_epoch(epoch)
         else:

@@ -18,6 +18,9 @@ class TrainSettings:
     ``warmup_epochs`` may be fractional (linear warm-up over that many epochs of steps, then cosine
     decay to 0). ``amp`` means bf16 autocast on CUDA; on the CPU training is always float32.
     ``progress`` ``None`` shows a progress bar only on a terminal and never under CI.
+    ``init_from`` (``{path, key_map, freeze, strict_shapes}``) loads weights before training (a run
+    directory or a weights file), ``lr_mult`` maps parameter-name patterns to learning-rate
+    multipliers, and ``strategy`` is ``finetune``, ``linear_probe`` or ``gradual``.
     """
 
     epochs: int = 10
@@ -35,6 +38,9 @@ class TrainSettings:
     device: str = "auto"
     progress: bool | None = None
     keep_checkpoints: int = 2
+    init_from: dict | None = None
+    lr_mult: dict | None = None
+    strategy: str = "finetune"
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any] | None, origin: str = "<dict>") -> TrainSettings:
@@ -61,6 +67,17 @@ class TrainSettings:
             "device": settings.device in ("auto", "cpu", "cuda"),
             "keep_checkpoints": settings.keep_checkpoints >= 1,
         }
+        checks["strategy"] = settings.strategy in ("finetune", "linear_probe", "gradual")
+        checks["lr_mult"] = settings.lr_mult is None or (
+            isinstance(settings.lr_mult, dict) and all(isinstance(v, (int, float)) and v >= 0 for v in settings.lr_mult.values())
+        )
+        if settings.init_from is not None:
+            init = settings.init_from
+            if not isinstance(init, dict) or "path" not in init:
+                raise ConfigError(f"{origin}: train.init_from: expected {{path, key_map, freeze, strict_shapes}}, got {init!r}")
+            for key in init:
+                if key not in ("path", "key_map", "freeze", "strict_shapes"):
+                    raise ConfigError(f"{origin}: train.init_from.{key}: unknown key (path, key_map, freeze, strict_shapes)")
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{origin}: train.{key}: invalid value {getattr(settings, key)!r}")

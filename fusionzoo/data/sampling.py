@@ -1,0 +1,18 @@
+"""Label-budget subsets for low-label experiments."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["first_per_class"]
+
+
+def first_per_class(labels: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the first ``k`` samples of every class, in dataset order (deterministic)."""
+    if k < 1:
+        raise ValueError(f"labels_per_class must be at least 1, got {k}")
+    labels = np.asarray(labels)
+    keep = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        keep[np.flatnonzero(labels == c)[:k]] = True
+    return np.flatnonzero(keep)

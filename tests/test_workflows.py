@@ -1,0 +1,64 @@
+"""Workflows run end to end at a tiny size: transfer across tasks with each fine-tuning strategy."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fusionzoo.config import ConfigError
+from fusionzoo.training import latest_checkpoint, train
+
+
+def cfg(num_classes, seed, **train_opts):
+    return {
+        "seed": seed,
+        "data": {"name": "synthetic", "n": 96, "num_classes": num_classes, "seed": seed, "labels_per_class": 4},
+        "model": {
+            "encoders": {
+                "visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4], "out_dim": 8},
+                "text": {"name": "text_embedding", "vocab_size": 64, "embed_dim": 8, "out_dim": 8},
+            },
+            "fusion": {"name": "concat_mlp", "out_dim": 16, "hidden_dims": [16]},
+            "head": {"name": "linear", "out_dim": num_classes},
+        },
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, **train_opts},
+    }
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    run = tmp_path_factory.mktemp("wf") / "source"
+    train(cfg(8, 0), run_dir=run, log=False)
+    return run
+
+
+def weights(run):
+    return load_file(str(latest_checkpoint(run) / "model.safetensors"))
+
+
+def test_linear_probe_from_source_keeps_encoders_and_skips_the_head(source, tmp_path):
+    target = tmp_path / "probe"
+    train(cfg(12, 1, strategy="linear_probe", init_from={"path": str(source)}), run_dir=target, log=False)
+    src, dst = weights(source), weights(target)
+    enc = [k for k in src if k.startswith("encoders.")]
+    assert enc and all(torch.equal(src[k], dst[k]) for k in enc)  # frozen, BatchNorm statistics included
+    assert not torch.equal(src["fusion.mlp.0.weight"], dst["fusion.mlp.0.weight"])  # trained on the target
+    report = (target / "init_report.txt").read_text()
+    assert "mismatched      2  head.fc.bias model [12] file [8], head.fc.weight model [12, 16] file [8, 16]" in report
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "gradual"])
+def test_finetune_and_gradual_move_the_encoders(source, tmp_path, strategy):
+    target = tmp_path / strategy
+    opts = {"strategy": strategy, "init_from": {"path": str(source)}, "lr_mult": {"encoders.*": 0.5}}
+    train(cfg(12, 1, **opts), run_dir=target, log=False)
+    src, dst = weights(source), weights(target)
+    assert not torch.equal(src["encoders.text.embedding.weight"], dst["encoders.text.embedding.weight"])
+
+
+def test_init_from_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.init_from: .*not found"):
+        train(cfg(8, 0, init_from={"path": str(tmp_path / "nope.pt")}), run_dir=tmp_path / "r", log=False)
+    with pytest.raises(ConfigError, match=r"train\.init_from\.freez: unknown key"):
+        train(cfg(8, 0, init_from={"path": "x", "freez": []}), run_dir=tmp_path / "r", log=False)
+    with pytest.raises(ConfigError, match=r"train\.strategy: invalid value 'surgery'"):
+        train(cfg(8, 0, strategy="surgery"), run_dir=tmp_path / "r", log=False)
