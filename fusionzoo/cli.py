@@ -100,9 +100,16 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fusionzoo.training import train
+    from fusionzoo.training import train, train_alignment
 
-    summary = train(args.config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite, overrides=args.set)
+    cfg = load_config(args.config, args.set)
+    if "align" in cfg:
+        if args.resume:
+            raise ConfigError("--resume is not supported for align: runs")
+        summary = train_alignment(cfg, run_dir=args.run_dir, overwrite=args.overwrite)
+        print(f"done: {summary['run_dir']}  " + "  ".join(f"{k} {v:.3f}" for k, v in summary["final"].items() if "R@" in k or "zero" in k))
+        return 0
+    summary = train(cfg, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite)
     final = summary["final"]
     if final is not None:
         print(

@@ -31,6 +31,7 @@ from fusionzoo.registry import (
     ENCODERS,
     FUSIONS,
     HEADS,
+    LOSSES,
     Registry,
     accepted_kwargs,
     check_kwargs,
@@ -39,7 +40,7 @@ from fusionzoo.registry import (
 
 __all__ = ["ConfigError", "load_config", "apply_overrides", "validate_config", "build_model", "build_from_section"]
 
-TOP_LEVEL_KEYS = ("name", "description", "seed", "model", "data", "train")
+TOP_LEVEL_KEYS = ("name", "description", "seed", "model", "align", "data", "train")
 MODEL_KEYS = ("encoders", "fusion", "head")
 
 
@@ -126,6 +127,8 @@ def validate_config(cfg: Mapping[str, Any], origin: str = "<dict>") -> None:
             raise ConfigError(f"{origin}: {_unknown_key('', key, TOP_LEVEL_KEYS).args[0]}")
     if "seed" in cfg and (isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int)):
         raise ConfigError(f"{origin}: seed: expected an int, got {cfg['seed']!r}")
+    if "align" in cfg and "model" in cfg:
+        raise ConfigError(f"{origin}: align: a config trains either a model (model:) or an alignment (align:), not both")
     if "model" in cfg:
         model = _mapping(cfg["model"], "model", origin)
         for key in model:
@@ -141,6 +144,15 @@ def validate_config(cfg: Mapping[str, Any], origin: str = "<dict>") -> None:
             _check_section(ENCODERS, section, f"model.encoders.{m}", ("modality",), origin)
         _check_section(FUSIONS, model["fusion"], "model.fusion", ("in_dims",), origin)
         _check_section(HEADS, model["head"], "model.head", ("in_dim",), origin)
+    if "align" in cfg:
+        align = _mapping(cfg["align"], "align", origin)
+        for key in align:
+            if key not in ("encoders", "loss", "order"):
+                raise ConfigError(f"{origin}: {_unknown_key('align', key, ('encoders', 'loss', 'order')).args[0]}")
+        for m, section in _mapping(align.get("encoders", {}), "align.encoders", origin).items():
+            _check_section(ENCODERS, section, f"align.encoders.{m}", ("modality",), origin)
+        if "loss" in align:
+            _check_section(LOSSES, align["loss"], "align.loss", (), origin)
     if "data" in cfg:
         _check_section(DATASETS, cfg["data"], "data", ("split",), origin)
     if "train" in cfg:

@@ -18,6 +18,15 @@ def test_flops_match_a_hand_count_for_linear():
     assert count_flops(lambda: layer(x).sum().backward()) == 3 * 2 * 8 * 32 * 16
 
 
+@pytest.mark.parametrize("groups", [1, 8])
+def test_conv_backward_costs_twice_its_forward_even_when_grouped(groups):
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1, groups=groups, bias=False)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    forward = 2 * 2 * 16 * 8 * 8 * (16 // groups) * 9
+    assert count_flops(lambda: conv(x)) == forward
+    assert count_flops(lambda: conv(x).sum().backward()) == 3 * forward
+
+
 def test_time_callable_is_positive():
     median, iqr = time_callable(lambda: torch.randn(64, 64) @ torch.randn(64, 64), "cpu", min_time=0.01)
     assert median > 0 and iqr >= 0

@@ -62,3 +62,29 @@ def test_init_from_errors_name_the_key(tmp_path):
         train(cfg(8, 0, init_from={"path": "x", "freez": []}), run_dir=tmp_path / "r", log=False)
     with pytest.raises(ConfigError, match=r"train\.strategy: invalid value 'surgery'"):
         train(cfg(8, 0, strategy="surgery"), run_dir=tmp_path / "r", log=False)
+
+
+def test_cross_modal_alignment_runs_and_reports_retrieval(tmp_path):
+    from fusionzoo.training import train_alignment
+
+    align_cfg = {
+        "seed": 0,
+        "data": {"name": "synthetic", "n": 64},
+        "align": {
+            "encoders": {
+                "audio": {"name": "audio_spec_cnn", "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 16, "channels": [4], "out_dim": 8},
+                "visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4], "out_dim": 8},
+            },
+            "loss": {"name": "info_nce"},
+        },
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.01},
+    }
+    summary = train_alignment(align_cfg, run_dir=tmp_path / "align", log=False)
+    final = summary["final"]
+    for key in ("audio->visual R@1", "audio->visual R@5", "visual->audio R@1", "audio->visual median rank", "zero_shot_audio_accuracy", "temperature"):
+        assert key in final
+    assert 0 <= final["audio->visual R@1"] <= final["audio->visual R@5"] <= 1
+    assert (tmp_path / "align" / "metrics.json").is_file() and (tmp_path / "align" / "checkpoints" / "last").is_file()
+    bad = dict(align_cfg, model={})
+    with pytest.raises(ConfigError, match="either a model"):
+        train_alignment(bad, run_dir=tmp_path / "bad", log=False)

@@ -78,13 +78,17 @@ def _passes(module: nn.Module, call, params_module: nn.Module, device: str, dtyp
         with torch.no_grad(), _autocast(device, dtype):
             call()
 
+    def forward_counted():
+        with _autocast(device, dtype):
+            call()
+
     def forward_backward():
         params_module.zero_grad(set_to_none=True)
         with _autocast(device, dtype):
             out = call()
         out.float().square().mean().backward()
 
-    fns = {"forward": forward, "forward_backward": forward_backward}
+    fns = {"forward": (forward, forward_counted), "forward_backward": (forward_backward, None)}
     if with_step:
         opt = torch.optim.AdamW(params_module.parameters(), lr=1e-4)
 
@@ -92,7 +96,7 @@ def _passes(module: nn.Module, call, params_module: nn.Module, device: str, dtyp
             forward_backward()
             opt.step()
 
-        fns["train_step"] = train_step
+        fns["train_step"] = (train_step, forward_backward)
     return fns
 
 
@@ -106,10 +110,10 @@ def _measure(records, base: dict, module, call, opts: SuiteOptions, peaks: dict,
             with torch.no_grad(), _autocast(opts.device, dtype):
                 target_call()
             compile_s = time.perf_counter() - start
-        for mode, fn in _passes(module, target_call, module, opts.device, dtype, with_step).items():
+        for mode, (fn, flops_fn) in _passes(module, target_call, module, opts.device, dtype, with_step).items():
             record = Measurement(dtype=dtype, compiled=compiled, compile_s=compile_s, params=params_of(module), mode=mode, **base)
             peak = peaks.get(dtype, peaks["float32"])
-            records.append(bench_callable(record, fn, peak, opts.min_time, opts.memory))
+            records.append(bench_callable(record, fn, peak, opts.min_time, opts.memory, flops_fn))
             print(
                 f"{record.kind:8s} {record.target:22s} {mode:16s} b={record.batch_size:<4d} {dtype:8s}"
                 f"{' compiled' if compiled else ''} {str(record.variant or ''):30s} {record.median_ms:10.2f} ms"
@@ -210,7 +214,7 @@ def _sweep_modalities(records, fusion: str, m: int, opts: SuiteOptions, peaks) -
     torch.manual_seed(0)
     block = build_fusion(fusion, in_dims=dims, out_dim=128).to(opts.device).train()
     feats, present = fusion_inputs(block, 64, opts.device)
-    fn = _passes(block, _Call(block, feats, present), block, opts.device, "float32", False)["forward_backward"]
+    fn, _ = _passes(block, _Call(block, feats, present), block, opts.device, "float32", False)["forward_backward"]
     record = Measurement(**base, mode="forward_backward", params=params_of(block))
     records.append(bench_callable(record, fn, peaks["float32"], opts.min_time, opts.memory))
     print(f"fusion   {fusion:22s} modalities={m:<2d} {record.median_ms:10.2f} ms  {record.flops / 1e9:8.3f} GFLOP", flush=True)

@@ -1,5 +1,6 @@
 """Training: the loop, checkpoints, evaluation under missing modalities and noise."""
 
+from fusionzoo.training.alignment import train_alignment
 from fusionzoo.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -21,4 +22,5 @@ __all__ = [
     "save_checkpoint",
     "subsets",
     "train",
+    "train_alignment",
 ]
