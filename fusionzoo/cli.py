@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -168,7 +169,7 @@ def _bench(args: argparse.Namespace) -> int:
         min_time=args.min_time, memory=not args.no_memory,
     )
     out = Path(args.out) if args.out else Path("benchmarks") / "results" / machine_tag(args.device)
-    command = "fusionzoo bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "fusionzoo bench (from Python)"
+    command = "fusionzoo bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "fusionzoo bench (from Python)"
     run_suite(opts, out, args.name, command)
     return 0
 

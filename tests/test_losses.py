@@ -134,5 +134,6 @@ def test_retrieval_metrics():
     m = retrieval_metrics(a, a, ks=(1, 2), names=("audio", "image"))
     assert m["audio->image R@1"] == 1.0 and m["image->audio median rank"] == 1.0
     b = torch.stack([a[1], a[0], a[2], a[3]])
-    m = retrieval_metrics(a, b, ks=(1, 2))
+    m = retrieval_metrics(a, b, ks=(1, 2), labels=torch.tensor([0, 0, 1, 2]))
     assert m["a->b R@1"] == 0.5 and m["a->b R@2"] == 1.0
+    assert m["a->b class R@1"] == 1.0  # the swapped pair shares a class

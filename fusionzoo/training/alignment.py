@@ -142,7 +142,7 @@ def train_alignment(
         record = {
             "epoch": epoch + 1,
             "train_loss": total / max(count, 1),
-            **retrieval_metrics(test_emb[first], test_emb[second], names=(first, second)),
+            **retrieval_metrics(test_emb[first], test_emb[second], names=(first, second), labels=test_labels),
             f"zero_shot_{first}_accuracy": _zero_shot(test_emb[first], train_emb[second], train_labels, test_labels, classes),
         }
         if hasattr(loss_fn, "logit_scale"):
