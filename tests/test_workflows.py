@@ -88,3 +88,49 @@ def test_cross_modal_alignment_runs_and_reports_retrieval(tmp_path):
     bad = dict(align_cfg, model={})
     with pytest.raises(ConfigError, match="either a model"):
         train_alignment(bad, run_dir=tmp_path / "bad", log=False)
+
+
+def test_cross_modal_distillation_and_unlabelled_samples(tmp_path):
+    import json
+
+    teacher_cfg = cfg(8, 0)
+    teacher_cfg["data"].pop("labels_per_class")
+    teacher_cfg["model"]["encoders"].pop("text")
+    train(teacher_cfg, run_dir=tmp_path / "teacher", log=False)
+    student = cfg(8, 0, distill={"teacher": str(tmp_path / "teacher"), "temperature": 2.0, "alpha": 0.8})
+    student["data"].pop("labels_per_class")
+    student["data"]["labelled_per_class"] = 1
+    student["model"]["encoders"] = {"audio": {"name": "audio_spec_cnn", "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 16, "channels": [4], "out_dim": 8}}
+    summary = train(student, run_dir=tmp_path / "student", log=False)
+    log = [json.loads(line) for line in (tmp_path / "student" / "log.jsonl").read_text().splitlines()]
+    assert {"soft_loss", "hard_loss"} <= set(log[-1]["train"]) and summary["final"]["test"]["n"] == 96
+    bad = dict(student, train={**student["train"], "distill": {"temperature": 2.0}})
+    with pytest.raises(ConfigError, match=r"train\.distill\.teacher: required"):
+        train(bad, run_dir=tmp_path / "bad", log=False)
+
+
+@pytest.mark.parametrize("weighting", ["uncertainty", "fixed", "dwa"])
+def test_multitask_aux_heads_log_their_weights_and_resume(tmp_path, weighting):
+    import json
+    import shutil
+
+    opts = {"aux_heads": {"weighting": weighting}, "epochs": 2}
+    train(cfg(8, 0, **opts), run_dir=tmp_path / "full", log=False)
+    log = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    weights = log[-1]["train"]["task_weights"]
+    assert set(weights) == {"fused", "text", "visual"}
+    if weighting == "uncertainty":
+        assert weights != {"fused": 1.0, "text": 1.0, "visual": 1.0}  # learned
+    part = tmp_path / "part"
+    train(cfg(8, 0, **opts), run_dir=part, log=False)
+    (part / "checkpoints" / "last").write_text("epoch-001\n")
+    shutil.rmtree(part / "checkpoints" / "epoch-002")
+    train(cfg(8, 0, **opts), run_dir=part, resume=True, log=False)
+    a, b = weights_of(tmp_path / "full"), weights_of(part)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = torch.load(latest_checkpoint(part) / "state.pt", weights_only=True)
+    assert set(state["objective"]) == {"aux", "multitask"}
+
+
+def weights_of(run):
+    return load_file(str(latest_checkpoint(run) / "model.safetensors"))

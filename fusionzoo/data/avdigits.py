@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fusionzoo.atomic import write_bytes_atomic
-from fusionzoo.data.sampling import first_per_class
+from fusionzoo.data.sampling import first_per_class, hide_labels
 from fusionzoo.registry import DATASETS
 
 __all__ = ["AVDigits", "read_idx", "read_wav", "pair_indices", "verify_checksums", "download_avdigits"]
@@ -234,6 +234,7 @@ class AVDigits(Dataset):
         pca_energy: float = 0.25,
         seed: int = 0,
         labels_per_class: int | None = None,
+        labelled_per_class: int | None = None,
     ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"avdigits: split must be 'train' or 'test', got {split!r}")
@@ -269,6 +270,9 @@ class AVDigits(Dataset):
             self.rows = [self.rows[i] for i in index]
             self.labels, self.mnist_index, self.lengths = self.labels[index], self.mnist_index[index], self.lengths[index]
             self.images, self.audio = self.images[index], self.audio[index]
+        self.targets = self.labels.copy()
+        if labelled_per_class is not None and split == "train":
+            self.targets = hide_labels(self.labels, labelled_per_class)
 
     def _pca_images(self, images: np.ndarray, energy: float, clip_seconds: float) -> np.ndarray:
         """Project onto the principal components of the *training* images that carry ``energy``."""
@@ -303,5 +307,5 @@ class AVDigits(Dataset):
         return {
             "visual": torch.from_numpy(self.images[i]),
             "audio": torch.from_numpy(self.audio[i, : self.lengths[i]]),
-            "label": int(self.labels[i]),
+            "label": int(self.targets[i]),
         }

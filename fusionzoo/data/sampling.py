@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["first_per_class"]
+__all__ = ["first_per_class", "hide_labels", "UNLABELLED"]
+
+UNLABELLED = -1
 
 
 def first_per_class(labels: np.ndarray, k: int) -> np.ndarray:
@@ -16,3 +18,11 @@ def first_per_class(labels: np.ndarray, k: int) -> np.ndarray:
     for c in np.unique(labels):
         keep[np.flatnonzero(labels == c)[:k]] = True
     return np.flatnonzero(keep)
+
+
+def hide_labels(labels: np.ndarray, k: int) -> np.ndarray:
+    """A copy of ``labels`` where all but the first ``k`` samples of each class read ``UNLABELLED``."""
+    out = np.full(len(labels), UNLABELLED, dtype=np.int64)
+    keep = first_per_class(labels, k)
+    out[keep] = np.asarray(labels)[keep]
+    return out

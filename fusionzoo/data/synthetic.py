@@ -19,8 +19,9 @@ for audio + text); all three determine the class. ``noise`` (0 to 1) scales the 
 ``missing_rate`` drops each modality of each sample independently (never all three).
 
 ``split="train"`` and ``"test"`` draw from independent random streams of the same ``seed``;
-``labels_per_class`` keeps the first ``k`` training samples of each class (low-label experiments;
-the test split stays whole).
+``labels_per_class`` keeps the first ``k`` training samples of each class, and
+``labelled_per_class`` keeps every sample but the labels of the first ``k`` per class (the others
+read -1, "unlabelled"; for distillation), both on the training split only.
 Generation is vectorised: 10,000 samples take about 4 s on one core (2000: under 1 s).
 """
 
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fusionzoo.data.sampling import first_per_class
+from fusionzoo.data.sampling import first_per_class, hide_labels
 from fusionzoo.data.text import PAD, UNK, Vocab
 from fusionzoo.registry import DATASETS
 
@@ -77,6 +78,7 @@ class SyntheticTrimodal(Dataset):
         sample_rate: int = 8000,
         duration: float = 0.5,
         labels_per_class: int | None = None,
+        labelled_per_class: int | None = None,
     ) -> None:
         if num_classes not in ATTRIBUTE_COUNTS:
             raise ValueError(f"synthetic: num_classes must be one of {sorted(ATTRIBUTE_COUNTS)}, got {num_classes}")
@@ -105,6 +107,9 @@ class SyntheticTrimodal(Dataset):
         self.keep = keep
         if labels_per_class is not None and split == "train":
             self._subset(first_per_class(self.labels, labels_per_class))
+        self.targets = self.labels.copy()
+        if labelled_per_class is not None and split == "train":
+            self.targets = hide_labels(self.labels, labelled_per_class)
 
     def _subset(self, index: np.ndarray) -> None:
         self.n = len(index)
@@ -196,7 +201,7 @@ class SyntheticTrimodal(Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> dict:
-        sample: dict = {"label": int(self.labels[i])}
+        sample: dict = {"label": int(self.targets[i])}
         if self.keep[i, 0]:
             sample["visual"] = torch.from_numpy(self.images[i])
         if self.keep[i, 1]:

@@ -29,12 +29,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from fusionzoo.config import ConfigError, build_from_section, build_model, load_config
 from fusionzoo.data.loader import make_loader
 from fusionzoo.fusion.dropout import ModalityDropout
+from fusionzoo.layers.masking import masked_mean
+from fusionzoo.losses.distillation import DistillationLoss
+from fusionzoo.losses.multitask import MultiTaskLoss
 from fusionzoo.registry import DATASETS
 from fusionzoo.training.checkpoint import (
     latest_checkpoint,
@@ -69,6 +72,8 @@ def build_datasets(cfg: Mapping[str, Any]) -> tuple[Any, Any]:
 def num_classes_of(dataset: Any) -> int:
     if hasattr(dataset, "num_classes"):
         return int(dataset.num_classes)
+    if hasattr(dataset, "labels"):
+        return int(max(dataset.labels)) + 1
     return int(max(int(dataset[i]["label"]) for i in range(len(dataset)))) + 1
 
 
@@ -121,6 +126,98 @@ def _prepare_transfer(cfg, settings: TrainSettings, model: nn.Module, run_dir: P
     if settings.strategy == "gradual" and world > 1:
         raise ConfigError(f"{origin}: train.strategy: gradual unfreezing is not supported under torchrun (DDP fixes its parameter set at start)")
     return apply_strategy(model, settings.strategy) if settings.strategy != "finetune" else None
+
+
+class Objective:
+    """The training loss: cross-entropy on the labelled samples (label -1 = unlabelled), plus a
+    distillation term from a teacher run (``train.distill``) or per-modality auxiliary heads combined
+    by a multi-task loss (``train.aux_heads``). Its extra modules train with the model and are saved
+    in ``state.pt``."""
+
+    def __init__(self, cfg, settings: TrainSettings, model: nn.Module, classes: int, device: torch.device, world: int) -> None:
+        origin = cfg.get("_origin", "<dict>")
+        self.model, self.smoothing = model, settings.label_smoothing
+        self.teacher = self.distill = self.aux = self.multitask = None
+        if (settings.distill or settings.aux_heads) and world > 1:
+            raise ConfigError(f"{origin}: train.distill / train.aux_heads: not supported under torchrun yet")
+        if settings.distill:
+            from fusionzoo.training.robustness import load_run
+
+            self.teacher = load_run(settings.distill["teacher"]).to(device).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+            if self.teacher.out_dim != classes:
+                raise ConfigError(f"{origin}: train.distill.teacher: it predicts {self.teacher.out_dim} classes, the data has {classes}")
+            self.alpha = float(settings.distill.get("alpha", 0.5))
+            self.distill = DistillationLoss(temperature=float(settings.distill.get("temperature", 4.0)), alpha=1.0)
+        if settings.aux_heads is not None:
+            self.aux = nn.ModuleDict({m: nn.Linear(enc.out_dim, classes) for m, enc in model.encoders.items()}).to(device)
+            aux = settings.aux_heads
+            self.multitask = MultiTaskLoss(
+                tasks=["fused", *model.modalities], weighting=aux.get("weighting", "uncertainty"),
+                weights=aux.get("weights"), temperature=aux.get("temperature", 2.0),
+            ).to(device)
+        self.epoch_losses: dict[str, list[float]] = {}
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        mods = [m for m in (self.aux, self.multitask) if m is not None]
+        return [p for m in mods for p in m.parameters() if p.requires_grad]
+
+    def _ce(self, logits, labels, mask=None):
+        keep = labels >= 0 if mask is None else (labels >= 0) & mask
+        per = F.cross_entropy(logits.float(), labels.clamp(min=0), label_smoothing=self.smoothing, reduction="none")
+        return torch.where(keep, per, 0.0).sum() / keep.sum().clamp(min=1)
+
+    def __call__(self, net: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
+        labels = batch["label"]
+        if self.distill is None and self.aux is None:
+            logits = net(batch)
+            return logits, self._ce(logits, labels)
+        if self.distill is not None:
+            logits = net(batch)
+            with torch.no_grad():
+                teacher = self.teacher(batch)
+            soft = self.distill(logits.float(), teacher.float())
+            hard = self._ce(logits, labels)
+            self._note({"hard": hard.item(), "soft": soft.item()})
+            return logits, self.alpha * soft + (1 - self.alpha) * hard
+        features, present = self.model.encode(batch)
+        logits = self.model.head(self.model.fuse(features, present))
+        losses = {"fused": self._ce(logits, labels)}
+        for m in self.model.modalities:
+            if m not in features:
+                losses[m] = logits.new_zeros(())
+                continue
+            f, p = features[m], present.get(m)
+            if f.dim() == 3:  # tokens: pool the present ones
+                mask = p if p is not None else torch.ones(f.shape[:2], dtype=torch.bool, device=f.device)
+                f, p = masked_mean(f, mask, dim=1), mask.any(dim=1)
+            losses[m] = self._ce(self.aux[m](f), labels, p)
+        self._note({t: v.item() for t, v in losses.items()})
+        return logits, self.multitask(losses)
+
+    def _note(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.epoch_losses.setdefault(k, []).append(v)
+
+    def end_epoch(self) -> None:
+        if self.multitask is not None and self.epoch_losses:
+            self.multitask.end_epoch({t: sum(v) / len(v) for t, v in self.epoch_losses.items()})
+
+    def log(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f"{k}_loss": sum(v) / len(v) for k, v in self.epoch_losses.items() if v}
+        if self.multitask is not None:
+            out["task_weights"] = self.multitask.weights()
+        self.epoch_losses = {}
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: mod.state_dict() for name, mod in (("aux", self.aux), ("multitask", self.multitask)) if mod is not None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, mod in (("aux", self.aux), ("multitask", self.multitask)):
+            if mod is not None and name in state:
+                mod.load_state_dict(state[name])
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -198,7 +295,11 @@ def train(
     test_loader = make_loader(test_set, max(settings.batch_size, 256), num_workers=settings.num_workers, distributed=False)
     steps = len(train_loader)
     unfreezer = _prepare_transfer(cfg, settings, model, run_dir if is_main else None, say, world)
-    optimizer = torch.optim.AdamW(param_groups(model, settings.lr, settings.lr_mult, settings.weight_decay))
+    objective = Objective(cfg, settings, model, classes, device, world)
+    groups = param_groups(model, settings.lr, settings.lr_mult, settings.weight_decay)
+    if objective.extra_parameters():
+        groups.append({"params": objective.extra_parameters(), "lr": settings.lr, "lr_mult": 1.0, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(round(settings.warmup_epochs * steps), settings.epochs * steps)
     )
@@ -206,6 +307,7 @@ def train(
     start_epoch = 0
     if resume and checkpoint is not None:
         state = load_checkpoint(checkpoint, model)
+        objective.load_state_dict(state.get("objective", {}))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, start_epoch = list(state["history"]), int(state["epoch"])
@@ -252,24 +354,27 @@ def train(
                 feats = {m: batch[m] for m in model.modalities if m in batch}
                 batch["present"] = dropout(feats, {m: p for m, p in batch["present"].items() if m in feats})
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = net(batch)
-            loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=settings.label_smoothing)
+                logits, loss = objective(net, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
             scheduler.step()
-            n = batch["label"].shape[0]
-            totals += torch.tensor([loss.item() * n, (logits.argmax(1) == batch["label"]).sum().item(), n], dtype=torch.float64)
+            labelled = batch["label"] >= 0
+            n = int(labelled.sum().item())
+            correct = (logits.argmax(1) == batch["label"])[labelled].sum().item()
+            totals += torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
             bar.set_postfix(loss=f"{loss.item():.3f}", sps=f"{totals[2].item() / (time.perf_counter() - t0):.0f}")
         if world > 1:
             dist.all_reduce(totals)
         train_time = time.perf_counter() - t0
         test_metrics = evaluate(model, test_loader, classes, device)
+        objective.end_epoch()
+        seen = max(totals[2].item(), 1.0)
         record = {
             "epoch": epoch + 1,
-            "train": {"loss": totals[0].item() / totals[2].item(), "accuracy": totals[1].item() / totals[2].item()},
+            "train": {"loss": totals[0].item() / seen, "accuracy": totals[1].item() / seen, **objective.log()},
             "test": test_metrics,
             "lr": scheduler.get_last_lr()[0],
             "epoch_seconds": train_time,
@@ -284,7 +389,13 @@ def train(
         if is_main:
             with (run_dir / "log.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history}
+            state = {
+                "epoch": epoch + 1,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": history,
+                "objective": objective.state_dict(),
+            }
             save_checkpoint(run_dir, epoch + 1, model, state, keep=settings.keep_checkpoints)
 
     digest = _weights_digest(model)

@@ -20,7 +20,7 @@ from fusionzoo.training.checkpoint import (
 from fusionzoo.training.engine import build_datasets, num_classes_of
 from fusionzoo.training.evaluate import NOISE_LEVELS, evaluate, subsets
 
-__all__ = ["evaluate_run", "resolve_checkpoint"]
+__all__ = ["evaluate_run", "resolve_checkpoint", "load_run"]
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
@@ -32,6 +32,15 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     if checkpoint is None:
         raise FileNotFoundError(f"{path} is neither a run directory with checkpoints nor a checkpoint folder")
     return path, checkpoint
+
+
+def load_run(path: str | Path) -> torch.nn.Module:
+    """The trained model of a run directory (or checkpoint folder), in eval mode."""
+    run_dir, checkpoint = resolve_checkpoint(path)
+    cfg = load_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    model = build_model(cfg)
+    load_model_weights(model, checkpoint)
+    return model.eval()
 
 
 def evaluate_run(

@@ -21,6 +21,10 @@ class TrainSettings:
     ``init_from`` (``{path, key_map, freeze, strict_shapes}``) loads weights before training (a run
     directory or a weights file), ``lr_mult`` maps parameter-name patterns to learning-rate
     multipliers, and ``strategy`` is ``finetune``, ``linear_probe`` or ``gradual``.
+    ``distill`` (``{teacher, temperature, alpha}``) adds a soft-target term from a trained teacher run
+    (any modalities) on every sample, labelled or not; ``aux_heads`` (``{weighting, weights}``) adds
+    one classifier per modality on its encoder's features and combines the fused and per-modality
+    losses with the ``multitask`` loss (``fixed``, ``uncertainty`` or ``dwa``).
     """
 
     epochs: int = 10
@@ -41,6 +45,8 @@ class TrainSettings:
     init_from: dict | None = None
     lr_mult: dict | None = None
     strategy: str = "finetune"
+    distill: dict | None = None
+    aux_heads: dict | None = None
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any] | None, origin: str = "<dict>") -> TrainSettings:
@@ -78,6 +84,19 @@ class TrainSettings:
             for key in init:
                 if key not in ("path", "key_map", "freeze", "strict_shapes"):
                     raise ConfigError(f"{origin}: train.init_from.{key}: unknown key (path, key_map, freeze, strict_shapes)")
+        for name, allowed in (("distill", ("teacher", "temperature", "alpha")), ("aux_heads", ("weighting", "weights", "temperature"))):
+            section = getattr(settings, name)
+            if section is None:
+                continue
+            if not isinstance(section, dict):
+                raise ConfigError(f"{origin}: train.{name}: expected a mapping, got {section!r}")
+            for key in section:
+                if key not in allowed:
+                    raise ConfigError(f"{origin}: train.{name}.{key}: unknown key ({', '.join(allowed)})")
+        if settings.distill is not None and "teacher" not in settings.distill:
+            raise ConfigError(f"{origin}: train.distill.teacher: required (a trained run directory)")
+        if settings.distill is not None and settings.aux_heads is not None:
+            raise ConfigError(f"{origin}: train.distill: cannot be combined with train.aux_heads")
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{origin}: train.{key}: invalid value {getattr(settings, key)!r}")
