@@ -72,6 +72,11 @@ def test_run_directory_contents(tmp_path):
     assert state["epoch"] == 1 and "optimizer" in state
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_cfg(epochs=1), run_dir=run, log=False)
+    # --overwrite replaces the old run entirely (its later epochs must not outlive the new ones)
+    train(tiny_cfg(epochs=3), run_dir=run, overwrite=True, log=False)
+    train(tiny_cfg(epochs=1), run_dir=run, overwrite=True, log=False)
+    assert sorted(p.name for p in (run / "checkpoints").glob("epoch-*")) == ["epoch-001"]
+    assert fz.training.latest_checkpoint(run).name == "epoch-001"
 
 
 @pytest.mark.parametrize(

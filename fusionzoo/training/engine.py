@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -285,6 +286,9 @@ def train(
     rank, world, device = _setup_distributed(settings)
     is_main = rank == 0
     say = print if (log and is_main) else (lambda *a, **k: None)
+    if overwrite and not resume and is_main:
+        for old in ("checkpoints", "eval"):
+            shutil.rmtree(run_dir / old, ignore_errors=True)
 
     torch.manual_seed(seed)  # identical initial weights on every rank
     train_set, test_set = build_datasets(cfg)
