@@ -349,7 +349,7 @@ def train(
         net.train()
         if dropout is not None:
             dropout.train()
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        totals = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, labelled count, all samples
         t0 = time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not (show and is_main), leave=False)
         for batch in bar:
@@ -368,8 +368,8 @@ def train(
             labelled = batch["label"] >= 0
             n = int(labelled.sum().item())
             correct = (logits.argmax(1) == batch["label"])[labelled].sum().item()
-            totals += torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
-            bar.set_postfix(loss=f"{loss.item():.3f}", sps=f"{totals[2].item() / (time.perf_counter() - t0):.0f}")
+            totals += torch.tensor([loss.item() * n, correct, n, labelled.numel()], dtype=torch.float64)
+            bar.set_postfix(loss=f"{loss.item():.3f}", sps=f"{totals[3].item() / (time.perf_counter() - t0):.0f}")
         if world > 1:
             dist.all_reduce(totals)
         train_time = time.perf_counter() - t0
@@ -382,7 +382,7 @@ def train(
             "test": test_metrics,
             "lr": scheduler.get_last_lr()[0],
             "epoch_seconds": train_time,
-            "samples_per_s": totals[2].item() / train_time,
+            "samples_per_s": totals[3].item() / train_time,
         }
         history.append(record)
         say(
