@@ -77,6 +77,20 @@ def _info_entry(name: str) -> int:
 def _info_config(path: str, overrides: Sequence[str], batch_size: int) -> int:
     cfg = load_config(path, overrides)
     torch.manual_seed(cfg.get("seed", 0))
+    if "align" in cfg:
+        from fusionzoo.training.alignment import build_alignment
+
+        encoders, loss, order = build_alignment(cfg)
+        print(f"config: {path} (alignment of {order[0]} and {order[1]} with {cfg['align'].get('loss', {}).get('name', 'info_nce')})")
+        with torch.no_grad():
+            for m, enc in encoders.items():
+                x = enc.eval().example_input(batch_size)
+                out = enc(x)
+                params = sum(p.numel() for p in enc.parameters())
+                print(f"  {m}: {tuple(x.shape)} -> embedding {tuple(out.shape)}  ({params:,} parameters)")
+        return 0
+    if "model" not in cfg:
+        raise ConfigError(f"{path}: model: required to build a model")
     model = build_model(cfg).eval()
     batch = model.example_input(batch_size)
     start = time.perf_counter()
@@ -228,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -54,3 +54,9 @@ def test_python_dash_m_entry_point():
         [sys.executable, "-m", "fusionzoo", "list", "heads"], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
     assert "linear" in out and "mlp" in out
+
+
+def test_info_on_an_alignment_config(capsys):
+    assert main(["info", str(ROOT / "configs/experiments/align_avdigits.yaml"), "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "alignment of audio and visual" in out and "embedding (2, 64)" in out

@@ -119,3 +119,10 @@ def test_user_registered_block_is_buildable():
         assert torch.equal(out, torch.ones(2, 3))
     finally:
         fz.FUSIONS.unregister("test_sum_fusion")
+
+
+@pytest.mark.parametrize("kind", sorted(fz.registry.REGISTRIES))
+def test_every_entry_has_a_docstring(kind):
+    registry = fz.registry.REGISTRIES[kind]
+    for name in registry.list():
+        assert registry.get(name).summary, f"{kind} {name!r} has no docstring"

@@ -85,6 +85,9 @@ def test_cross_modal_alignment_runs_and_reports_retrieval(tmp_path):
         assert key in final
     assert 0 <= final["audio->visual R@1"] <= final["audio->visual R@5"] <= 1
     assert (tmp_path / "align" / "metrics.json").is_file() and (tmp_path / "align" / "checkpoints" / "last").is_file()
+    from fusionzoo.cli import main
+
+    assert main(["eval", str(tmp_path / "align")]) == 2  # an alignment run has no classifier to evaluate
     bad = dict(align_cfg, model={})
     with pytest.raises(ConfigError, match="either a model"):
         train_alignment(bad, run_dir=tmp_path / "bad", log=False)

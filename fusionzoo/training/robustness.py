@@ -56,6 +56,8 @@ def evaluate_run(
     Writes ``eval/results.json`` and ``eval/robustness.png`` (when matplotlib is installed)."""
     run_dir, checkpoint = resolve_checkpoint(path)
     cfg = load_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    if "align" in cfg:
+        raise ValueError(f"{run_dir} is an alignment run: its retrieval and zero-shot results are in metrics.json")
     torch.manual_seed(int(cfg.get("seed", 0)))
     model = build_model(cfg)
     load_model_weights(model, checkpoint)
