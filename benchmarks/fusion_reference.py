@@ -15,7 +15,6 @@ counted), time from ``torch.utils.benchmark.Timer`` (median and IQR of blocked r
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import shlex
 from pathlib import Path
@@ -149,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items() if v is not None and k != "out"),
     }
     records = []
-    for name in fz.list_fusions():
-        if not fnmatch.fnmatchcase(name, args.fusions):
-            continue
+    for name in fz.list_fusions(args.fusions):
         r = bench_fusion(name, args.batch_size, args.min_time)
         r["pct_of_peak"] = 100 * r["fwd_bwd_gflops"] * 1e9 / peak
         records.append(r)

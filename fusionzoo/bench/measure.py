@@ -22,7 +22,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,9 +282,3 @@ def human_bytes(n: int | None) -> str:
 
 def params_of(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def iter_names(names: Iterable[str], pattern: str | None) -> list[str]:
-    import fnmatch
-
-    return [] if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]

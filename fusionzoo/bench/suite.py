@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fusionzoo.atomic import pyplot, save_figure_atomic
 from fusionzoo.bench.measure import (
     Measurement,
     bench_callable,
@@ -22,7 +23,6 @@ from fusionzoo.bench.measure import (
     build_fusion,
     fusion_inputs,
     human_bytes,
-    iter_names,
     machine_info,
     matmul_peak,
     params_of,
@@ -151,7 +151,7 @@ def run_suite(opts: SuiteOptions, out: Path, name: str, command: str) -> list[Me
     if cuda_only and not device.startswith("cuda"):
         print(f"note: {cuda_only} autocast is measured on CUDA only (bf16 matmul is slow on most CPUs)")
 
-    for fusion in iter_names(FUSIONS.list(), opts.fusions):
+    for fusion in FUSIONS.list(opts.fusions) if opts.fusions else []:
         for batch in opts.batch_sizes:
             torch.manual_seed(0)
             block = build_fusion(fusion).to(device).train()
@@ -168,7 +168,7 @@ def run_suite(opts: SuiteOptions, out: Path, name: str, command: str) -> list[Me
             base = {"target": fusion, "kind": "fusion", "batch_size": 64, "device": device, "variant": {"missing_rate": rate}}
             _measure(records, base, block, _Call(block, feats, present), opts, peaks, "float32")
 
-    for encoder in iter_names(ENCODERS.list(), opts.encoders):
+    for encoder in ENCODERS.list(opts.encoders) if opts.encoders else []:
         for batch in opts.batch_sizes:
             torch.manual_seed(0)
             enc = build_encoder(encoder).to(device).train()
@@ -270,12 +270,8 @@ def to_markdown(records: Sequence[Measurement], info: dict[str, Any]) -> str:
 
 
 def _plots(records: Sequence[Measurement], out: Path, name: str) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     paths = []
     main = [r for r in records if r.kind != "matmul" and not r.variant.get("num_modalities") and "missing_rate" not in r.variant and not r.compiled and r.dtype == "float32"]
@@ -288,14 +284,14 @@ def _plots(records: Sequence[Measurement], out: Path, name: str) -> list[Path]:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=target)
         ax.set_xscale("log", base=2), ax.set_yscale("log"), ax.set_xlabel("batch"), ax.set_ylabel("fwd+bwd ms")
         ax.legend(fontsize=6, ncol=2)
-        paths.append(_save(fig, out / f"{name}_time_vs_batch.png"))
+        paths.append(save_figure_atomic(fig, out / f"{name}_time_vs_batch.png"))
     largest = [r for r in fb if r.batch_size == max(batches)] if batches else []
     if largest:
         fig, ax = plt.subplots(figsize=(6, 0.3 * len(largest) + 1.2))
         ax.barh([r.target for r in largest], [r.pct_of_peak for r in largest])
         ax.axvline(TARGET_PCT, color="k", linestyle="--", linewidth=1)
         ax.set_xlabel("% of measured float32 matmul rate (fwd+bwd)")
-        paths.append(_save(fig, out / f"{name}_pct_of_peak.png"))
+        paths.append(save_figure_atomic(fig, out / f"{name}_pct_of_peak.png"))
     sweep = [r for r in records if r.variant.get("num_modalities") and not r.note]
     if sweep:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -304,17 +300,5 @@ def _plots(records: Sequence[Measurement], out: Path, name: str) -> list[Path]:
             ax.plot([p[0] for p in pts], [max(p[1], 1) for p in pts], marker="o", label=target)
         ax.set_yscale("log"), ax.set_xlabel("modalities"), ax.set_ylabel("fwd+bwd FLOPs")
         ax.legend(fontsize=6, ncol=2)
-        paths.append(_save(fig, out / f"{name}_cost_vs_modalities.png"))
+        paths.append(save_figure_atomic(fig, out / f"{name}_cost_vs_modalities.png"))
     return paths
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path

@@ -75,8 +75,9 @@ class GatedMultimodalUnit(FusionBlock):
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
         h = torch.stack([torch.tanh(self.proj[m](features[m])) for m in self.modalities], dim=1)
-        fused = (self.gates(features, present) * h).sum(dim=1)
-        anything = torch.stack([present[m] for m in self.modalities], dim=1).any(dim=1, keepdim=True)
+        gates = self.gates(features, present)
+        fused = (gates * h).sum(dim=1)
+        anything = gates[:, :, 0].sum(dim=1, keepdim=True) > 0  # all-zero gates only when nothing is present
         return torch.where(anything, fused, self.empty)
 
 

@@ -101,7 +101,7 @@ class WeightedLateFusion(FusionBlock):
         features, present = self.prepare(features, present)
         weights = self.modality_weights(features, present)
         outputs = torch.stack([self.heads[m](features[m]) for m in self.modalities], dim=1)
-        anything = torch.stack([present[m] for m in self.modalities], dim=1).any(dim=1, keepdim=True)
+        anything = weights.sum(dim=1, keepdim=True) > 0  # all-zero weights only when nothing is present
         if self.combine == "logits":
             fused = torch.einsum("bm,bmo->bo", weights, outputs)
             return torch.where(anything, fused, self.empty)

@@ -33,6 +33,7 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
 from fusionzoo.config import ConfigError, build_from_section, build_model, load_config
 from fusionzoo.data.loader import make_loader
 from fusionzoo.fusion.dropout import ModalityDropout
@@ -44,7 +45,6 @@ from fusionzoo.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
-    write_text_atomic,
 )
 from fusionzoo.training.evaluate import evaluate, move_batch
 from fusionzoo.training.settings import TrainSettings
@@ -158,7 +158,7 @@ class Objective:
                 tasks=["fused", *model.modalities], weighting=aux.get("weighting", "uncertainty"),
                 weights=aux.get("weights"), temperature=aux.get("temperature", 2.0),
             ).to(device)
-        self.epoch_losses: dict[str, list[float]] = {}
+        self.epoch_losses: dict[str, list[Tensor]] = {}
 
     def extra_parameters(self) -> list[nn.Parameter]:
         mods = [m for m in (self.aux, self.multitask) if m is not None]
@@ -180,7 +180,7 @@ class Objective:
                 teacher = self.teacher(batch)
             soft = self.distill(logits.float(), teacher.float())
             hard = self._ce(logits, labels)
-            self._note({"hard": hard.item(), "soft": soft.item()})
+            self._note({"hard": hard, "soft": soft})
             return logits, self.alpha * soft + (1 - self.alpha) * hard
         features, present = self.model.encode(batch)
         logits = self.model.head(self.model.fuse(features, present))
@@ -194,19 +194,22 @@ class Objective:
                 mask = p if p is not None else torch.ones(f.shape[:2], dtype=torch.bool, device=f.device)
                 f, p = masked_mean(f, mask, dim=1), mask.any(dim=1)
             losses[m] = self._ce(self.aux[m](f), labels, p)
-        self._note({t: v.item() for t, v in losses.items()})
+        self._note(losses)
         return logits, self.multitask(losses)
 
-    def _note(self, values: dict[str, float]) -> None:
+    def _note(self, values: dict[str, Tensor]) -> None:
         for k, v in values.items():
-            self.epoch_losses.setdefault(k, []).append(v)
+            self.epoch_losses.setdefault(k, []).append(v.detach())
+
+    def _means(self) -> dict[str, float]:
+        return {k: torch.stack(v).mean().item() for k, v in self.epoch_losses.items() if v}
 
     def end_epoch(self) -> None:
         if self.multitask is not None and self.epoch_losses:
-            self.multitask.end_epoch({t: sum(v) / len(v) for t, v in self.epoch_losses.items()})
+            self.multitask.end_epoch(self._means())
 
     def log(self) -> dict[str, Any]:
-        out: dict[str, Any] = {f"{k}_loss": sum(v) / len(v) for k, v in self.epoch_losses.items() if v}
+        out: dict[str, Any] = {f"{k}_loss": v for k, v in self._means().items()}
         if self.multitask is not None:
             out["task_weights"] = self.multitask.weights()
         self.epoch_losses = {}
@@ -242,12 +245,8 @@ def _weights_digest(model: nn.Module) -> str:
 
 
 def _plot(history: list[dict], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -257,11 +256,7 @@ def _plot(history: list[dict], path: Path) -> bool:
     ax2.plot(epochs, [h["train"]["accuracy"] for h in history], label="train")
     ax2.plot(epochs, [h["test"]["accuracy"] for h in history], label="test")
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure_atomic(fig, path)
     return True
 
 
@@ -349,7 +344,8 @@ def train(
         net.train()
         if dropout is not None:
             dropout.train()
-        totals = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, labelled count, all samples
+        # loss sum, correct, labelled count, all samples; kept on the device: one host sync per epoch
+        totals = torch.zeros(4, dtype=torch.float64, device=device)
         t0 = time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not (show and is_main), leave=False)
         for batch in bar:
@@ -366,15 +362,17 @@ def train(
             optimizer.step()
             scheduler.step()
             labelled = batch["label"] >= 0
-            n = int(labelled.sum().item())
-            correct = (logits.argmax(1) == batch["label"])[labelled].sum().item()
-            totals += torch.tensor([loss.item() * n, correct, n, labelled.numel()], dtype=torch.float64)
-            bar.set_postfix(loss=f"{loss.item():.3f}", sps=f"{totals[3].item() / (time.perf_counter() - t0):.0f}")
+            n = labelled.sum()
+            correct = ((logits.argmax(1) == batch["label"]) & labelled).sum()
+            totals += torch.stack([loss.detach() * n, correct, n, n.new_tensor(labelled.numel())]).double()
+            if not bar.disable:  # the progress bar is the only per-step reader
+                bar.set_postfix(loss=f"{loss.item():.3f}", sps=f"{totals[3].item() / (time.perf_counter() - t0):.0f}")
         if world > 1:
             dist.all_reduce(totals)
         train_time = time.perf_counter() - t0
         test_metrics = evaluate(model, test_loader, classes, device)
         objective.end_epoch()
+        totals = totals.cpu()
         seen = max(totals[2].item(), 1.0)
         record = {
             "epoch": epoch + 1,

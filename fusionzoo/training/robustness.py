@@ -10,13 +10,10 @@ from typing import Any
 import torch
 import yaml
 
+from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
 from fusionzoo.config import build_model, load_config
 from fusionzoo.data.loader import make_loader
-from fusionzoo.training.checkpoint import (
-    latest_checkpoint,
-    load_model_weights,
-    write_text_atomic,
-)
+from fusionzoo.training.checkpoint import latest_checkpoint, load_model_weights
 from fusionzoo.training.engine import build_datasets, num_classes_of
 from fusionzoo.training.evaluate import NOISE_LEVELS, evaluate, subsets
 
@@ -36,11 +33,19 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
 
 def load_run(path: str | Path) -> torch.nn.Module:
     """The trained model of a run directory (or checkpoint folder), in eval mode."""
+    return _load(path)[2]
+
+
+def _load(path: str | Path) -> tuple[Path, dict[str, Any], torch.nn.Module]:
+    """``(checkpoint, resolved config, model with its weights, in eval mode)`` of a classification run."""
     run_dir, checkpoint = resolve_checkpoint(path)
     cfg = load_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    if "align" in cfg:
+        raise ValueError(f"{run_dir} is an alignment run: its retrieval and zero-shot results are in metrics.json")
+    torch.manual_seed(int(cfg.get("seed", 0)))
     model = build_model(cfg)
     load_model_weights(model, checkpoint)
-    return model.eval()
+    return checkpoint, cfg, model.eval()
 
 
 def evaluate_run(
@@ -54,14 +59,8 @@ def evaluate_run(
     """Accuracy of a trained model with every subset of its modalities (minus ``missing``, with
     ``noise`` added), and robustness curves: accuracy as noise grows on each modality alone.
     Writes ``eval/results.json`` and ``eval/robustness.png`` (when matplotlib is installed)."""
-    run_dir, checkpoint = resolve_checkpoint(path)
-    cfg = load_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    if "align" in cfg:
-        raise ValueError(f"{run_dir} is an alignment run: its retrieval and zero-shot results are in metrics.json")
-    torch.manual_seed(int(cfg.get("seed", 0)))
-    model = build_model(cfg)
-    load_model_weights(model, checkpoint)
-    model.eval()
+    run_dir, _ = resolve_checkpoint(path)
+    checkpoint, cfg, model = _load(path)
     _, test_set = build_datasets(cfg)
     classes = num_classes_of(test_set)
     loader = make_loader(test_set, batch_size)
@@ -83,19 +82,11 @@ def evaluate_run(
 
 
 def _plot_curves(curves: Mapping[str, list[dict]], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for m, points in curves.items():
         ax.plot([p["level"] for p in points], [p["accuracy"] for p in points], marker="o", label=f"noise on {m}")
     ax.set_xlabel("noise level (x input std; token replacement prob.)"), ax.set_ylabel("test accuracy"), ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure_atomic(fig, path)
