@@ -1,13 +1,19 @@
 """fusionzoo: a multimodal fusion model zoo for PyTorch.
 
 The public face: ``create_X``, ``list_X``, ``register_X`` and ``get_X_info`` for X in encoder,
-fusion, head, model, dataset and loss; ``load_config`` and ``build_model``.
+fusion, head, model, dataset, loss and optimizer; ``load_config`` and ``build_model``.
+
+``create_X(name, **kwargs)`` calls the constructor with exactly ``kwargs``: its signature holds the
+defaults (``create_encoder("resnet18")`` is torchvision's resnet18 trunk at its native 512 width).
+The small sizes the tests use are the entries' ``example_kwargs``: ``FUSIONS.get(name).example()``.
 """
 
-from fusionzoo import data, encoders, fusion, losses, models  # noqa: F401  (imports register the entries)
-from fusionzoo.config import ConfigError, build_model, load_config
+from fusionzoo import data, encoders, fusion, losses, models, optim  # noqa: F401  (imports register the entries)
+from fusionzoo.config import ExperimentConfig, build_model, load_config
 from fusionzoo.encoders.base import Encoder
+from fusionzoo.errors import ConfigError
 from fusionzoo.fusion.base import FusionBlock
+from fusionzoo.models.alignment import AlignmentModel
 from fusionzoo.models.multimodal import MultimodalModel
 from fusionzoo.registry import (
     DATASETS,
@@ -16,6 +22,8 @@ from fusionzoo.registry import (
     HEADS,
     LOSSES,
     MODELS,
+    OPTIMIZERS,
+    REGISTRIES,
     Registry,
 )
 
@@ -44,6 +52,10 @@ register_dataset = DATASETS.register
 create_loss = LOSSES.create
 list_losses = LOSSES.list
 register_loss = LOSSES.register
+
+create_optimizer = OPTIMIZERS.create
+list_optimizers = OPTIMIZERS.list
+register_optimizer = OPTIMIZERS.register
 
 
 def get_encoder_info(name: str) -> dict:
@@ -76,22 +88,32 @@ def get_loss_info(name: str) -> dict:
     return LOSSES.get(name).describe()
 
 
+def get_optimizer_info(name: str) -> dict:
+    """Metadata of a registered optimizer."""
+    return OPTIMIZERS.get(name).describe()
+
+
+KINDS = ("encoder", "fusion", "head", "model", "dataset", "loss", "optimizer")
+
 __all__ = [
+    "AlignmentModel",
     "ConfigError",
     "DATASETS",
     "ENCODERS",
     "Encoder",
+    "ExperimentConfig",
     "FUSIONS",
     "FusionBlock",
     "HEADS",
     "LOSSES",
     "MODELS",
     "MultimodalModel",
+    "OPTIMIZERS",
     "Registry",
     "__version__",
     "build_model",
     "load_config",
-    *(f"{verb}_{kind}" for kind in ("encoder", "fusion", "head", "model", "dataset", "loss") for verb in ("create", "register")),
-    *(f"get_{kind}_info" for kind in ("encoder", "fusion", "head", "model", "dataset", "loss")),
-    *(f"list_{kinds}" for kinds in ("encoders", "fusions", "heads", "models", "datasets", "losses")),
+    *(f"{verb}_{kind}" for kind in KINDS for verb in ("create", "register")),
+    *(f"get_{kind}_info" for kind in KINDS),
+    *(f"list_{plural}" for plural in REGISTRIES),
 ]

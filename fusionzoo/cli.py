@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 import fusionzoo
-from fusionzoo.config import ConfigError, build_model, load_config
-from fusionzoo.registry import REGISTRIES
+from fusionzoo.config import build_model, load_config
+
+from fusionzoo.registry import REGISTRIES, closest, required_kwargs
 
 __all__ = ["main", "format_table"]
 
@@ -40,29 +41,40 @@ def _list(args: argparse.Namespace) -> int:
         rows = []
         for name in registry.list(args.pattern):
             entry = registry.get(name)
-            params = None
+            params = "?"
             try:
-                obj = entry.build() if kind != "datasets" else None
-                if isinstance(obj, torch.nn.Module):
-                    params = sum(p.numel() for p in obj.parameters())
+                params = _entry_params(kind, entry)
             except Exception as e:  # a broken entry must not hide the others
-                params = None
-                print(f"warning: {kind} {name!r} failed to build at its defaults: {e}", file=sys.stderr)
+                print(f"warning: {kind} {name!r} failed to build: {e}", file=sys.stderr)
             kind_col = entry.modality or entry.input_kind or "-"
-            rows.append([name, kind_col, _format_params(params), entry.paper or "-"])
+            rows.append([name, kind_col, params, entry.paper or "-"])
         if i:
             print()
         print(f"{kind} ({len(rows)})")
         if rows:
             print(format_table(["name", "modality/input", "params", "paper"], rows))
+            if any(row[2].endswith("*") for row in rows):
+                print("* at the entry's example sizes (its constructor has required arguments, e.g. in_dims)")
     return 0
+
+
+def _entry_params(kind: str, entry) -> str:
+    """Parameter count at the constructor's defaults, or at the example sizes (marked ``*``) when the
+    constructor needs arguments (fusion blocks need ``in_dims``)."""
+    if kind in ("datasets", "optimizers"):
+        return "-"
+    marked = bool(required_kwargs(entry.fn))
+    obj = entry.example() if marked else entry.build()
+    if not isinstance(obj, torch.nn.Module):
+        return "-"
+    return _format_params(sum(p.numel() for p in obj.parameters())) + ("*" if marked else "")
 
 
 def _info_entry(name: str) -> int:
     found = [(kind, reg) for kind, reg in REGISTRIES.items() if name in reg]
     if not found:
         known = sorted({n for reg in REGISTRIES.values() for n in reg})
-        hint = fusionzoo.registry.closest(name, known)
+        hint = closest(name, known)
         print(f"error: no entry named {name!r}" + (f"; did you mean {', '.join(hint)}?" if hint else ""), file=sys.stderr)
         return 2
     for kind, reg in found:
@@ -76,21 +88,7 @@ def _info_entry(name: str) -> int:
 
 def _info_config(path: str, overrides: Sequence[str], batch_size: int) -> int:
     cfg = load_config(path, overrides)
-    torch.manual_seed(cfg.get("seed", 0))
-    if "align" in cfg:
-        from fusionzoo.training.alignment import build_alignment
-
-        encoders, loss, order = build_alignment(cfg)
-        print(f"config: {path} (alignment of {order[0]} and {order[1]} with {cfg['align'].get('loss', {}).get('name', 'info_nce')})")
-        with torch.no_grad():
-            for m, enc in encoders.items():
-                x = enc.eval().example_input(batch_size)
-                out = enc(x)
-                params = sum(p.numel() for p in enc.parameters())
-                print(f"  {m}: {tuple(x.shape)} -> embedding {tuple(out.shape)}  ({params:,} parameters)")
-        return 0
-    if "model" not in cfg:
-        raise ConfigError(f"{path}: model: required to build a model")
+    torch.manual_seed(cfg.seed)
     model = build_model(cfg).eval()
     batch = model.example_input(batch_size)
     start = time.perf_counter()
@@ -98,12 +96,20 @@ def _info_config(path: str, overrides: Sequence[str], batch_size: int) -> int:
         out = model(batch)
     elapsed = time.perf_counter() - start
     print(f"config: {path}")
-    print(f"fusion: {cfg['model']['fusion']['name']} ({model.fusion.input_kind}), head: {cfg['model']['head']['name']}")
-    print(format_table(["part", "params"], [[k, f"{v:,}"] for k, v in model.num_params().items()]))
+    if cfg.kind == "align":
+        loss = cfg.align.get("loss", {}).get("name", "info_nce")
+        print(f"alignment of {' and '.join(model.order)} with {loss}, embedding width {model.out_dim}")
+        parts = {f"encoders.{m}": sum(p.numel() for p in e.parameters()) for m, e in model.encoders.items()}
+    else:
+        print(f"fusion: {cfg.model['fusion']['name']} ({model.fusion.input_kind}), head: {cfg.model['head']['name']}")
+        parts = model.num_params()
+    print(format_table(["part", "params"], [[k, f"{v:,}"] for k, v in parts.items()]))
     print("forward pass on an example batch:")
     for m, x in batch.items():
         print(f"  {m}: {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}")
-    print(f"  -> output {tuple(out.shape)} in {elapsed * 1e3:.1f} ms, finite: {bool(torch.isfinite(out).all())}")
+    shapes = {m: tuple(v.shape) for m, v in out.items()} if isinstance(out, dict) else tuple(out.shape)
+    finite = all(bool(torch.isfinite(v).all()) for v in (out.values() if isinstance(out, dict) else [out]))
+    print(f"  -> output {shapes} in {elapsed * 1e3:.1f} ms, finite: {finite}")
     return 0
 
 
@@ -115,22 +121,14 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fusionzoo.training import train, train_alignment
+    from fusionzoo.training import train
 
-    cfg = load_config(args.config, args.set)
-    if "align" in cfg:
-        if args.resume:
-            raise ConfigError("--resume is not supported for align: runs")
-        summary = train_alignment(cfg, run_dir=args.run_dir, overwrite=args.overwrite)
-        print(f"done: {summary['run_dir']}  " + "  ".join(f"{k} {v:.3f}" for k, v in summary["final"].items() if "R@" in k or "zero" in k))
-        return 0
-    summary = train(cfg, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite)
+    summary = train(args.config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite, overrides=args.set)
     final = summary["final"]
     if final is not None:
-        print(
-            f"done: {summary['run_dir']}  test accuracy {final['test']['accuracy']:.4f}  "
-            f"macro-F1 {final['test']['macro_f1']:.4f}  ({summary['train_seconds']:.1f} s)"
-        )
+        shown = {k: v for k, v in final["test"].items() if k in ("accuracy", "macro_f1") or "R@1" in k or "zero_shot" in k}
+        metrics = "  ".join(f"test {k} {v:.4f}" for k, v in shown.items())
+        print(f"done: {summary['run_dir']}  {metrics}  ({summary['train_seconds']:.1f} s)")
     return 0
 
 

@@ -13,44 +13,118 @@ A config is plain data::
 
 ``name`` in a section is a registry key; every other key is passed to the constructor as written.
 The builder fills the derived keys (a fusion block's ``in_dims`` from the encoders' ``out_dim``, the
-head's ``in_dim`` from the fusion ``out_dim``, a generic encoder's ``modality`` from its key);
-writing one by hand is an error. Every error names its path in the file.
+head's ``in_dim`` from the fusion ``out_dim``, a generic encoder's ``modality`` from its key, a
+dataset's ``split``, an optimizer's ``lr`` and ``weight_decay``); writing one by hand is an error.
+Every error names its file and its path in the file.
+
+:func:`load_config` returns an :class:`ExperimentConfig`: the sections as plain data, the ``train:``
+section as typed :class:`~fusionzoo.settings.TrainSettings`, and the file it came from.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
+from fusionzoo.errors import ConfigError
+from fusionzoo.models.alignment import AlignmentModel
+from fusionzoo.models.multimodal import MultimodalModel
 from fusionzoo.registry import (
     DATASETS,
     ENCODERS,
     FUSIONS,
     HEADS,
     LOSSES,
+    OPTIMIZERS,
     Registry,
     accepted_kwargs,
     check_kwargs,
     closest,
 )
+from fusionzoo.settings import TrainSettings
 
-__all__ = ["ConfigError", "load_config", "apply_overrides", "validate_config", "build_model", "build_from_section"]
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "load_config",
+    "apply_overrides",
+    "build_model",
+    "build_dataset",
+    "build_loss",
+    "build_from_section",
+    "num_classes_of",
+    "check_model_fits_data",
+]
 
 TOP_LEVEL_KEYS = ("name", "description", "seed", "model", "align", "data", "train")
 MODEL_KEYS = ("encoders", "fusion", "head")
+ALIGN_KEYS = ("encoders", "loss", "order")
 
 
-class ConfigError(ValueError):
-    """A config that cannot be built; the message starts with the file and the key's path."""
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A loaded, validated experiment: ``model:`` (or ``align:``), ``data:`` and ``train:``.
+
+    ``origin`` is the file it came from (``<dict>`` for a mapping); :meth:`error` makes a
+    :class:`ConfigError` that names it and a key path. ``kind`` is ``"model"`` (a classifier),
+    ``"align"`` (an embedding space) or ``None`` (neither section).
+    """
+
+    raw: Mapping[str, Any]
+    origin: str
+    train: TrainSettings
+
+    @property
+    def name(self) -> str:
+        return self.raw.get("name") or Path(self.origin).stem
+
+    @property
+    def seed(self) -> int:
+        return int(self.raw.get("seed", 0))
+
+    @property
+    def kind(self) -> str | None:
+        return "align" if "align" in self.raw else "model" if "model" in self.raw else None
+
+    @property
+    def model(self) -> Mapping[str, Any] | None:
+        return self.raw.get("model")
+
+    @property
+    def align(self) -> Mapping[str, Any] | None:
+        return self.raw.get("align")
+
+    @property
+    def data(self) -> Mapping[str, Any] | None:
+        return self.raw.get("data")
+
+    def error(self, path: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.origin}: {path}: {message}")
+
+    def require(self, section: str, purpose: str) -> Mapping[str, Any]:
+        if section not in self.raw:
+            raise self.error(section, f"required {purpose}")
+        return self.raw[section]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (what a run folder's ``config.yaml`` holds)."""
+        return copy.deepcopy(dict(self.raw))
 
 
-def load_config(source: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Read a YAML file (or copy a dict), apply ``a.b=c`` overrides and validate it."""
-    if isinstance(source, Mapping):
+def load_config(source: str | Path | Mapping[str, Any] | ExperimentConfig, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read a YAML file (or copy a mapping), apply ``a.b=c`` overrides and validate it."""
+    if isinstance(source, ExperimentConfig):
+        overrides = list(overrides)
+        if not overrides:
+            return source
+        cfg, origin = source.to_dict(), source.origin
+    elif isinstance(source, Mapping):
         cfg, origin = copy.deepcopy(dict(source)), "<dict>"
     elif isinstance(source, (str, Path)):
         path = Path(source)
@@ -66,9 +140,8 @@ def load_config(source: str | Path | Mapping[str, Any], overrides: Iterable[str]
     else:
         raise TypeError(f"load_config takes a path or a mapping, got {type(source).__name__}")
     cfg = apply_overrides(cfg, overrides, origin=origin)
-    validate_config(cfg, origin=origin)
-    cfg["_origin"] = origin
-    return cfg
+    train = validate_config(cfg, origin=origin)
+    return ExperimentConfig(raw=cfg, origin=origin, train=train)
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str], origin: str = "<dict>") -> dict[str, Any]:
@@ -88,10 +161,10 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str], origin: str =
     return cfg
 
 
-def _unknown_key(path: str, key: str, allowed: Iterable[str]) -> ConfigError:
+def _unknown_key(path: str, key: str, allowed: Iterable[str], origin: str) -> ConfigError:
     hint = closest(key, sorted(allowed), n=1)
     suffix = f"; did you mean {hint[0]}?" if hint else f" (allowed: {', '.join(sorted(allowed))})"
-    return ConfigError(f"{path}.{key}: unknown key{suffix}" if path else f"{key}: unknown key{suffix}")
+    return ConfigError(f"{origin}: {path + '.' if path else ''}{key}: unknown key{suffix}")
 
 
 def _mapping(value: Any, path: str, origin: str) -> Mapping[str, Any]:
@@ -100,15 +173,25 @@ def _mapping(value: Any, path: str, origin: str) -> Mapping[str, Any]:
     return value
 
 
-def _check_section(registry: Registry, section: Any, path: str, derived: Iterable[str], origin: str) -> None:
+def _check_keys(section: Mapping[str, Any], allowed: tuple[str, ...], path: str, origin: str) -> None:
+    for key in section:
+        if key not in allowed:
+            raise _unknown_key(path, key, allowed, origin)
+
+
+def _check_section(
+    registry: Registry, section: Any, path: str, derived: Iterable[str], origin: str, tag: str | None = None
+) -> None:
     section = _mapping(section, path, origin)
     name = section.get("name")
     if not isinstance(name, str):
-        raise ConfigError(f"{origin}: {path}.name: required, the {registry.kind} to build (one of {registry.list()})")
+        raise ConfigError(f"{origin}: {path}.name: required, the {registry.kind} to build (one of {registry.list(tag=tag)})")
     try:
         entry = registry.get(name)
     except KeyError as e:
         raise ConfigError(f"{origin}: {path}.name: {e.args[0]}") from None
+    if tag is not None and tag not in entry.tags:
+        raise ConfigError(f"{origin}: {path}.name: {name!r} is not a {tag} {registry.kind} (choose one of {registry.list(tag=tag)})")
     kwargs = {k: v for k, v in section.items() if k != "name"}
     taken, _ = accepted_kwargs(entry.fn)
     for key in derived:
@@ -120,45 +203,48 @@ def _check_section(registry: Registry, section: Any, path: str, derived: Iterabl
         raise ConfigError(f"{origin}: {e}") from None
 
 
-def validate_config(cfg: Mapping[str, Any], origin: str = "<dict>") -> None:
-    """Check structure, registry names and constructor keys without building anything."""
-    for key in cfg:
-        if key not in TOP_LEVEL_KEYS and key != "_origin":
-            raise ConfigError(f"{origin}: {_unknown_key('', key, TOP_LEVEL_KEYS).args[0]}")
+def _check_encoders(section: Any, path: str, origin: str) -> None:
+    encoders = _mapping(section, path, origin)
+    if not encoders:
+        raise ConfigError(f"{origin}: {path}: give at least one modality")
+    for m, sub in encoders.items():
+        _check_section(ENCODERS, sub, f"{path}.{m}", ("modality",), origin)
+
+
+def validate_config(cfg: Mapping[str, Any], origin: str = "<dict>") -> TrainSettings:
+    """Check structure, registry names and constructor keys without building anything; returns the
+    typed ``train:`` section."""
+    _check_keys(cfg, TOP_LEVEL_KEYS, "", origin)
     if "seed" in cfg and (isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int)):
         raise ConfigError(f"{origin}: seed: expected an int, got {cfg['seed']!r}")
     if "align" in cfg and "model" in cfg:
         raise ConfigError(f"{origin}: align: a config trains either a model (model:) or an alignment (align:), not both")
     if "model" in cfg:
         model = _mapping(cfg["model"], "model", origin)
-        for key in model:
-            if key not in MODEL_KEYS:
-                raise ConfigError(f"{origin}: {_unknown_key('model', key, MODEL_KEYS).args[0]}")
+        _check_keys(model, MODEL_KEYS, "model", origin)
         for key in MODEL_KEYS:
             if key not in model:
                 raise ConfigError(f"{origin}: model.{key}: required")
-        encoders = _mapping(model["encoders"], "model.encoders", origin)
-        if not encoders:
-            raise ConfigError(f"{origin}: model.encoders: give at least one modality")
-        for m, section in encoders.items():
-            _check_section(ENCODERS, section, f"model.encoders.{m}", ("modality",), origin)
+        _check_encoders(model["encoders"], "model.encoders", origin)
         _check_section(FUSIONS, model["fusion"], "model.fusion", ("in_dims",), origin)
         _check_section(HEADS, model["head"], "model.head", ("in_dim",), origin)
     if "align" in cfg:
         align = _mapping(cfg["align"], "align", origin)
-        for key in align:
-            if key not in ("encoders", "loss", "order"):
-                raise ConfigError(f"{origin}: {_unknown_key('align', key, ('encoders', 'loss', 'order')).args[0]}")
-        for m, section in _mapping(align.get("encoders", {}), "align.encoders", origin).items():
-            _check_section(ENCODERS, section, f"align.encoders.{m}", ("modality",), origin)
+        _check_keys(align, ALIGN_KEYS, "align", origin)
+        _check_encoders(align.get("encoders", {}), "align.encoders", origin)
+        if len(align["encoders"]) != 2:
+            raise ConfigError(f"{origin}: align.encoders: name exactly two modalities, got {sorted(align['encoders'])}")
         if "loss" in align:
-            _check_section(LOSSES, align["loss"], "align.loss", (), origin)
+            _check_section(LOSSES, align["loss"], "align.loss", (), origin, tag="contrastive")
     if "data" in cfg:
         _check_section(DATASETS, cfg["data"], "data", ("split",), origin)
-    if "train" in cfg:
-        from fusionzoo.training.settings import TrainSettings
-
-        TrainSettings.from_dict(_mapping(cfg["train"], "train", origin), origin)
+    train = TrainSettings.from_dict(_mapping(cfg.get("train") or {}, "train", origin), origin)
+    _check_section(OPTIMIZERS, train.optimizer, "train.optimizer", ("params", "lr", "weight_decay"), origin)
+    if train.loss is not None:
+        if "align" in cfg:
+            raise ConfigError(f"{origin}: train.loss: an alignment names its loss in align.loss")
+        _check_section(LOSSES, train.loss, "train.loss", (), origin, tag="classification")
+    return train
 
 
 def build_from_section(registry: Registry, section: Mapping[str, Any], path: str, origin: str = "<dict>", **derived: Any) -> Any:
@@ -172,21 +258,59 @@ def build_from_section(registry: Registry, section: Mapping[str, Any], path: str
         raise ConfigError(f"{origin}: {path}: {e}") from e
 
 
-def build_model(cfg: str | Path | Mapping[str, Any]):  # -> MultimodalModel (imported lazily: no cycle)
-    """Build a :class:`~fusionzoo.models.MultimodalModel` from a config path or dict."""
-    from fusionzoo.models.multimodal import MultimodalModel
+def _build_encoders(cfg: ExperimentConfig, path: str, sections: Mapping[str, Any]) -> dict[str, nn.Module]:
+    return {m: build_from_section(ENCODERS, s, f"{path}.{m}", cfg.origin, modality=m) for m, s in sorted(sections.items())}
 
-    if not isinstance(cfg, Mapping) or "_origin" not in cfg:
-        cfg = load_config(cfg)
-    origin = cfg.get("_origin", "<dict>")
-    if "model" not in cfg:
-        raise ConfigError(f"{origin}: model: required to build a model")
-    model_cfg = cfg["model"]
-    encoders = {
-        m: build_from_section(ENCODERS, section, f"model.encoders.{m}", origin, modality=m)
-        for m, section in sorted(model_cfg["encoders"].items())
-    }
+
+def build_model(cfg: str | Path | Mapping[str, Any] | ExperimentConfig) -> MultimodalModel | AlignmentModel:
+    """The model a config describes: a :class:`MultimodalModel` for ``model:``, an
+    :class:`AlignmentModel` for ``align:``."""
+    cfg = load_config(cfg)
+    if cfg.kind is None:
+        raise cfg.error("model", "required to build a model")
+    if cfg.kind == "align":
+        encoders = _build_encoders(cfg, "align.encoders", cfg.align["encoders"])
+        try:
+            return AlignmentModel(encoders=encoders, order=cfg.align.get("order"))
+        except ValueError as e:
+            raise cfg.error("align.encoders", str(e)) from e
+    encoders = _build_encoders(cfg, "model.encoders", cfg.model["encoders"])
     in_dims = {m: enc.out_dim for m, enc in encoders.items()}
-    fusion = build_from_section(FUSIONS, model_cfg["fusion"], "model.fusion", origin, in_dims=in_dims)
-    head = build_from_section(HEADS, model_cfg["head"], "model.head", origin, in_dim=fusion.out_dim)
+    fusion = build_from_section(FUSIONS, cfg.model["fusion"], "model.fusion", cfg.origin, in_dims=in_dims)
+    head = build_from_section(HEADS, cfg.model["head"], "model.head", cfg.origin, in_dim=fusion.out_dim)
     return MultimodalModel(encoders=encoders, fusion=fusion, head=head)
+
+
+def build_loss(cfg: ExperimentConfig) -> nn.Module:
+    """The objective's loss: ``align.loss`` (default ``info_nce``) or ``train.loss`` (default ``cross_entropy``)."""
+    if cfg.kind == "align":
+        return build_from_section(LOSSES, cfg.align.get("loss", {"name": "info_nce"}), "align.loss", cfg.origin)
+    return build_from_section(LOSSES, cfg.train.loss or {"name": "cross_entropy"}, "train.loss", cfg.origin)
+
+
+def build_dataset(cfg: ExperimentConfig, split: str) -> Any:
+    """The ``data:`` section built with the derived ``split``."""
+    section = cfg.require("data", "to train or evaluate")
+    return build_from_section(DATASETS, section, "data", cfg.origin, split=split)
+
+
+def num_classes_of(dataset: Any) -> int:
+    if hasattr(dataset, "num_classes"):
+        return int(dataset.num_classes)
+    if hasattr(dataset, "labels"):
+        return int(max(dataset.labels)) + 1
+    return int(max(int(dataset[i]["label"]) for i in range(len(dataset)))) + 1
+
+
+def check_model_fits_data(cfg: ExperimentConfig, model: nn.Module, dataset: Any) -> int:
+    """The data's number of classes, after checking the head and text vocabularies against it."""
+    classes = num_classes_of(dataset)
+    if isinstance(model, MultimodalModel) and model.out_dim != classes:
+        raise cfg.error("model.head.out_dim", f"the data has {classes} classes, the head outputs {model.out_dim}")
+    vocab = getattr(dataset, "vocab", None)
+    section = "align" if cfg.kind == "align" else "model"
+    for m, enc in model.encoders.items():
+        size = getattr(enc, "vocab_size", None)
+        if vocab is not None and size is not None and size < len(vocab):
+            raise cfg.error(f"{section}.encoders.{m}.vocab_size", f"{size} is smaller than the data's vocabulary ({len(vocab)})")
+    return classes

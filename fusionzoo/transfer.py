@@ -1,18 +1,16 @@
-"""Transfer learning: safe weight files, partial key-mapped loading, freezing, per-group learning
-rates and fine-tuning strategies.
+"""Transfer learning: freezing, per-group learning rates and fine-tuning strategies.
 
-Files are read with ``torch.load(weights_only=True)`` or safetensors, never plain pickle.
+Weight files are read and partially loaded by :mod:`fusionzoo.weights` (re-exported here).
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import torch
-from torch import Tensor, nn
+from torch import nn
+
+from fusionzoo.weights import LoadReport, adapt_input_conv, load_partial, load_state_dict_file
 
 __all__ = [
     "LoadReport",
@@ -26,112 +24,6 @@ __all__ = [
     "apply_strategy",
     "STRATEGIES",
 ]
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``).
-
-    A torch file holding ``{"state_dict": {...}}`` or ``{"model": {...}}`` (common checkpoint
-    layouts) is unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict {{name: Tensor}}, got {type(obj).__name__}")
-    return dict(obj)
-
-
-@dataclass
-class LoadReport:
-    """What :func:`load_partial` did: keys loaded, missing from the file, unexpected in the file, and
-    present in both with different shapes (``key -> (model shape, file shape)``)."""
-
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        rows = [
-            f"loaded      {len(self.loaded):5d}",
-            f"missing     {len(self.missing):5d}" + _sample(self.missing),
-            f"unexpected  {len(self.unexpected):5d}" + _sample(self.unexpected),
-            f"mismatched  {len(self.mismatched):5d}"
-            + _sample([f"{k} model {list(a)} file {list(b)}" for k, (a, b) in self.mismatched.items()]),
-        ]
-        return "\n".join(rows)
-
-
-def _sample(keys: list[str], n: int = 4) -> str:
-    if not keys:
-        return ""
-    more = f", ... (+{len(keys) - n})" if len(keys) > n else ""
-    return "  " + ", ".join(keys[:n]) + more
-
-
-def load_partial(
-    module: nn.Module,
-    state_dict_or_path: Mapping[str, Tensor] | str | Path,
-    key_map: Mapping[str, str] | None = None,
-    strict_shapes: bool = True,
-) -> LoadReport:
-    """Load every tensor whose (prefix-mapped) name and shape match ``module``'s state dict.
-
-    ``key_map`` maps file prefixes to module prefixes, e.g. ``{"backbone.": "encoders.visual.trunk."}``
-    (the longest matching prefix wins). With ``strict_shapes`` a shape mismatch raises ``ValueError``
-    listing every mismatch; without, mismatched tensors are skipped and reported.
-    """
-    source = (
-        load_state_dict_file(state_dict_or_path)
-        if isinstance(state_dict_or_path, (str, Path))
-        else dict(state_dict_or_path)
-    )
-    prefixes = sorted((key_map or {}).items(), key=lambda kv: -len(kv[0]))
-    mapped: dict[str, Tensor] = {}
-    for key, value in source.items():
-        for old, new in prefixes:
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        mapped[key] = value
-    target = module.state_dict()
-    report = LoadReport()
-    to_load: dict[str, Tensor] = {}
-    for key, value in mapped.items():
-        if key not in target:
-            report.unexpected.append(key)
-        elif target[key].shape != value.shape:
-            report.mismatched[key] = (tuple(target[key].shape), tuple(value.shape))
-        else:
-            to_load[key] = value
-    report.missing = [k for k in target if k not in to_load and k not in report.mismatched]
-    report.loaded = sorted(to_load)
-    if strict_shapes and report.mismatched:
-        raise ValueError(f"shape mismatch loading into {type(module).__name__} (nothing was loaded):\n{report}")
-    module.load_state_dict(to_load, strict=False)
-    return report
-
-
-def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
-    """Adapt a pretrained first-conv weight ``[o, c, kh, kw]`` to ``in_channels`` inputs, as timm does:
-    sum over the channels for one input channel (a grey image gives the response of the same image in
-    colour), otherwise tile the channels and rescale by ``c / in_channels``."""
-    c = weight.shape[1]
-    if in_channels == c:
-        return weight
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    reps = -(-in_channels // c)
-    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (c / in_channels)
 
 
 # ---------------------------------------------------------------- freezing and learning rates
@@ -187,17 +79,23 @@ def unfreeze(module: nn.Module, patterns: str | Iterable[str] = ("*",)) -> list[
 
 
 def param_groups(
-    model: nn.Module, base_lr: float, lr_mult: Mapping[str, float] | None = None, weight_decay: float = 0.0
+    model: nn.Module,
+    base_lr: float,
+    lr_mult: Mapping[str, float] | None = None,
+    weight_decay: float = 0.0,
+    decay_norms_and_biases: bool = True,
 ) -> list[dict]:
     """Optimizer parameter groups with discriminative learning rates: each parameter takes the
     multiplier of the first pattern of ``lr_mult`` its name matches (1.0 when none does). Frozen
-    parameters are included (they have no gradient, so AdamW skips them) so that unfreezing later
-    needs no change to the optimizer."""
-    groups: dict[float, list] = {}
+    parameters are included (they have no gradient, so the optimizer skips them) so that unfreezing
+    later needs no change to the optimizer. With ``decay_norms_and_biases=False``, parameters with
+    fewer than 2 dimensions (biases, norm weights, scales) get no weight decay, as timm does."""
+    groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         mult = next((m for pattern, m in (lr_mult or {}).items() if fnmatch.fnmatchcase(name, pattern)), 1.0)
-        groups.setdefault(float(mult), []).append(p)
-    return [{"params": ps, "lr": base_lr * mult, "lr_mult": mult, "weight_decay": weight_decay} for mult, ps in groups.items()]
+        decay = weight_decay if decay_norms_and_biases or p.ndim >= 2 else 0.0
+        groups.setdefault((float(mult), float(decay)), []).append(p)
+    return [{"params": ps, "lr": base_lr * mult, "lr_mult": mult, "weight_decay": wd} for (mult, wd), ps in groups.items()]
 
 
 class GradualUnfreezer:

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 import fusionzoo as fz
-from fusionzoo.data.text import Vocab, tokenize
+from fusionzoo.vocab import Vocab, tokenize
 from fusionzoo.encoders import BACKBONES, TorchvisionBackbone
 
 # ---------------------------------------------------------------- visual

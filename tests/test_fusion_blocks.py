@@ -12,8 +12,6 @@ from fusionzoo.fusion.tensor import augment
 
 DIMS3 = {"audio": 5, "text": 7, "visual": 6}
 DIMS2 = {"audio": 5, "visual": 6}
-# Blocks whose constructor names modalities, for building them on other modality sets.
-ROLE_KWARGS = {"film": {"target": "visual"}, "multiplicative": {"target": "visual"}}
 
 
 def rand_feats(dims, b=6):
@@ -27,11 +25,13 @@ def mask(*bits):
 @pytest.mark.parametrize("name", fz.list_fusions())
 @pytest.mark.parametrize("dims", [DIMS2, DIMS3], ids=["2mod", "3mod"])
 def test_shape_for_two_and_three_modalities(name, dims):
-    if name == "bilinear" and len(dims) == 3:
-        with pytest.raises(ValueError, match="exactly 2 modalities, got 3 .*use low_rank or tensor"):
-            fz.create_fusion(name, in_dims=dims, out_dim=8)
+    entry = fz.FUSIONS.get(name)
+    roles = {arg: "visual" for arg in entry.role_args}
+    if entry.num_modalities not in (None, len(dims)):
+        with pytest.raises(ValueError, match=f"exactly {entry.num_modalities} modalities, got {len(dims)}"):
+            fz.create_fusion(name, in_dims=dims, out_dim=8, **roles)
         return
-    block = fz.create_fusion(name, in_dims=dims, out_dim=8, **ROLE_KWARGS.get(name, {}))
+    block = fz.create_fusion(name, in_dims=dims, out_dim=8, **roles)
     feats = fz.fusion.example_features(dims, 4, block.input_kind)
     assert block(feats).shape == (4, 8)
 

@@ -11,24 +11,26 @@ def reg():
     return Registry("thing")
 
 
-def test_register_create_merges_defaults(reg):
-    @reg.register("lin", defaults={"in_dim": 3, "out_dim": 4}, modality="visual", paper="https://x", tags=("a",))
+def test_create_uses_only_the_callers_kwargs_and_example_uses_the_examples(reg):
+    @reg.register("lin", example_kwargs={"in_dim": 3, "out_dim": 4}, modality="visual", paper="https://x", tags=("a",))
     class Lin(nn.Linear):
         """A linear thing."""
 
-        def __init__(self, *, in_dim: int, out_dim: int, bias: bool = True):
+        def __init__(self, *, in_dim: int, out_dim: int = 10, bias: bool = True):
             super().__init__(in_dim, out_dim, bias=bias)
 
-    m = reg.create("lin")
-    assert (m.in_features, m.out_features) == (3, 4)
-    m = reg.create("lin", out_dim=7, bias=False)
+    m = reg.create("lin", in_dim=5)
+    assert (m.in_features, m.out_features) == (5, 10)  # the constructor's default, not the example's 4
+    with pytest.raises(TypeError, match=r"thing 'lin': missing required argument in_dim \(for example in_dim=3\)"):
+        reg.create("lin")
+    m = reg.get("lin").example(out_dim=7, bias=False)
     assert (m.in_features, m.out_features, m.bias) == (3, 7, None)
     entry = reg.get("lin")
     assert entry.modality == "visual" and entry.paper == "https://x" and entry.tags == ("a",)
     assert entry.summary == "A linear thing."
     assert entry.module.endswith("Lin")
     info = entry.describe()
-    assert info["num_params"] == 3 * 4 + 4 and info["defaults"] == {"in_dim": 3, "out_dim": 4}
+    assert info["num_params"] == 3 * 4 + 4 and info["example_kwargs"] == {"in_dim": 3, "out_dim": 4}
 
 
 def test_duplicate_name_raises_naming_both_modules(reg):
@@ -58,17 +60,41 @@ def test_unknown_kwarg_suggests_closest():
         fz.create_fusion("concat_mlp", hidden_dimz=[4])
 
 
-def test_bad_defaults_rejected_at_registration(reg):
+def test_bad_examples_rejected_at_registration(reg):
     with pytest.raises(TypeError, match="unknown argument"):
 
-        @reg.register("x", defaults={"nope": 1})
+        @reg.register("x", example_kwargs={"nope": 1})
         def x(*, a: int = 1):
             return a
 
 
-def test_bad_input_kind_rejected(reg):
-    with pytest.raises(ValueError, match="input_kind"):
-        reg.register("x", input_kind="sequence")
+def test_input_kind_is_read_from_the_class_and_checked(reg):
+    class Seq:
+        input_kind = "sequence"
+
+    with pytest.raises(ValueError, match="input_kind must be one of"):
+        reg.register("x")(Seq)
+    assert fz.FUSIONS.get("transformer").input_kind == "tokens" == fz.fusion.TransformerFusion.input_kind
+    assert fz.FUSIONS.get("concat_mlp").input_kind == "pooled"
+
+
+def test_real_defaults_and_required_in_dims():
+    assert fz.create_encoder("resnet18").out_dim == 512
+    lstm = fz.create_encoder("text_lstm")
+    assert lstm.vocab_size == 30_000 and lstm.out_dim == 256
+    with pytest.raises(TypeError, match="missing required argument in_dims"):
+        fz.create_fusion("concat_mlp", out_dim=8)
+    with pytest.raises(TypeError, match="missing required argument out_dim"):
+        fz.create_fusion("concat_mlp", in_dims={"audio": 4})
+    assert fz.create_fusion("weighted_late", in_dims={"a": 2, "b": 3}, out_dim=4).weighting == "learned"
+    assert len(fz.create_dataset("synthetic")) == 2000
+
+
+def test_entry_fit_handles_roles_and_fixed_modality_counts():
+    dims = {"audio": 4, "text": 5, "visual": 6}
+    assert fz.FUSIONS.get("film").fit(dims) == {"in_dims": dims, "target": "visual"}
+    assert fz.FUSIONS.get("bilinear").fit(dims) == {"in_dims": {"text": 5, "visual": 6}}
+    assert fz.FUSIONS.get("concat_mlp").fit(dims) == {"in_dims": dims}
 
 
 def test_list_sorted_with_pattern(reg):
@@ -83,7 +109,7 @@ def test_list_sorted_with_pattern(reg):
 
 
 def test_public_face_has_every_kind():
-    kinds = {"encoder": "encoders", "fusion": "fusions", "head": "heads", "model": "models", "dataset": "datasets", "loss": "losses"}
+    kinds = {"encoder": "encoders", "fusion": "fusions", "head": "heads", "model": "models", "dataset": "datasets", "loss": "losses", "optimizer": "optimizers"}
     for kind, plural in kinds.items():
         for fn in (f"create_{kind}", f"list_{plural}", f"register_{kind}", f"get_{kind}_info"):
             assert callable(getattr(fz, fn)), fn
@@ -98,11 +124,11 @@ def test_get_info_reports_metadata():
     info = fz.get_fusion_info("concat_mlp")
     assert info["input_kind"] == "pooled"
     assert info["num_params"] > 0
-    assert set(info["example_input_shape"]) == set(info["defaults"]["in_dims"])
+    assert set(info["example_input_shape"]) == set(info["example_kwargs"]["in_dims"])
 
 
 def test_user_registered_block_is_buildable():
-    @fz.register_fusion("test_sum_fusion", defaults={"in_dims": {"a": 3, "b": 3}, "out_dim": 3}, input_kind="pooled")
+    @fz.register_fusion("test_sum_fusion", example_kwargs={"in_dims": {"a": 3, "b": 3}, "out_dim": 3})
     class SumFusion(fz.FusionBlock):
         """Sum of present features."""
 
@@ -114,7 +140,7 @@ def test_user_registered_block_is_buildable():
             return sum(features[m] for m in self.modalities)
 
     try:
-        block = fz.create_fusion("test_sum_fusion")
+        block = fz.FUSIONS.get("test_sum_fusion").example()
         out = block({"a": torch.ones(2, 3)})
         assert torch.equal(out, torch.ones(2, 3))
     finally:

@@ -1,4 +1,4 @@
-"""Registry-wide contract: every registered encoder, head and fusion block, built from its defaults.
+"""Registry-wide contract: every registered encoder, head and fusion block, built at its example sizes.
 
 A new entry is tested the moment it registers. Fusion blocks get the full missing-modality contract
 of DESIGN.md: any subset, per-sample presence, and results independent of missing slots' values.
@@ -35,7 +35,7 @@ def _loss(out):
 
 @pytest.mark.parametrize("name", ENCODERS)
 def test_encoder_contract(name):
-    enc = fz.create_encoder(name).train()
+    enc = fz.ENCODERS.get(name).example().train()
     assert isinstance(enc, fz.Encoder)
     assert isinstance(enc.modality, str) and enc.out_dim > 0
     x = enc.example_input(3)
@@ -54,14 +54,14 @@ def test_encoder_same_seed_same_output(name):
     outs = []
     for _ in range(2):
         torch.manual_seed(3)
-        enc = fz.create_encoder(name).eval()
+        enc = fz.ENCODERS.get(name).example().eval()
         outs.append(enc(enc.example_input(2)))
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", HEADS)
 def test_head_contract(name):
-    head = fz.create_head(name)
+    head = fz.HEADS.get(name).example()
     x = head.example_input(3).requires_grad_()
     out = head(x)
     assert out.shape == (3, head.out_dim)
@@ -101,18 +101,18 @@ def _fill_missing(feats, present, value):
 
 def _build(name, **kwargs):
     torch.manual_seed(0)
-    return fz.create_fusion(name, **kwargs).eval()
+    return fz.FUSIONS.get(name).example(**kwargs).eval()
 
 
 @pytest.mark.parametrize("name", FUSIONS)
 def test_fusion_metadata(name):
     entry = fz.FUSIONS.get(name)
-    block = entry.build()
+    block = entry.example()
     assert isinstance(block, fz.FusionBlock)
     assert entry.input_kind == block.input_kind in ("pooled", "tokens")
     assert entry.summary, f"{name} has no docstring"
-    dims = entry.defaults["in_dims"]
-    assert len(dims) >= 2 and len(set(dims.values())) == len(dims), "defaults must use unequal per-modality sizes"
+    dims = entry.example_kwargs["in_dims"]
+    assert len(dims) >= 2 and len(set(dims.values())) == len(dims), "examples must use unequal per-modality sizes"
     assert block.modalities == tuple(sorted(dims))
 
 
@@ -223,14 +223,14 @@ def test_fusion_rejects_bad_inputs(name):
 @pytest.mark.parametrize("name", FUSIONS)
 def test_fusion_rejects_bad_in_dims(name):
     entry = fz.FUSIONS.get(name)
-    dims = dict(entry.defaults["in_dims"])
+    dims = dict(entry.example_kwargs["in_dims"])
     with pytest.raises(ValueError, match="in_dims is empty"):
-        entry.build(in_dims={})
+        entry.example(in_dims={})
     m = sorted(dims)[0]
     with pytest.raises(ValueError, match=f"in_dims\\['{m}'\\] must be positive"):
-        entry.build(in_dims={**dims, m: 0})
+        entry.example(in_dims={**dims, m: 0})
     with pytest.raises(ValueError, match="out_dim must be positive"):
-        entry.build(out_dim=0)
+        entry.example(out_dim=0)
 
 
 @pytest.mark.compile

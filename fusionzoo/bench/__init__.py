@@ -2,7 +2,6 @@
 
 from fusionzoo.bench.measure import (
     REFERENCE_DIMS,
-    TENSOR_DIMS,
     Measurement,
     bench_callable,
     build_encoder,
@@ -19,7 +18,6 @@ from fusionzoo.bench.suite import SuiteOptions, run_suite
 
 __all__ = [
     "REFERENCE_DIMS",
-    "TENSOR_DIMS",
     "Measurement",
     "SuiteOptions",
     "bench_callable",

@@ -14,7 +14,6 @@ resident set before the call.
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import math
@@ -34,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fusionzoo.atomic import write_text_atomic
 from fusionzoo.fusion.base import example_features, example_present
-from fusionzoo.registry import ENCODERS, FUSIONS
+from fusionzoo.registry import ENCODERS, FUSIONS, required_kwargs
 
 __all__ = [
     "Measurement",
@@ -50,14 +49,10 @@ __all__ = [
     "fusion_inputs",
     "write_results",
     "REFERENCE_DIMS",
-    "TENSOR_DIMS",
 ]
 
 REFERENCE_DIMS = {"audio": 128, "text": 256, "visual": 512}
-TENSOR_DIMS = {"audio": 16, "text": 32, "visual": 16}
 REFERENCE_TOKENS = 16
-ROLE_KWARGS = {"film": {"target": "visual"}, "multiplicative": {"target": "visual"}}
-TWO_MODALITY = {"bilinear": ("text", "visual")}
 
 
 @dataclass
@@ -214,27 +209,21 @@ def bench_callable(
     return record
 
 
-def _required_defaults(entry) -> dict[str, Any]:
-    """The registry defaults for arguments the constructor has no default for (e.g. ``vocab_size``)."""
-    params = inspect.signature(entry.fn).parameters
-    return {k: v for k, v in entry.defaults.items() if k in params and params[k].default is inspect.Parameter.empty}
-
-
 def build_encoder(name: str) -> nn.Module:
-    """An encoder at its constructor's own (realistic) defaults, plus any required registry default."""
+    """An encoder at its constructor's own (realistic) defaults, plus the example value of any
+    argument the constructor requires (``feature_mlp``'s ``in_dim``)."""
     entry = ENCODERS.get(name)
-    return entry.fn(**_required_defaults(entry))
+    return entry.build(**{k: entry.example_kwargs[k] for k in required_kwargs(entry.fn) if k in entry.example_kwargs})
 
 
 def build_fusion(name: str, in_dims: dict[str, int] | None = None, out_dim: int = 256) -> nn.Module:
-    """A fusion block at the reference dims (or ``in_dims``) with its constructor's defaults."""
-    dims = dict(in_dims or (TENSOR_DIMS if name == "tensor" else REFERENCE_DIMS))
-    if in_dims is None and name in TWO_MODALITY:
-        dims = {m: dims[m] for m in TWO_MODALITY[name]}
-    kwargs = dict(ROLE_KWARGS.get(name, {}))
-    if "target" in kwargs and kwargs["target"] not in dims:
-        kwargs["target"] = sorted(dims)[-1]
-    return FUSIONS.get(name).fn(in_dims=dims, out_dim=out_dim, **kwargs)
+    """A fusion block at the reference dims (the entry's ``reference_kwargs``, or ``in_dims``) with its
+    constructor's defaults, fitted to the modalities it takes (:meth:`Entry.fit`)."""
+    entry = FUSIONS.get(name)
+    reference = {"in_dims": REFERENCE_DIMS, "out_dim": out_dim, **entry.reference_kwargs}
+    if in_dims is not None:
+        reference["in_dims"] = in_dims
+    return entry.build(**{**reference, **entry.fit(reference["in_dims"])})
 
 
 def fusion_inputs(block, batch_size: int, device: str, missing_rate: float = 0.0, tokens: int = REFERENCE_TOKENS):

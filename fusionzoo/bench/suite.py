@@ -203,8 +203,9 @@ def _sweep_modalities(records, fusion: str, m: int, opts: SuiteOptions, peaks) -
     width = SWEEP_TENSOR_DIM if fusion == "tensor" else SWEEP_DIM
     dims = {f"m{i}": width for i in range(m)}
     base = {"target": fusion, "kind": "fusion", "batch_size": 64, "device": opts.device, "variant": {"num_modalities": m}}
-    if fusion in ("bilinear",) and m != 2:
-        records.append(Measurement(**base, mode="forward_backward", note="skipped: MFB fuses exactly 2 modalities"))
+    fixed = FUSIONS.get(fusion).num_modalities
+    if fixed is not None and m != fixed:
+        records.append(Measurement(**base, mode="forward_backward", note=f"skipped: {fusion} fuses exactly {fixed} modalities"))
         return
     if fusion == "tensor" and (width + 1) ** m > MAX_PRODUCT:
         records.append(Measurement(**base, mode="forward_backward", note=f"skipped: product dimension {(width + 1) ** m:,} > {MAX_PRODUCT:,}"))

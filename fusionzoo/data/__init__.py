@@ -5,6 +5,6 @@ from fusionzoo.data.avdigits import AVDigits
 from fusionzoo.data.collate import collate
 from fusionzoo.data.loader import make_loader
 from fusionzoo.data.synthetic import SyntheticTrimodal
-from fusionzoo.data.text import PAD_ID, UNK_ID, Vocab, tokenize
+from fusionzoo.vocab import PAD_ID, UNK_ID, Vocab, tokenize
 
 __all__ = ["AVDigits", "avdigits", "PAD_ID", "UNK_ID", "SyntheticTrimodal", "Vocab", "collate", "make_loader", "synthetic", "tokenize"]

@@ -43,6 +43,7 @@ from fusionzoo.registry import DATASETS
 
 __all__ = ["AVDigits", "read_idx", "read_wav", "pair_indices", "verify_checksums", "download_avdigits"]
 
+DEFAULT_ROOT = "../shared/datasets/avdigits"
 SAMPLE_RATE = 8000
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -210,7 +211,6 @@ def _load_split(root: Path, split: str, clip_samples: int) -> dict:
 
 @DATASETS.register(
     "avdigits",
-    defaults={"root": os.environ.get("FUSIONZOO_AVDIGITS", "../shared/datasets/avdigits")},
     paper="https://arxiv.org/abs/1808.07275",
     tags=("real", "audio-visual"),
 )
@@ -218,13 +218,13 @@ class AVDigits(Dataset):
     """Spoken digits paired with MNIST images, speaker-held-out (see module docstring).
 
     Samples: ``{"visual": float [1, 28, 28] (MNIST-normalised), "audio": float [t] (t <= clip length),
-    "label": int}``.
+    "label": int}``. ``root`` defaults to ``$FUSIONZOO_AVDIGITS``, else ``../shared/datasets/avdigits``.
     """
 
     def __init__(
         self,
         *,
-        root: str | Path,
+        root: str | Path | None = None,
         split: str = "train",
         download: bool = False,
         difficulty: str = "clean",
@@ -240,7 +240,7 @@ class AVDigits(Dataset):
             raise ValueError(f"avdigits: split must be 'train' or 'test', got {split!r}")
         if difficulty not in ("clean", "hard"):
             raise ValueError(f"avdigits: difficulty must be 'clean' or 'hard', got {difficulty!r}")
-        self.root = Path(root)
+        self.root = Path(root if root is not None else os.environ.get("FUSIONZOO_AVDIGITS", DEFAULT_ROOT))
         if download:
             download_avdigits(self.root)
         needed = [self.root / "manifest.csv", *(self.root / "mnist" / f for f in MNIST_FILES[split])]

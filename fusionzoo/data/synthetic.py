@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fusionzoo.data.sampling import first_per_class, hide_labels
-from fusionzoo.data.text import PAD, UNK, Vocab
+from fusionzoo.vocab import PAD, UNK, Vocab
 from fusionzoo.registry import DATASETS
 
 __all__ = ["SyntheticTrimodal", "ATTRIBUTE_COUNTS"]
@@ -54,7 +54,7 @@ WORDS = sorted(set(FILLER) | set(SHAPES) | {w for group in KEYWORDS for w in gro
 
 @DATASETS.register(
     "synthetic",
-    defaults={"n": 64},
+    example_kwargs={"n": 64},
     tags=("embedded", "trimodal"),
 )
 class SyntheticTrimodal(Dataset):

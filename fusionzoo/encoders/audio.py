@@ -139,7 +139,7 @@ class _AudioEncoder(Encoder):
 
 @ENCODERS.register(
     "audio_spec_cnn",
-    defaults={"out_dim": 32, "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 32, "channels": (8, 16)},
+    example_kwargs={"out_dim": 32, "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 32, "channels": (8, 16)},
     modality="audio",
     tags=("cnn", "spectrogram"),
 )
@@ -213,7 +213,7 @@ class AudioSpecCNN(_AudioEncoder):
 
 @ENCODERS.register(
     "audio_resnet18",
-    defaults={"out_dim": 32, "sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 32},
+    example_kwargs={"out_dim": 32, "sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 32},
     modality="audio",
     paper="https://arxiv.org/abs/1512.03385",
     tags=("cnn", "spectrogram", "torchvision", "pretrained"),
@@ -231,7 +231,7 @@ class AudioResNet18(_AudioEncoder):
     def __init__(
         self,
         *,
-        out_dim: int | None = 256,
+        out_dim: int | None = None,
         sample_rate: int = 16000,
         input: str = "waveform",
         n_fft: int = 400,

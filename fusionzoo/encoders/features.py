@@ -20,7 +20,7 @@ __all__ = ["FeatureMLPEncoder"]
 
 @ENCODERS.register(
     "feature_mlp",
-    defaults={"in_dim": 20, "out_dim": 16, "hidden_dims": (32,)},
+    example_kwargs={"in_dim": 20, "out_dim": 16, "hidden_dims": (32,)},
     tags=("features", "any-modality"),
 )
 class FeatureMLPEncoder(Encoder):

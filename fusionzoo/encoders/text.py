@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from fusionzoo.data.text import PAD_ID, Vocab
+from fusionzoo.vocab import PAD_ID, Vocab
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.layers.masking import masked_max, masked_mean
 from fusionzoo.layers.validation import check_positive_int, check_tensor
@@ -89,7 +89,7 @@ def _zero_empty_rows(out: Tensor, mask: Tensor) -> Tensor:
 
 @ENCODERS.register(
     "text_embedding",
-    defaults={"vocab_size": 100, "embed_dim": 16, "out_dim": 32},
+    example_kwargs={"vocab_size": 100, "embed_dim": 16, "out_dim": 32},
     modality="text",
     tags=("bag-of-words",),
 )
@@ -99,7 +99,7 @@ class TextEmbeddingEncoder(_TextEncoder):
     Shapes: ids ``long [b, l]`` -> ``[b, out_dim]``; tokens ``[b, l, out_dim]`` with mask ``[b, l]``.
     """
 
-    def __init__(self, *, vocab_size: int, out_dim: int = 128, embed_dim: int = 128, dropout: float = 0.0) -> None:
+    def __init__(self, *, vocab_size: int = 30_000, out_dim: int = 128, embed_dim: int = 128, dropout: float = 0.0) -> None:
         super().__init__()
         self.vocab_size = check_positive_int(vocab_size, name="vocab_size", where="TextEmbeddingEncoder")
         self.out_dim = check_positive_int(out_dim, name="out_dim", where="TextEmbeddingEncoder")
@@ -123,7 +123,7 @@ POOLINGS = ("last", "mean", "max")
 
 @ENCODERS.register(
     "text_lstm",
-    defaults={"vocab_size": 100, "embed_dim": 16, "hidden_dim": 16, "out_dim": 32},
+    example_kwargs={"vocab_size": 100, "embed_dim": 16, "hidden_dim": 16, "out_dim": 32},
     modality="text",
     tags=("rnn",),
 )
@@ -139,10 +139,10 @@ class TextLSTMEncoder(_TextEncoder):
     def __init__(
         self,
         *,
-        vocab_size: int,
-        out_dim: int = 128,
-        embed_dim: int = 128,
-        hidden_dim: int = 128,
+        vocab_size: int = 30_000,
+        out_dim: int = 256,
+        embed_dim: int = 300,
+        hidden_dim: int = 256,
         num_layers: int = 1,
         bidirectional: bool = True,
         rnn: str = "lstm",
@@ -204,7 +204,7 @@ def sinusoidal_positions(length: int, dim: int) -> Tensor:
 
 @ENCODERS.register(
     "text_transformer",
-    defaults={"vocab_size": 100, "embed_dim": 16, "num_heads": 2, "depth": 1, "out_dim": 32, "max_length": 64},
+    example_kwargs={"vocab_size": 100, "embed_dim": 16, "num_heads": 2, "depth": 1, "out_dim": 32, "max_length": 64},
     modality="text",
     paper="https://arxiv.org/abs/1706.03762",
     tags=("transformer",),
@@ -222,7 +222,7 @@ class TextTransformerEncoder(_TextEncoder):
     def __init__(
         self,
         *,
-        vocab_size: int,
+        vocab_size: int = 30_000,
         out_dim: int = 128,
         embed_dim: int = 128,
         num_heads: int = 4,

@@ -20,7 +20,7 @@ from fusionzoo.encoders.base import Encoder
 from fusionzoo.layers.conv import ConvNormAct
 from fusionzoo.layers.validation import check_positive_int, check_tensor
 from fusionzoo.registry import ENCODERS
-from fusionzoo.transfer import (
+from fusionzoo.weights import (
     LoadReport,
     adapt_input_conv,
     load_partial,
@@ -74,7 +74,7 @@ class _VisualEncoder(Encoder):
 
 @ENCODERS.register(
     "visual_cnn",
-    defaults={"out_dim": 32, "in_channels": 3, "channels": (8, 16)},
+    example_kwargs={"out_dim": 32, "in_channels": 3, "channels": (8, 16)},
     modality="visual",
     tags=("cnn",),
 )
@@ -120,7 +120,7 @@ class VisualCNN(_VisualEncoder):
 
 @ENCODERS.register(
     "lenet",
-    defaults={"out_dim": 32, "in_channels": 1, "channels": 4, "additional_layers": 2},
+    example_kwargs={"out_dim": 32, "in_channels": 1, "channels": 4, "additional_layers": 2},
     modality="visual",
     paper="https://github.com/pliang279/MultiBench/blob/main/unimodals/common_models.py",
     tags=("cnn", "baseline", "multibench"),
@@ -170,7 +170,9 @@ BACKBONES: dict[str, tuple[str, int, str]] = {
 
 
 class TorchvisionBackbone(_VisualEncoder):
-    """A torchvision classification network without its classifier, plus a projection to ``out_dim``.
+    """A torchvision classification network without its classifier; ``out_dim=None`` (the default)
+    keeps the pooled features at the network's native width (512 for resnet18), an int adds a
+    projection to ``out_dim``.
 
     ``weights`` is ``None`` (random init), a torchvision weights name such as ``"IMAGENET1K_V1"`` or
     ``"DEFAULT"`` (downloaded by torchvision on first use), or a path to a state dict (``.pt``,
@@ -186,7 +188,7 @@ class TorchvisionBackbone(_VisualEncoder):
         self,
         *,
         arch: str,
-        out_dim: int | None = 256,
+        out_dim: int | None = None,
         in_channels: int = 3,
         weights: str | Path | None = None,
         progress: bool = True,
@@ -263,12 +265,15 @@ class TorchvisionBackbone(_VisualEncoder):
 
 def _backbone(arch: str):
     def build(
-        *, out_dim: int | None = 256, in_channels: int = 3, weights: str | Path | None = None, progress: bool = True
+        *, out_dim: int | None = None, in_channels: int = 3, weights: str | Path | None = None, progress: bool = True
     ) -> TorchvisionBackbone:
         return TorchvisionBackbone(arch=arch, out_dim=out_dim, in_channels=in_channels, weights=weights, progress=progress)
 
     build.__name__ = build.__qualname__ = arch
-    build.__doc__ = f"torchvision ``{arch}`` without its classifier, projected to ``out_dim``; see :class:`TorchvisionBackbone`."
+    build.__doc__ = (
+        f"torchvision ``{arch}`` without its classifier, at its native width or projected to ``out_dim``; "
+        "see :class:`TorchvisionBackbone`."
+    )
     return build
 
 
@@ -280,7 +285,7 @@ _PAPERS = {
 for _arch in BACKBONES:
     ENCODERS.register(
         _arch,
-        defaults={"out_dim": 32},
+        example_kwargs={"out_dim": 32},
         modality="visual",
         paper=next(url for key, url in _PAPERS.items() if _arch.startswith(key)),
         tags=("cnn", "torchvision", "pretrained"),

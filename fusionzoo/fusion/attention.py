@@ -19,8 +19,7 @@ __all__ = ["AttentionFusion"]
 
 @FUSIONS.register(
     "attention",
-    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16},
-    input_kind="pooled",
+    example_kwargs={"in_dims": DEFAULT_DIMS, "out_dim": 16},
     paper="https://github.com/facebookresearch/multimodal/blob/main/torchmultimodal/modules/fusions/attention_fusion.py",
     tags=("attention",),
 )

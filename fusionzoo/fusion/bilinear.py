@@ -21,8 +21,8 @@ __all__ = ["BilinearFusion"]
 
 @FUSIONS.register(
     "bilinear",
-    defaults={"in_dims": {"audio": 12, "visual": 16}, "out_dim": 16, "factor": 3},
-    input_kind="pooled",
+    example_kwargs={"in_dims": {"audio": 12, "visual": 16}, "out_dim": 16, "factor": 3},
+    num_modalities=2,
     paper="https://arxiv.org/abs/1708.01471",
     tags=("bilinear", "multiplicative"),
 )

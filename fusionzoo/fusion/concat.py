@@ -18,8 +18,7 @@ __all__ = ["ConcatMLPFusion"]
 
 @FUSIONS.register(
     "concat_mlp",
-    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16, "hidden_dims": (32,)},
-    input_kind="pooled",
+    example_kwargs={"in_dims": DEFAULT_DIMS, "out_dim": 16, "hidden_dims": (32,)},
     tags=("early",),
 )
 class ConcatMLPFusion(FusionBlock):

@@ -20,8 +20,7 @@ __all__ = ["CrossAttentionFusion"]
 
 @FUSIONS.register(
     "cross_attention",
-    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16, "hidden_dim": 16, "depth": 1, "num_heads": 2},
-    input_kind="tokens",
+    example_kwargs={"in_dims": DEFAULT_DIMS, "out_dim": 16, "hidden_dim": 16, "depth": 1, "num_heads": 2},
     paper="https://arxiv.org/abs/1906.00295",
     tags=("attention", "cross-modal", "tokens"),
 )

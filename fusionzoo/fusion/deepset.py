@@ -22,8 +22,7 @@ POOLS = ("mean", "max", "sum")
 
 @FUSIONS.register(
     "deepset",
-    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16, "hidden_dim": 24, "hidden_dims": (32,)},
-    input_kind="pooled",
+    example_kwargs={"in_dims": DEFAULT_DIMS, "out_dim": 16, "hidden_dim": 24, "hidden_dims": (32,)},
     paper="https://arxiv.org/abs/1703.06114",
     tags=("set",),
 )

@@ -40,8 +40,7 @@ def split_roles(
 
 @FUSIONS.register(
     "gmu",
-    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16},
-    input_kind="pooled",
+    example_kwargs={"in_dims": DEFAULT_DIMS, "out_dim": 16},
     paper="https://arxiv.org/abs/1702.01992",
     tags=("gating",),
 )
@@ -83,8 +82,8 @@ class GatedMultimodalUnit(FusionBlock):
 
 @FUSIONS.register(
     "film",
-    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16, "target": "visual", "hidden_dim": 24},
-    input_kind="pooled",
+    example_kwargs={"in_dims": DEFAULT_DIMS, "out_dim": 16, "target": "visual", "hidden_dim": 24},
+    role_args=("target",),
     paper="https://arxiv.org/abs/1709.07871",
     tags=("gating", "conditioning"),
 )

@@ -25,8 +25,7 @@ COMBINES = ("logits", "probs")
 
 @FUSIONS.register(
     "weighted_late",
-    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 10, "weighting": "gated"},
-    input_kind="pooled",
+    example_kwargs={"in_dims": DEFAULT_DIMS, "out_dim": 10, "weighting": "gated"},
     tags=("late",),
 )
 class WeightedLateFusion(FusionBlock):

@@ -21,8 +21,8 @@ __all__ = ["MultiplicativeFusion"]
 
 @FUSIONS.register(
     "multiplicative",
-    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16, "target": "visual"},
-    input_kind="pooled",
+    example_kwargs={"in_dims": DEFAULT_DIMS, "out_dim": 16, "target": "visual"},
+    role_args=("target",),
     paper="https://openreview.net/forum?id=rylnK6VtDH",
     tags=("multiplicative", "hypernetwork"),
 )

@@ -40,8 +40,8 @@ def _outer(vectors: list[Tensor]) -> Tensor:
 
 @FUSIONS.register(
     "tensor",
-    defaults={"in_dims": {"audio": 4, "text": 6, "visual": 5}, "out_dim": 16},
-    input_kind="pooled",
+    example_kwargs={"in_dims": {"audio": 4, "text": 6, "visual": 5}, "out_dim": 16},
+    reference_kwargs={"in_dims": {"audio": 16, "text": 32, "visual": 16}},  # the full product stays benchmarkable
     paper="https://arxiv.org/abs/1707.07250",
     tags=("tensor", "multiplicative"),
 )
@@ -93,8 +93,7 @@ class TensorFusion(FusionBlock):
 
 @FUSIONS.register(
     "low_rank",
-    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16, "rank": 4},
-    input_kind="pooled",
+    example_kwargs={"in_dims": DEFAULT_DIMS, "out_dim": 16, "rank": 4},
     paper="https://arxiv.org/abs/1806.00064",
     tags=("tensor", "low-rank", "multiplicative"),
 )

@@ -19,8 +19,7 @@ __all__ = ["TransformerFusion"]
 
 @FUSIONS.register(
     "transformer",
-    defaults={"in_dims": DEFAULT_DIMS, "out_dim": 16, "hidden_dim": 32, "depth": 1, "num_heads": 2},
-    input_kind="tokens",
+    example_kwargs={"in_dims": DEFAULT_DIMS, "out_dim": 16, "hidden_dim": 32, "depth": 1, "num_heads": 2},
     paper="https://arxiv.org/abs/2107.00135",
     tags=("attention", "early", "tokens"),
 )

@@ -1,6 +1,7 @@
-"""Losses for cross-modal learning; importing this package registers them in ``LOSSES``."""
+"""Losses (classification, contrastive, distillation, multi-task); importing this package registers them in ``LOSSES``."""
 
-from fusionzoo.losses import contrastive, distillation, multitask
+from fusionzoo.losses import classification, contrastive, distillation, multitask
+from fusionzoo.losses.classification import CrossEntropyLoss, FocalLoss
 from fusionzoo.losses.contrastive import (
     InfoNCELoss,
     TripletLoss,
@@ -10,6 +11,9 @@ from fusionzoo.losses.distillation import DistillationLoss
 from fusionzoo.losses.multitask import MultiTaskLoss
 
 __all__ = [
+    "CrossEntropyLoss",
+    "FocalLoss",
+    "classification",
     "DistillationLoss",
     "InfoNCELoss",
     "MultiTaskLoss",

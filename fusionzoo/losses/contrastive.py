@@ -37,7 +37,7 @@ def gather_with_local_grad(x: Tensor) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
-@LOSSES.register("info_nce", defaults={}, paper="https://arxiv.org/abs/2103.00020", tags=("contrastive", "cross-modal"))
+@LOSSES.register("info_nce", example_kwargs={}, paper="https://arxiv.org/abs/2103.00020", tags=("contrastive", "cross-modal"))
 class InfoNCELoss(nn.Module):
     """Symmetric InfoNCE (CLIP): cross-entropy of the scaled cosine similarities, a -> b and b -> a.
 
@@ -80,7 +80,7 @@ class InfoNCELoss(nn.Module):
         return torch.randn(batch_size, 8), torch.randn(batch_size, 8)
 
 
-@LOSSES.register("triplet", defaults={}, paper="https://arxiv.org/abs/1707.05612", tags=("contrastive", "cross-modal"))
+@LOSSES.register("triplet", example_kwargs={}, paper="https://arxiv.org/abs/1707.05612", tags=("contrastive", "cross-modal"))
 class TripletLoss(nn.Module):
     """Bidirectional hinge loss on cosine similarities with in-batch negatives: the hardest negative
     per anchor (VSE++, ``hardest=True``) or the sum over all negatives (the plain margin form).

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionzoo.layers.validation import check_tensor
+from fusionzoo.losses.classification import labelled_mean
 from fusionzoo.registry import LOSSES
 
 __all__ = ["DistillationLoss"]
@@ -17,12 +18,13 @@ __all__ = ["DistillationLoss"]
 
 @LOSSES.register(
     "distill",
-    defaults={"student_dim": 8, "teacher_dim": 6},
+    example_kwargs={"student_dim": 8, "teacher_dim": 6},
     paper="https://arxiv.org/abs/1503.02531",
     tags=("distillation", "cross-modal"),
 )
 class DistillationLoss(nn.Module):
     """``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, label)``
+    (the hard term over labelled samples only: label -1 = unlabelled)
     (Hinton et al. 2015), plus ``beta * MSE(proj(student_features), teacher_features)`` when feature
     widths are given: a feature-regression term through a learned projection head.
 
@@ -48,6 +50,45 @@ class DistillationLoss(nn.Module):
         self.temperature, self.alpha, self.beta = temperature, alpha, beta
         self.proj = nn.Linear(student_dim, teacher_dim) if student_dim and teacher_dim else None
 
+    def terms(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        labels: Tensor | None = None,
+        student_features: Tensor | None = None,
+        teacher_features: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The unweighted terms: ``soft`` (``T^2``-scaled KL), ``hard`` (cross-entropy over the labelled
+        samples, label -1 = unlabelled; only when ``alpha < 1``) and ``feature`` (only when ``beta > 0``)."""
+        check_tensor(student_logits, name="distill student", shape=("B", "K"), what="logits")
+        check_tensor(teacher_logits, name="distill teacher", shape=tuple(student_logits.shape), what="logits")
+        t = self.temperature
+        out = {
+            "soft": F.kl_div(
+                F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits.detach() / t, dim=-1),
+                log_target=True, reduction="batchmean",
+            ) * t * t
+        }
+        if self.alpha < 1:
+            if labels is None:
+                raise ValueError("distill: alpha < 1 needs labels for the hard cross-entropy term")
+            per = F.cross_entropy(student_logits, labels.clamp(min=0), reduction="none")
+            out["hard"] = labelled_mean(per, labels)
+        if self.beta > 0:
+            if self.proj is None or student_features is None or teacher_features is None:
+                raise ValueError("distill: beta > 0 needs student_dim / teacher_dim and both feature tensors")
+            out["feature"] = F.mse_loss(self.proj(student_features), teacher_features.detach())
+        return out
+
+    def combine(self, terms: dict[str, Tensor]) -> Tensor:
+        """``alpha * soft + (1 - alpha) * hard + beta * feature``."""
+        loss = self.alpha * terms["soft"]
+        if "hard" in terms:
+            loss = loss + (1 - self.alpha) * terms["hard"]
+        if "feature" in terms:
+            loss = loss + self.beta * terms["feature"]
+        return loss
+
     def forward(
         self,
         student_logits: Tensor,
@@ -56,23 +97,7 @@ class DistillationLoss(nn.Module):
         student_features: Tensor | None = None,
         teacher_features: Tensor | None = None,
     ) -> Tensor:
-        check_tensor(student_logits, name="distill student", shape=("B", "K"), what="logits")
-        check_tensor(teacher_logits, name="distill teacher", shape=tuple(student_logits.shape), what="logits")
-        t = self.temperature
-        soft = F.kl_div(
-            F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits.detach() / t, dim=-1),
-            log_target=True, reduction="batchmean",
-        ) * t * t
-        loss = self.alpha * soft
-        if self.alpha < 1:
-            if labels is None:
-                raise ValueError("distill: alpha < 1 needs labels for the hard cross-entropy term")
-            loss = loss + (1 - self.alpha) * F.cross_entropy(student_logits, labels)
-        if self.beta > 0:
-            if self.proj is None or student_features is None or teacher_features is None:
-                raise ValueError("distill: beta > 0 needs student_dim / teacher_dim and both feature tensors")
-            loss = loss + self.beta * F.mse_loss(self.proj(student_features), teacher_features.detach())
-        return loss
+        return self.combine(self.terms(student_logits, teacher_logits, labels, student_features, teacher_features))
 
     def example_input(self, batch_size: int = 4) -> tuple[Tensor, ...]:
         return torch.randn(batch_size, 5), torch.randn(batch_size, 5), torch.randint(0, 5, (batch_size,))

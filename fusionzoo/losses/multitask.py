@@ -19,7 +19,7 @@ WEIGHTINGS = ("fixed", "uncertainty", "dwa")
 
 @LOSSES.register(
     "multitask",
-    defaults={"tasks": ("fused", "audio")},
+    example_kwargs={"tasks": ("fused", "audio")},
     paper="https://arxiv.org/abs/1705.07115",
     tags=("multi-task",),
 )
@@ -31,7 +31,7 @@ class MultiTaskLoss(nn.Module):
       ``s_t = log sigma_t^2`` per task, so noisier tasks are down-weighted;
     * ``dwa`` (Liu et al. 2019, dynamic weight averaging): ``w_t = T * softmax(r_t / temperature)``
       with ``r_t`` the ratio of task ``t``'s last two epoch losses; call :meth:`end_epoch` with the
-      epoch's mean losses.
+      epoch's mean losses. That history is part of ``state_dict()``, so a resumed run continues it.
 
     :meth:`weights` gives the current effective weights, for logging.
     """
@@ -56,6 +56,14 @@ class MultiTaskLoss(nn.Module):
         self.register_buffer("fixed", torch.tensor([float(fixed[t]) for t in self.tasks]))
         self.log_vars = nn.Parameter(torch.zeros(len(self.tasks)), requires_grad=weighting == "uncertainty")
         self.history: list[Tensor] = []
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        # The DWA loss history is state a resume needs: it travels in state_dict().
+        history = torch.stack(self.history) if self.history else torch.zeros(0, len(self.tasks))
+        return {"history": history}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.history = [row.clone() for row in state["history"]]
 
     def weights(self) -> dict[str, float]:
         if self.weighting == "uncertainty":

@@ -1,7 +1,8 @@
-"""Heads and the composed multimodal model; importing this package registers the heads."""
+"""Heads, the composed multimodal model and the alignment model; importing this package registers the heads."""
 
 from fusionzoo.models import heads
+from fusionzoo.models.alignment import AlignmentModel
 from fusionzoo.models.heads import IdentityHead, LinearHead, MLPHead
 from fusionzoo.models.multimodal import MultimodalModel
 
-__all__ = ["IdentityHead", "LinearHead", "MLPHead", "MultimodalModel", "heads"]
+__all__ = ["AlignmentModel", "IdentityHead", "LinearHead", "MLPHead", "MultimodalModel", "heads"]

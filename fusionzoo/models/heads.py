@@ -28,7 +28,7 @@ class _Head(nn.Module):
         return torch.randn(batch_size, self.in_dim)
 
 
-@HEADS.register("linear", defaults={"in_dim": 16, "out_dim": 10})
+@HEADS.register("linear", example_kwargs={"in_dim": 16, "out_dim": 10})
 class LinearHead(_Head):
     """Dropout then one ``Linear``.
 
@@ -47,7 +47,7 @@ class LinearHead(_Head):
         return self.fc(self.dropout(x))
 
 
-@HEADS.register("mlp", defaults={"in_dim": 16, "out_dim": 10, "hidden_dims": (32,)})
+@HEADS.register("mlp", example_kwargs={"in_dim": 16, "out_dim": 10, "hidden_dims": (32,)})
 class MLPHead(_Head):
     """An :class:`~fusionzoo.layers.MLP` head.
 
@@ -74,7 +74,7 @@ class MLPHead(_Head):
         return self.mlp(x)
 
 
-@HEADS.register("identity", defaults={"in_dim": 16})
+@HEADS.register("identity", example_kwargs={"in_dim": 16})
 class IdentityHead(_Head):
     """No head: the fused vector is the output (for late fusion, whose blocks already produce logits).
 

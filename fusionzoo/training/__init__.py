@@ -1,26 +1,44 @@
-"""Training: the loop, checkpoints, evaluation under missing modalities and noise."""
+"""Training: the loop, its objectives and resumable state, checkpoints, evaluation under missing
+modalities and noise."""
 
-from fusionzoo.training.alignment import train_alignment
+from fusionzoo.settings import TrainSettings
 from fusionzoo.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    load_run,
+    resolve_checkpoint,
     save_checkpoint,
 )
-from fusionzoo.training.engine import build_datasets, train
+from fusionzoo.training.engine import train
 from fusionzoo.training.evaluate import classification_metrics, evaluate, subsets
+from fusionzoo.training.objectives import (
+    Alignment,
+    AuxiliaryHeads,
+    Classification,
+    Distillation,
+    Objective,
+    build_objective,
+)
 from fusionzoo.training.robustness import evaluate_run
-from fusionzoo.training.settings import TrainSettings
+from fusionzoo.training.state import TrainState
 
 __all__ = [
+    "Alignment",
+    "AuxiliaryHeads",
+    "Classification",
+    "Distillation",
+    "Objective",
     "TrainSettings",
-    "build_datasets",
+    "TrainState",
+    "build_objective",
     "classification_metrics",
     "evaluate",
     "evaluate_run",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_run",
+    "resolve_checkpoint",
     "save_checkpoint",
     "subsets",
     "train",
-    "train_alignment",
 ]

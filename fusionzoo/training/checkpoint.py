@@ -1,9 +1,12 @@
-"""Checkpoints: model weights as safetensors, the rest with ``torch.save``; written atomically.
+"""Checkpoints and run loading: model weights as safetensors, the rest with ``torch.save``; written
+atomically.
 
 A checkpoint is a folder ``checkpoints/epoch-NNN/`` holding ``model.safetensors`` and ``state.pt``
 (optimizer, scheduler, epoch, history). It is written into a temporary folder, fsynced and renamed,
 then ``checkpoints/last`` (the folder's name) is replaced atomically, so a crash leaves either the
 old or the new checkpoint, never half of one. ``state.pt`` is read with ``weights_only=True``.
+
+:func:`load_run` rebuilds a run's model from its ``config.yaml`` and loads a checkpoint into it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fusionzoo.atomic import write_text_atomic
+from fusionzoo.config import ExperimentConfig, build_model, load_config
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_model_weights"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "load_model_weights",
+    "resolve_checkpoint",
+    "load_run",
+    "load_run_config",
+]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -76,3 +89,34 @@ def load_checkpoint(checkpoint: Path, model: nn.Module) -> dict[str, Any]:
     """Load the weights into ``model`` and return the rest of the state."""
     load_model_weights(model, checkpoint)
     return torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=True)
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """``(run_dir, checkpoint_dir)`` from a run directory or a checkpoint folder inside one."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path.parent.parent, path
+    checkpoint = latest_checkpoint(path)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{path} is neither a run directory with checkpoints nor a checkpoint folder")
+    return path, checkpoint
+
+
+def load_run_config(run_dir: str | Path) -> ExperimentConfig:
+    """The resolved config a run folder was trained with."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml: not a fusionzoo run folder")
+    cfg = load_config(yaml.safe_load(path.read_text()))
+    return ExperimentConfig(raw=cfg.raw, origin=str(path), train=cfg.train)
+
+
+def load_run(path: str | Path) -> tuple[nn.Module, ExperimentConfig, Path]:
+    """``(model in eval mode with the checkpoint's weights, the run's config, the checkpoint folder)``
+    from a run directory (its latest checkpoint) or a checkpoint folder."""
+    run_dir, checkpoint = resolve_checkpoint(path)
+    cfg = load_run_config(run_dir)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    load_model_weights(model, checkpoint)
+    return model.eval(), cfg, checkpoint

@@ -1,17 +1,20 @@
-"""Cross-modal retrieval metrics for paired embeddings (row ``i`` of ``a`` matches row ``i`` of ``b``).
+"""Cross-modal retrieval metrics for paired embeddings (row ``i`` of ``a`` matches row ``i`` of ``b``),
+and zero-shot classification through class-mean embeddings.
 
 Legend: ``b`` batch, ``d`` embedding width.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["retrieval_metrics"]
+from fusionzoo.training.evaluate import move_batch
+
+__all__ = ["retrieval_metrics", "embed", "zero_shot_accuracy"]
 
 
 def _ranks(sim: Tensor) -> Tensor:
@@ -48,3 +51,28 @@ def retrieval_metrics(
             for k in ks:
                 out[f"{direction} class R@{k}"] = same[:, :k].any(dim=1).float().mean().item()
     return out
+
+
+@torch.no_grad()
+def embed(model: nn.Module, loader: Iterable[dict], device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], Tensor]:
+    """Every sample's embedding for each modality (``model(batch) -> {m: [b, d]}``), and the labels."""
+    model.eval()
+    out: dict[str, list[Tensor]] = {}
+    labels = []
+    for batch in loader:
+        batch = move_batch(batch, device)
+        for m, e in model(batch).items():
+            out.setdefault(m, []).append(e.float().cpu())
+        labels.append(batch["label"].cpu())
+    return {m: torch.cat(v) for m, v in out.items()}, torch.cat(labels)
+
+
+def zero_shot_accuracy(query: Tensor, labels: Tensor, support: Tensor, support_labels: Tensor, num_classes: int) -> float:
+    """Each query takes the class whose mean (normalised) support embedding is nearest by cosine:
+    classification of one modality with no classifier trained on it.
+
+    Shapes: query ``[b, d]``, labels ``[b]``, support ``[s, d]``, support_labels ``[s]``.
+    """
+    means = torch.stack([F.normalize(support[support_labels == c], dim=-1).mean(0) for c in range(num_classes)])
+    pred = (F.normalize(query, dim=-1) @ F.normalize(means, dim=-1).T).argmax(1)
+    return (pred == labels).float().mean().item()

@@ -7,45 +7,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-
 from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
-from fusionzoo.config import build_model, load_config
+from fusionzoo.config import build_dataset, num_classes_of
 from fusionzoo.data.loader import make_loader
-from fusionzoo.training.checkpoint import latest_checkpoint, load_model_weights
-from fusionzoo.training.engine import build_datasets, num_classes_of
+from fusionzoo.training.checkpoint import load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import NOISE_LEVELS, evaluate, subsets
 
-__all__ = ["evaluate_run", "resolve_checkpoint", "load_run"]
-
-
-def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """``(run_dir, checkpoint_dir)`` from a run directory or a checkpoint folder inside one."""
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return path.parent.parent, path
-    checkpoint = latest_checkpoint(path)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{path} is neither a run directory with checkpoints nor a checkpoint folder")
-    return path, checkpoint
-
-
-def load_run(path: str | Path) -> torch.nn.Module:
-    """The trained model of a run directory (or checkpoint folder), in eval mode."""
-    return _load(path)[2]
-
-
-def _load(path: str | Path) -> tuple[Path, dict[str, Any], torch.nn.Module]:
-    """``(checkpoint, resolved config, model with its weights, in eval mode)`` of a classification run."""
-    run_dir, checkpoint = resolve_checkpoint(path)
-    cfg = load_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    if "align" in cfg:
-        raise ValueError(f"{run_dir} is an alignment run: its retrieval and zero-shot results are in metrics.json")
-    torch.manual_seed(int(cfg.get("seed", 0)))
-    model = build_model(cfg)
-    load_model_weights(model, checkpoint)
-    return checkpoint, cfg, model.eval()
+__all__ = ["evaluate_run"]
 
 
 def evaluate_run(
@@ -60,8 +28,10 @@ def evaluate_run(
     ``noise`` added), and robustness curves: accuracy as noise grows on each modality alone.
     Writes ``eval/results.json`` and ``eval/robustness.png`` (when matplotlib is installed)."""
     run_dir, _ = resolve_checkpoint(path)
-    checkpoint, cfg, model = _load(path)
-    _, test_set = build_datasets(cfg)
+    model, cfg, checkpoint = load_run(path)
+    if cfg.kind == "align":
+        raise ValueError(f"{run_dir} is an alignment run: its retrieval and zero-shot results are in metrics.json")
+    test_set = build_dataset(cfg, "test")
     classes = num_classes_of(test_set)
     loader = make_loader(test_set, batch_size)
     missing = set(missing)

@@ -1,0 +1,129 @@
+"""The ``train:`` section of a config, as a typed, validated dataclass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from fusionzoo.errors import ConfigError
+from fusionzoo.registry import closest
+from fusionzoo.transfer import STRATEGIES
+
+__all__ = ["TrainSettings"]
+
+INT_KEYS = ("epochs", "batch_size", "min_present", "num_workers", "keep_checkpoints")
+SUBSECTIONS = {
+    "init_from": ("path", "key_map", "freeze", "strict_shapes"),
+    "distill": ("teacher", "temperature", "alpha"),
+    "aux_heads": ("weighting", "weights", "temperature"),
+}
+MOVED = {"label_smoothing": "write train.loss: {name: cross_entropy, label_smoothing: 0.1}"}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training options; every field is a key of the config's ``train:`` section.
+
+    ``loss`` picks the classification loss from ``LOSSES`` (``{name: cross_entropy,
+    label_smoothing: 0.1}``, ``{name: focal, gamma: 2}``; default cross-entropy); alignment configs
+    name theirs in ``align.loss``. ``optimizer`` picks the optimizer from ``OPTIMIZERS``
+    (``{name: adamw}`` by default, or ``{name: sgd, momentum: 0.9, nesterov: true}``); ``lr`` and
+    ``weight_decay`` are given here, not in that section. ``decay_norms_and_biases: false`` exempts
+    biases and normalisation weights (every parameter with fewer than 2 dimensions) from weight decay.
+    ``warmup_epochs`` may be fractional (linear warm-up over that many epochs of steps, then cosine
+    decay to 0). ``amp`` means bf16 autocast on CUDA; on the CPU training is always float32.
+    ``progress`` ``None`` shows a progress bar only on a terminal and never under CI.
+    ``init_from`` (``{path, key_map, freeze, strict_shapes}``) loads weights before training (a run
+    directory or a weights file), ``lr_mult`` maps parameter-name patterns to learning-rate
+    multipliers, and ``strategy`` is ``finetune``, ``linear_probe`` or ``gradual``.
+    ``distill`` (``{teacher, temperature, alpha}``) adds a soft-target term from a trained teacher run
+    (any modalities) on every sample, labelled or not; ``aux_heads`` (``{weighting, weights}``) adds
+    one classifier per modality on its encoder's features and combines the fused and per-modality
+    losses with the ``multitask`` loss (``fixed``, ``uncertainty`` or ``dwa``).
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    optimizer: dict = field(default_factory=lambda: {"name": "adamw"})
+    decay_norms_and_biases: bool = True
+    loss: dict | None = None
+    warmup_epochs: float = 0.5
+    grad_clip: float | None = 1.0
+    modality_dropout: float = 0.0
+    min_present: int = 1
+    amp: bool = True
+    compile: bool = False
+    num_workers: int = 0
+    device: str = "auto"
+    progress: bool | None = None
+    keep_checkpoints: int = 2
+    init_from: dict | None = None
+    lr_mult: dict | None = None
+    strategy: str = "finetune"
+    distill: dict | None = None
+    aux_heads: dict | None = None
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any] | None, origin: str = "<dict>") -> TrainSettings:
+        section = dict(section or {})
+        known = {f.name for f in fields(cls)}
+        for key in section:
+            if key in MOVED:
+                raise ConfigError(f"{origin}: train.{key}: moved; {MOVED[key]}")
+            if key not in known:
+                hint = closest(key, sorted(known), n=1)
+                raise ConfigError(f"{origin}: train.{key}: unknown key" + (f"; did you mean {hint[0]}?" if hint else ""))
+        for key in INT_KEYS:
+            value = section.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{origin}: train.{key}: expected an int, got {value!r}")
+        for name, allowed in SUBSECTIONS.items():
+            _check_subsection(section.get(name), name, allowed, origin)
+        settings = cls(**section)
+        settings._check_values(origin)
+        return settings
+
+    def _check_values(self, origin: str) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": isinstance(self.lr, (int, float)) and self.lr > 0,
+            "weight_decay": isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
+            "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs,
+            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
+            "modality_dropout": 0 <= self.modality_dropout <= 1,
+            "min_present": self.min_present >= 0,
+            "num_workers": self.num_workers >= 0,
+            "device": self.device in ("auto", "cpu", "cuda"),
+            "keep_checkpoints": self.keep_checkpoints >= 1,
+            "strategy": self.strategy in STRATEGIES,
+            "optimizer": isinstance(self.optimizer, dict) and isinstance(self.optimizer.get("name"), str),
+            "loss": self.loss is None or (isinstance(self.loss, dict) and isinstance(self.loss.get("name"), str)),
+            "lr_mult": self.lr_mult is None or (
+                isinstance(self.lr_mult, dict) and all(isinstance(v, (int, float)) and v >= 0 for v in self.lr_mult.values())
+            ),
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"{origin}: train.{key}: invalid value {getattr(self, key)!r}")
+        if self.distill is not None and "teacher" not in self.distill:
+            raise ConfigError(f"{origin}: train.distill.teacher: required (a trained run directory)")
+        if self.distill is not None and self.aux_heads is not None:
+            raise ConfigError(f"{origin}: train.distill: cannot be combined with train.aux_heads")
+        if self.distill is not None and self.loss is not None:
+            raise ConfigError(f"{origin}: train.loss: not used with train.distill (its hard term is cross-entropy)")
+
+
+def _check_subsection(value: Any, name: str, allowed: tuple[str, ...], origin: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin}: train.{name}: expected a mapping of {', '.join(allowed)}, got {value!r}")
+    for key in value:
+        if key not in allowed:
+            raise ConfigError(f"{origin}: train.{name}.{key}: unknown key ({', '.join(allowed)})")
+    if name == "init_from" and "path" not in value:
+        raise ConfigError(f"{origin}: train.init_from.path: required (a run directory or a weights file)")

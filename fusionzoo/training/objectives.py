@@ -1,0 +1,238 @@
+"""Training objectives: what differs between tasks, in small classes the one training loop calls.
+
+Legend: ``b`` batch, ``k`` classes, ``d`` features, ``s`` statistics.
+
+An objective is an ``nn.Module`` (its own parameters, such as auxiliary heads, learned task weights
+or a contrastive logit scale, train with the model and are saved in the checkpoint's state) with:
+
+* ``forward(model, batch) -> (loss, stats)``: the batch's loss and a float64 vector of batch *sums*
+  named by ``stat_names`` (kept on the device and summed over the epoch by the loop: no host sync
+  per step);
+* ``summarize(totals) -> dict``: the epoch's train metrics from the summed statistics (all ranks);
+* ``end_epoch(train)``: epoch-level updates (dynamic weight averaging);
+* ``evaluate(model, loaders, device) -> dict``: the per-epoch evaluation on ``eval_splits``;
+* ``headline(record) -> str``: one log line.
+
+The loop wraps model and objective together (:class:`TrainStep`), so ``torch.compile`` and
+``DistributedDataParallel`` see one module and every trained parameter is synchronised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fusionzoo.config import ExperimentConfig, build_loss
+from fusionzoo.layers.masking import masked_mean
+from fusionzoo.losses.distillation import DistillationLoss
+from fusionzoo.losses.multitask import MultiTaskLoss
+from fusionzoo.training.checkpoint import load_run
+from fusionzoo.training.evaluate import evaluate
+from fusionzoo.training.retrieval import embed, retrieval_metrics, zero_shot_accuracy
+
+__all__ = ["Objective", "Classification", "Distillation", "AuxiliaryHeads", "Alignment", "TrainStep", "build_objective"]
+
+
+class Objective(nn.Module):
+    """Base class; see the module docstring."""
+
+    stat_names: tuple[str, ...] = ("loss_sum", "samples")
+    eval_splits: tuple[str, ...] = ("test",)
+    drop_last: bool = False
+
+    def summarize(self, totals: Tensor) -> dict[str, Any]:
+        stats = dict(zip(self.stat_names, totals.tolist()))
+        return {"loss": stats["loss_sum"] / max(stats["samples"], 1.0)}
+
+    def end_epoch(self, train: Mapping[str, Any]) -> None:
+        """Called once per epoch with the summarized train metrics."""
+
+    def headline(self, record: Mapping[str, Any]) -> str:
+        return f"train loss {record['train']['loss']:.4f}"
+
+
+class Classification(Objective):
+    """A classification loss from ``LOSSES`` (``train.loss``) on the labelled samples (label -1 = none)."""
+
+    stat_names = ("loss_sum", "correct", "labelled", "samples")
+
+    def __init__(self, criterion: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.criterion, self.num_classes = criterion, num_classes
+
+    def _stats(self, loss: Tensor, logits: Tensor, labels: Tensor, *extra: Tensor) -> Tensor:
+        labelled = labels >= 0
+        n = labelled.sum()
+        correct = ((logits.argmax(1) == labels) & labelled).sum()
+        return torch.stack([loss.detach() * n, correct, n, n.new_tensor(labels.numel()), *extra]).double()
+
+    def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
+        logits = model(batch)
+        loss = self.criterion(logits, batch["label"])
+        return loss, self._stats(loss, logits, batch["label"])
+
+    def summarize(self, totals: Tensor) -> dict[str, Any]:
+        stats = dict(zip(self.stat_names, totals.tolist()))
+        seen = max(stats["labelled"], 1.0)
+        return {"loss": stats["loss_sum"] / seen, "accuracy": stats["correct"] / seen}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loaders: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+        return {split: evaluate(model, loaders[split], self.num_classes, device) for split in self.eval_splits}
+
+    def headline(self, record: Mapping[str, Any]) -> str:
+        train, test = record["train"], record["test"]
+        return (
+            f"train loss {train['loss']:.4f} acc {train['accuracy']:.3f}"
+            f"  test loss {test['loss']:.4f} acc {test['accuracy']:.3f} f1 {test['macro_f1']:.3f}"
+        )
+
+
+class Distillation(Classification):
+    """Classification plus soft targets from a trained teacher run (``train.distill``), mixed by
+    :class:`~fusionzoo.losses.DistillationLoss`; the teacher may read other modalities."""
+
+    stat_names = Classification.stat_names + ("batches", "hard", "soft")
+
+    def __init__(self, teacher: nn.Module, num_classes: int, temperature: float, alpha: float) -> None:
+        super().__init__(nn.Identity(), num_classes)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        # A tuple keeps the teacher out of this module's parameters and state: it is loaded from its run.
+        self._teacher = (teacher.eval(),)
+        self.distill = DistillationLoss(temperature=temperature, alpha=alpha)
+
+    def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
+        logits = model(batch)
+        with torch.no_grad():
+            teacher = self._teacher[0](batch)
+        terms = self.distill.terms(logits.float(), teacher.float(), batch["label"])
+        loss = self.distill.combine(terms)
+        hard = terms.get("hard", loss.new_zeros(())).detach()
+        return loss, self._stats(loss, logits, batch["label"], loss.new_ones(()), hard, terms["soft"].detach())
+
+    def summarize(self, totals: Tensor) -> dict[str, Any]:
+        stats = dict(zip(self.stat_names, totals.tolist()))
+        batches = max(stats["batches"], 1.0)
+        return {**super().summarize(totals), "hard_loss": stats["hard"] / batches, "soft_loss": stats["soft"] / batches}
+
+
+class AuxiliaryHeads(Classification):
+    """Classification plus one linear classifier per modality on its encoder's features, the fused and
+    per-modality losses combined by :class:`~fusionzoo.losses.MultiTaskLoss` (``train.aux_heads``).
+    A modality's head learns only from the samples that have it."""
+
+    def __init__(self, criterion: nn.Module, num_classes: int, encoder_dims: Mapping[str, int], **multitask: Any) -> None:
+        super().__init__(criterion, num_classes)
+        self.modalities = tuple(sorted(encoder_dims))
+        self.aux = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in sorted(encoder_dims.items())})
+        self.multitask = MultiTaskLoss(tasks=["fused", *self.modalities], **multitask)
+        self.stat_names = Classification.stat_names + ("batches", *(f"{t}_loss" for t in self.multitask.tasks))
+
+    def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
+        labels = batch["label"]
+        features, present = model.encode(batch)
+        logits = model.head(model.fuse(features, present))
+        losses = {"fused": self.criterion(logits, labels)}
+        for m in self.modalities:
+            if m not in features:
+                losses[m] = logits.new_zeros(())
+                continue
+            f, p = features[m], present.get(m)
+            if f.dim() == 3:  # tokens: pool the present ones
+                mask = p if p is not None else torch.ones(f.shape[:2], dtype=torch.bool, device=f.device)
+                f, p = masked_mean(f, mask, dim=1), mask.any(dim=1)
+            losses[m] = self.criterion(self.aux[m](f), labels if p is None else labels.masked_fill(~p, -1))
+        loss = self.multitask(losses)
+        task_losses = [losses[t].detach() for t in self.multitask.tasks]
+        return loss, self._stats(loss, logits, labels, loss.new_ones(()), *task_losses)
+
+    def summarize(self, totals: Tensor) -> dict[str, Any]:
+        stats = dict(zip(self.stat_names, totals.tolist()))
+        batches = max(stats["batches"], 1.0)
+        tasks = {f"{t}_loss": stats[f"{t}_loss"] / batches for t in self.multitask.tasks}
+        return {**super().summarize(totals), **tasks, "task_weights": self.multitask.weights()}
+
+    def end_epoch(self, train: Mapping[str, Any]) -> None:
+        self.multitask.end_epoch({t: train[f"{t}_loss"] for t in self.multitask.tasks})
+        train["task_weights"] = self.multitask.weights()
+
+
+class Alignment(Objective):
+    """Two modalities into one embedding space with a contrastive loss (``align.loss``: ``info_nce``
+    or ``triplet``). Evaluates retrieval both ways on the test split and zero-shot classification of
+    the first modality through the class means of the second on the training split."""
+
+    eval_splits = ("train", "test")
+    drop_last = True  # a contrastive batch of one has no negatives
+
+    def __init__(self, loss: nn.Module, order: tuple[str, ...], num_classes: int) -> None:
+        super().__init__()
+        self.loss, self.order, self.num_classes = loss, order[:2], num_classes
+
+    def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
+        emb = model(batch)
+        loss = self.loss(emb[self.order[0]], emb[self.order[1]])
+        n = batch["label"].shape[0]
+        return loss, torch.stack([loss.detach() * n, loss.new_tensor(n)]).double()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loaders: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+        first, second = self.order
+        test, test_labels = embed(model, loaders["test"], device)
+        train, train_labels = embed(model, loaders["train"], device)
+        metrics = retrieval_metrics(test[first], test[second], names=(first, second), labels=test_labels)
+        metrics[f"zero_shot_{first}_accuracy"] = zero_shot_accuracy(test[first], test_labels, train[second], train_labels, self.num_classes)
+        if hasattr(self.loss, "logit_scale"):
+            metrics["temperature"] = float(1 / self.loss.logit_scale.detach().exp())
+        return {"test": metrics}
+
+    def headline(self, record: Mapping[str, Any]) -> str:
+        a, b = self.order
+        t = record["test"]
+        return (
+            f"train loss {record['train']['loss']:.4f}  {a}->{b} R@1 {t[f'{a}->{b} R@1']:.3f} R@5 {t[f'{a}->{b} R@5']:.3f}"
+            f"  {b}->{a} R@1 {t[f'{b}->{a} R@1']:.3f}  zero-shot {t[f'zero_shot_{a}_accuracy']:.3f}"
+        )
+
+
+class TrainStep(nn.Module):
+    """Model and objective as one module: ``forward(batch) -> (loss, stats)``. This is what the loop
+    compiles and wraps in ``DistributedDataParallel``."""
+
+    def __init__(self, model: nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: dict) -> tuple[Tensor, Tensor]:
+        return self.objective(self.model, batch)
+
+
+def build_objective(cfg: ExperimentConfig, model: nn.Module, num_classes: int, device: torch.device) -> Objective:
+    """The objective a config asks for (alignment, distillation, auxiliary heads or plain
+    classification), on ``device``."""
+    return _objective(cfg, model, num_classes, device).to(device)
+
+
+def _objective(cfg: ExperimentConfig, model: nn.Module, num_classes: int, device: torch.device) -> Objective:
+    settings = cfg.train
+    if cfg.kind == "align":
+        return Alignment(build_loss(cfg), model.order, num_classes)
+    if settings.distill is not None:
+        teacher = load_run(settings.distill["teacher"])[0].to(device)
+        if teacher.out_dim != num_classes:
+            raise cfg.error("train.distill.teacher", f"it predicts {teacher.out_dim} classes, the data has {num_classes}")
+        return Distillation(
+            teacher, num_classes, float(settings.distill.get("temperature", 4.0)), float(settings.distill.get("alpha", 0.5))
+        )
+    if settings.aux_heads is not None:
+        aux = settings.aux_heads
+        dims = {m: enc.out_dim for m, enc in model.encoders.items()}
+        return AuxiliaryHeads(
+            build_loss(cfg), num_classes, dims,
+            weighting=aux.get("weighting", "uncertainty"), weights=aux.get("weights"), temperature=aux.get("temperature", 2.0),
+        )
+    return Classification(build_loss(cfg), num_classes)

@@ -1,0 +1,68 @@
+"""Everything a resume needs, in one object that the checkpoint saves and restores whole.
+
+Determinism: the global RNG is reseeded from ``(seed, epoch, rank)`` at the start of every epoch
+(:func:`epoch_seed`) and the data order is a function of ``(seed, epoch)``, so a run resumed from
+the checkpoint of epoch ``e`` continues exactly as the uninterrupted run would (bitwise on the CPU).
+The loader's generator state is saved too, and checked against that rule on restore.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+__all__ = ["TrainState", "epoch_seed"]
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The global RNG seed of ``epoch`` (0-based) on ``rank``: dropout, augmentation, modality dropout."""
+    return seed + 1_000_003 * (epoch + 1) + 7919 * rank
+
+
+@dataclass
+class TrainState:
+    """Model, optimizer, scheduler, objective (its modules, learned task weights and loss history),
+    the epoch reached, the metrics history, the seed and the training loader's order."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective: nn.Module
+    loader: DataLoader
+    seed: int
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def begin_epoch(self, epoch: int, rank: int) -> None:
+        """Reseed the global RNG and fix the data order of ``epoch``."""
+        torch.manual_seed(epoch_seed(self.seed, epoch, rank))
+        sampler = self.loader.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        else:
+            self.loader.generator.manual_seed(self.seed + epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What ``state.pt`` holds (the model's weights go to ``model.safetensors``)."""
+        return {
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "history": self.history,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "objective": self.objective.state_dict(),
+            "loader_generator": self.loader.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"the checkpoint was trained with seed {state['seed']}, the config says {self.seed}")
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.loader.generator.set_state(state["loader_generator"])
+        self.history, self.epoch = list(state["history"]), int(state["epoch"])
