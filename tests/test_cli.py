@@ -59,4 +59,4 @@ def test_python_dash_m_entry_point():
 def test_info_on_an_alignment_config(capsys):
     assert main(["info", str(ROOT / "configs/experiments/align_avdigits.yaml"), "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
-    assert "alignment of audio and visual" in out and "embedding (2, 64)" in out
+    assert "alignment of audio and visual" in out and "'audio': (2, 64)" in out and "encoders.visual" in out

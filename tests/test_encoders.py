@@ -128,7 +128,7 @@ def test_audio_spec_cnn_acceptance():
 
 @pytest.mark.parametrize("name", ["audio_spec_cnn", "audio_resnet18"])
 def test_audio_padding_with_lengths_matches_unpadded(name):
-    enc = fz.create_encoder(name, sample_rate=8000).eval()
+    enc = fz.ENCODERS.get(name).example(sample_rate=8000).eval()
     lengths = torch.tensor([4000, 2600, 3100])
     waves = [torch.randn(int(n)) for n in lengths]
     padded = torch.zeros(3, 5000)
@@ -139,7 +139,7 @@ def test_audio_padding_with_lengths_matches_unpadded(name):
     tokens, mask = enc.forward_tokens(padded, lengths=lengths)
     frames = (lengths - enc.frontend.n_fft) // enc.frontend.hop_length + 1
     if name == "audio_spec_cnn":
-        frames = frames // 2  # one 2x2 max-pool between the two default stages
+        frames = frames // 2  # one 2x2 max-pool between the example's two stages
     else:
         for _ in range(5):
             frames = (frames + 1) // 2

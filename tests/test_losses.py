@@ -137,3 +137,39 @@ def test_retrieval_metrics():
     m = retrieval_metrics(a, b, ks=(1, 2), labels=torch.tensor([0, 0, 1, 2]))
     assert m["a->b R@1"] == 0.5 and m["a->b R@2"] == 1.0
     assert m["a->b class R@1"] == 1.0  # the swapped pair shares a class
+
+
+def test_classification_losses_average_over_labelled_samples():
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 3, -1, 2, -1, 1])
+    keep = labels >= 0
+    ce = fz.create_loss("cross_entropy")(logits, labels)
+    torch.testing.assert_close(ce, F.cross_entropy(logits[keep], labels[keep]))
+    smooth = fz.create_loss("cross_entropy", label_smoothing=0.1)(logits, labels)
+    torch.testing.assert_close(smooth, F.cross_entropy(logits[keep], labels[keep], label_smoothing=0.1))
+    none = torch.full((6,), -1)
+    assert fz.create_loss("cross_entropy")(logits, none) == 0 and fz.create_loss("focal")(logits, none) == 0
+
+
+def test_focal_loss_matches_its_formula_and_reduces_to_cross_entropy():
+    logits = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 1, -1])
+    keep = labels >= 0
+    torch.testing.assert_close(fz.create_loss("focal", gamma=0.0)(logits, labels), F.cross_entropy(logits[keep], labels[keep]))
+    p = logits[keep].softmax(-1)[torch.arange(7), labels[keep]]
+    alpha = torch.tensor([0.1, 0.2, 0.3, 0.2, 0.2])
+    expected = (-alpha[labels[keep]] * (1 - p) ** 2 * p.log()).mean()
+    torch.testing.assert_close(fz.create_loss("focal", gamma=2.0, alpha=alpha.tolist())(logits, labels), expected)
+    with pytest.raises(ValueError, match="alpha has 2 class weights"):
+        fz.create_loss("focal", alpha=[0.5, 0.5])(logits, labels)
+    with pytest.raises(TypeError, match="focal labels: expected labels to be a int tensor"):
+        fz.create_loss("focal")(logits, labels.float())
+
+
+def test_multitask_history_is_part_of_its_state():
+    a = fz.create_loss("multitask", tasks=["x", "y"], weighting="dwa")
+    for losses in ({"x": 1.0, "y": 2.0}, {"x": 0.5, "y": 1.9}):
+        a.end_epoch(losses)
+    b = fz.create_loss("multitask", tasks=["x", "y"], weighting="dwa")
+    b.load_state_dict(a.state_dict())
+    assert b.weights() == a.weights() != {"x": 1.0, "y": 1.0}

@@ -52,7 +52,8 @@ def test_readme_loss_example_is_chosen_from_yaml(tmp_path):
         loss = fz.create_loss("my_hinge", margin=1.0)
         logits, labels = torch.tensor([[2.0, 0.5], [0.0, 0.2]]), torch.tensor([0, -1])
         assert torch.isclose(loss(logits, labels), torch.tensor(0.0 + max(0.0, 1.0 + 0.5 - 2.0)))
-        train_section = yaml.safe_load(re.findall(r"```yaml\n(train:.*?)```", README, flags=re.S)[0])["train"]
+        block = next(b for b in re.findall(r"```yaml\n(.*?)```", README, flags=re.S) if "my_hinge" in b)
+        train_section = yaml.safe_load(block)["train"]
         cfg = {
             "data": {"name": "synthetic", "n": 64},
             "model": {

@@ -155,3 +155,32 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert metrics["world_size"] == 2 and metrics["weights_identical_across_ranks"]
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and log[-1]["train"]["loss"] < log[0]["train"]["loss"]
+
+
+def test_loss_and_optimizer_are_chosen_by_name(tmp_path):
+    cfg = tiny_cfg(epochs=1, loss={"name": "focal", "gamma": 1.0}, optimizer={"name": "sgd", "momentum": 0.9, "nesterov": True},
+                   decay_norms_and_biases=False, lr=0.05)
+    summary = train(cfg, run_dir=tmp_path / "run", log=False)
+    assert summary["final"]["train"]["loss"] > 0
+    state = torch.load(fz.training.latest_checkpoint(tmp_path / "run") / "state.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    assert all(g["nesterov"] and g["momentum"] == 0.9 for g in groups)  # SGD's state, not AdamW's
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.01]  # norms and biases are not decayed
+
+
+@pytest.mark.parametrize(
+    "train_section, message",
+    [
+        ({"optimizer": {"name": "adam_w"}}, r"train\.optimizer\.name: unknown optimizer 'adam_w'; did you mean 'adamw'"),
+        ({"optimizer": {"name": "sgd", "lr": 0.1}}, r"train\.optimizer\.lr: derived by the builder"),
+        ({"optimizer": {"name": "sgd", "momentun": 0.9}}, r"train\.optimizer\.momentun: unknown argument; did you mean momentum"),
+        ({"loss": {"name": "info_nce"}}, r"train\.loss\.name: 'info_nce' is not a classification loss"),
+        ({"loss": {"name": "focal", "gama": 2}}, r"train\.loss\.gama: unknown argument; did you mean gamma"),
+        ({"label_smoothing": 0.1}, r"train\.label_smoothing: moved; write train\.loss: \{name: cross_entropy"),
+    ],
+)
+def test_loss_and_optimizer_errors_name_the_key(train_section, message):
+    cfg = tiny_cfg()
+    cfg["train"].update(train_section)
+    with pytest.raises(ConfigError, match=message):
+        fz.load_config(cfg)
