@@ -7,7 +7,7 @@ machine's measured float32 matmul rate.
 Reference shape: B=256, in_dims {"audio": 128, "text": 256, "visual": 512}, out_dim 256 (``tensor``:
 {"audio": 16, "text": 32, "visual": 16}; ``bilinear`` takes text and visual); token blocks get 16
 tokens per modality. Blocks are built with their constructor defaults (e.g. hidden width 256), not
-the registry's small test defaults. FLOPs come from
+the registry's small example sizes. FLOPs come from
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and attention; elementwise work is not
 counted), time from ``torch.utils.benchmark.Timer`` (median and IQR of blocked runs).
 """
@@ -40,7 +40,7 @@ COUNTED_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_
 
 def bench_fusion(name: str, batch: int, min_time: float) -> dict:
     torch.manual_seed(0)
-    # The class's own defaults (realistic widths), not the registry's small test defaults.
+    # The class's own defaults (realistic widths), not the registry's small example sizes.
     block = build_fusion(name).train()
     # As inside a model: the gradient flows on to the encoders.
     feats, _ = fusion_inputs(block, batch, "cpu")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fusionzoo.atomic import write_text_atomic
 from fusionzoo.bench import machine_tag
-from fusionzoo.training import evaluate_run, train, train_alignment
+from fusionzoo.training import evaluate_run, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(__file__).parent / "results" / machine_tag()
     results: dict = {"command": "python benchmarks/workflow_crossmodal.py"}
 
-    align = train_alignment("configs/experiments/align_avdigits.yaml", run_dir="runs/align_avdigits", overwrite=True)
-    results["alignment"] = align["final"]
+    align = train("configs/experiments/align_avdigits.yaml", run_dir="runs/align_avdigits", overwrite=True)
+    results["alignment"] = align["final"]["test"]
 
     teacher = train("configs/experiments/distill_teacher_visual.yaml", run_dir="runs/distill_teacher_visual", overwrite=True)
     student = train("configs/experiments/distill_student_audio.yaml", run_dir="runs/distill_student_audio", overwrite=True)

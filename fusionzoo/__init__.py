@@ -59,22 +59,22 @@ register_optimizer = OPTIMIZERS.register
 
 
 def get_encoder_info(name: str) -> dict:
-    """Metadata of a registered encoder, plus parameter count and example input shape at defaults."""
+    """Metadata of a registered encoder, plus parameter count and input shape of its example instance."""
     return ENCODERS.get(name).describe()
 
 
 def get_fusion_info(name: str) -> dict:
-    """Metadata of a registered fusion block, plus parameter count and example input shape at defaults."""
+    """Metadata of a registered fusion block, plus parameter count and input shape of its example instance."""
     return FUSIONS.get(name).describe()
 
 
 def get_head_info(name: str) -> dict:
-    """Metadata of a registered head, plus parameter count and example input shape at defaults."""
+    """Metadata of a registered head, plus parameter count and input shape of its example instance."""
     return HEADS.get(name).describe()
 
 
 def get_model_info(name: str) -> dict:
-    """Metadata of a registered model, plus parameter count at defaults."""
+    """Metadata of a registered model, plus parameter count of its example instance."""
     return MODELS.get(name).describe()
 
 

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -101,9 +102,15 @@ def machine_info() -> dict[str, Any]:
 
 
 def machine_tag(device: str = "cpu") -> str:
+    """A folder name for this machine's results: ``cpu-2t-amd-epyc``, ``cuda-nvidia-h100-80gb-hbm3``."""
     if device.startswith("cuda") and torch.cuda.is_available():
-        return "cuda-" + torch.cuda.get_device_name().lower().replace(" ", "-")
-    return f"cpu-{torch.get_num_threads()}t-" + _cpu_model().lower().replace(" ", "-")
+        return "cuda-" + _slug(torch.cuda.get_device_name())
+    return f"cpu-{torch.get_num_threads()}t-" + _slug(_cpu_model())
+
+
+def _slug(text: str) -> str:
+    text = re.sub(r"\((r|tm)\)", "", text.lower())
+    return re.sub(r"[^a-z0-9.]+", "-", text).strip("-")
 
 
 def _sync(device: str) -> None:

@@ -31,7 +31,7 @@ from fusionzoo.layers.validation import check_dims, check_positive_int, check_te
 
 __all__ = ["FusionBlock", "example_features", "example_present", "DEFAULT_DIMS"]
 
-#: Small, unequal per-modality widths used by the registry defaults (and so by the contract tests).
+#: Small, unequal per-modality widths of the registry examples (and so of the contract tests).
 DEFAULT_DIMS = {"audio": 12, "text": 20, "visual": 16}
 
 
