@@ -138,12 +138,22 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def align_cfg(epochs):
+    return {
+        "seed": 0,
+        "data": {"name": "synthetic", "n": 96},
+        "align": {"encoders": {"audio": tiny_cfg()["model"]["encoders"]["audio"], "visual": tiny_cfg()["model"]["encoders"]["visual"]}},
+        "train": {"epochs": epochs, "batch_size": 16, "lr": 0.003},
+    }
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_on_cpu(tmp_path):
+@pytest.mark.parametrize("kind", ["classification", "alignment"])
+def test_torchrun_two_processes_on_cpu(tmp_path, kind):
     import yaml
 
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_cfg(epochs=3)))
+    path.write_text(yaml.safe_dump(tiny_cfg(epochs=3) if kind == "classification" else align_cfg(3)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
