@@ -89,15 +89,9 @@ class DistillationLoss(nn.Module):
             loss = loss + self.beta * terms["feature"]
         return loss
 
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        labels: Tensor | None = None,
-        student_features: Tensor | None = None,
-        teacher_features: Tensor | None = None,
-    ) -> Tensor:
-        return self.combine(self.terms(student_logits, teacher_logits, labels, student_features, teacher_features))
+    def forward(self, *args: Tensor | None, **kwargs: Tensor | None) -> Tensor:
+        """:meth:`combine` of :meth:`terms` (same arguments)."""
+        return self.combine(self.terms(*args, **kwargs))
 
     def example_input(self, batch_size: int = 4) -> tuple[Tensor, ...]:
         return torch.randn(batch_size, 5), torch.randn(batch_size, 5), torch.randint(0, 5, (batch_size,))
