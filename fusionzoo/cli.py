@@ -13,7 +13,7 @@ import torch
 
 import fusionzoo
 from fusionzoo.config import build_model, load_config
-
+from fusionzoo.errors import ConfigError
 from fusionzoo.registry import REGISTRIES, closest, required_kwargs
 
 __all__ = ["main", "format_table"]
@@ -124,12 +124,18 @@ def _train(args: argparse.Namespace) -> int:
     from fusionzoo.training import train
 
     summary = train(args.config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite, overrides=args.set)
-    final = summary["final"]
-    if final is not None:
-        shown = {k: v for k, v in final["test"].items() if k in ("accuracy", "macro_f1") or "R@1" in k or "zero_shot" in k}
-        metrics = "  ".join(f"test {k} {v:.4f}" for k, v in shown.items())
-        print(f"done: {summary['run_dir']}  {metrics}  ({summary['train_seconds']:.1f} s)")
+    print(_done_line(summary))
     return 0
+
+
+def _done_line(summary: dict) -> str:
+    """One line: the selection and the test metrics at the selected checkpoint."""
+    if summary["test"] is None:
+        return f"done: {summary['run_dir']} (no epoch trained)"
+    shown = {k: v for k, v in summary["test"].items() if k in ("accuracy", "macro_f1", "mean_R@1") or "zero_shot" in k}
+    metrics = "  ".join(f"test {k} {v:.4f}" for k, v in shown.items())
+    chosen = f"epoch {summary['selected_epoch']} ({summary['select']}, val {summary['select_metric']} {summary['best_val']:.4f})"
+    return f"done: {summary['run_dir']}  {chosen}  {metrics}  ({summary['train_seconds']:.1f} s)"
 
 
 def _parse_noise(items: Sequence[str]) -> dict[str, float]:

@@ -17,6 +17,7 @@ SUBSECTIONS = {
     "init_from": ("path", "key_map", "freeze", "strict_shapes"),
     "distill": ("teacher", "temperature", "alpha"),
     "aux_heads": ("weighting", "weights", "temperature"),
+    "early_stopping": ("patience", "min_delta"),
 }
 MOVED = {"label_smoothing": "write train.loss: {name: cross_entropy, label_smoothing: 0.1}"}
 
@@ -41,6 +42,13 @@ class TrainSettings:
     (any modalities) on every sample, labelled or not; ``aux_heads`` (``{weighting, weights}``) adds
     one classifier per modality on its encoder's features and combines the fused and per-modality
     losses with the ``multitask`` loss (``fixed``, ``uncertainty`` or ``dwa``).
+
+    Selection is on the validation split, never on test: each epoch is evaluated on ``val``;
+    ``select_metric`` (default: the objective's, ``accuracy`` for classification, mean ``R@1`` for
+    alignment; ``macro_f1`` and ``loss`` are the other classification choices) picks
+    ``checkpoints/best``; ``early_stopping`` (``{patience, min_delta}``) ends training after
+    ``patience`` epochs without an improvement larger than ``min_delta``; ``select`` (``best`` or
+    ``last``) is the checkpoint that ``test`` is evaluated on, once, after the last epoch.
     """
 
     epochs: int = 10
@@ -65,6 +73,9 @@ class TrainSettings:
     strategy: str = "finetune"
     distill: dict | None = None
     aux_heads: dict | None = None
+    select: str = "best"
+    select_metric: str | None = None
+    early_stopping: dict | None = None
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any] | None, origin: str = "<dict>") -> TrainSettings:
@@ -100,6 +111,8 @@ class TrainSettings:
             "device": self.device in ("auto", "cpu", "cuda"),
             "keep_checkpoints": self.keep_checkpoints >= 1,
             "strategy": self.strategy in STRATEGIES,
+            "select": self.select in ("best", "last"),
+            "select_metric": self.select_metric is None or isinstance(self.select_metric, str),
             "optimizer": isinstance(self.optimizer, dict) and isinstance(self.optimizer.get("name"), str),
             "loss": self.loss is None or (isinstance(self.loss, dict) and isinstance(self.loss.get("name"), str)),
             "lr_mult": self.lr_mult is None or (
@@ -109,6 +122,13 @@ class TrainSettings:
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{origin}: train.{key}: invalid value {getattr(self, key)!r}")
+        stop = self.early_stopping
+        if stop is not None:
+            patience, min_delta = stop.get("patience"), stop.get("min_delta", 0.0)
+            if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+                raise ConfigError(f"{origin}: train.early_stopping.patience: expected an int >= 1, got {patience!r}")
+            if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
+                raise ConfigError(f"{origin}: train.early_stopping.min_delta: expected a number >= 0, got {min_delta!r}")
         if self.distill is not None and "teacher" not in self.distill:
             raise ConfigError(f"{origin}: train.distill.teacher: required (a trained run directory)")
         if self.distill is not None and self.aux_heads is not None:

@@ -107,6 +107,15 @@ def test_synthetic_is_deterministic_and_splits_differ():
     assert s["audio"].abs().max() > 0 and a.text(0)
 
 
+def test_synthetic_has_three_independent_splits():
+    splits = {s: fz.create_dataset("synthetic", n=40, val_n=24, seed=3, split=s) for s in ("train", "val", "test")}
+    assert [len(d) for d in splits.values()] == [40, 24, 40]
+    again = fz.create_dataset("synthetic", n=40, val_n=24, seed=3, split="val")
+    assert np.array_equal(again.images, splits["val"].images)  # the val stream is a function of the seed
+    for a, b in (("train", "val"), ("val", "test")):
+        assert not np.array_equal(splits[a].images[:24], splits[b].images[:24])
+
+
 def test_synthetic_bayes_rates_need_fusion():
     ds = fz.create_dataset("synthetic", n=4000, seed=0)
     single = {m: ds.bayes_accuracy([m]) for m in ("visual", "audio", "text")}
@@ -125,7 +134,7 @@ def test_synthetic_missing_rate_never_drops_everything():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"num_classes": 9}, "num_classes must be one of"), ({"noise": 2.0}, "noise must be in"), ({"split": "val"}, "split")],
+    [({"num_classes": 9}, "num_classes must be one of"), ({"noise": 2.0}, "noise must be in"), ({"split": "validation"}, "split")],
 )
 def test_synthetic_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -181,11 +190,12 @@ def _readme_pairs():
 def test_avdigits_reproduces_the_readme_pairs():
     pairs = _readme_pairs()
     assert len(pairs) == 6
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):  # the README's "train" rows are our train and val
         ds = fz.create_dataset("avdigits", root=str(AVDIGITS), split=split)
         paths = [r["audio_path"] for r in ds.rows]
         for path, s, index in pairs:
-            if s == split:
+            if path in paths:
+                assert s == ("test" if split == "test" else "train")
                 assert ds.mnist_index[paths.index(path)] == index, path
 
 
@@ -202,6 +212,21 @@ def test_avdigits_split_sizes_and_samples():
     hard = fz.create_dataset("avdigits", root=str(AVDIGITS), split="test", difficulty="hard")
     assert not np.allclose(hard.images, test.images) and not np.allclose(hard.audio, test.audio)
     assert np.array_equal(hard.lengths, test.lengths)
+
+
+@needs_avdigits
+@pytest.mark.parametrize("difficulty", ["clean", "hard"])
+def test_avdigits_validation_is_a_held_out_training_speaker(difficulty):
+    splits = {s: fz.create_dataset("avdigits", root=str(AVDIGITS), split=s, difficulty=difficulty) for s in ("train", "val", "test")}
+    speakers = {s: {r["speaker"] for r in d.rows} for s, d in splits.items()}
+    assert speakers["val"] == {"theo"} and speakers["test"] == {"jackson"}
+    assert speakers["train"] == {"george", "lucas", "nicolas", "yweweler"}
+    assert [len(d) for d in splits.values()] == [2000, 500, 500]
+    assert not set(splits["train"].mnist_index) & set(splits["val"].mnist_index)  # no image in both
+    other = fz.create_dataset("avdigits", root=str(AVDIGITS), split="val", val_speaker="george", difficulty=difficulty)
+    assert {r["speaker"] for r in other.rows} == {"george"}
+    with pytest.raises(ValueError, match="val_speaker 'jackson' is not a training speaker"):
+        fz.create_dataset("avdigits", root=str(AVDIGITS), split="val", val_speaker="jackson")
 
 
 @needs_avdigits

@@ -64,7 +64,7 @@ def test_readme_loss_example_is_chosen_from_yaml(tmp_path):
             "train": {**train_section, "epochs": 1, "batch_size": 32},
         }
         summary = train(cfg, run_dir=tmp_path / "run", log=False)
-        assert summary["final"]["train"]["loss"] >= 0
+        assert summary["last_epoch"]["train"]["loss"] >= 0
         assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["loss"]["name"] == "my_hinge"
     finally:
         fz.LOSSES.unregister("my_hinge")

@@ -66,7 +66,7 @@ def test_run_directory_contents(tmp_path):
     for name in ("config.yaml", "log.jsonl", "metrics.json", "curves.png", "checkpoints/last"):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["final"]["test"]["n"] == 96 and 0 <= metrics["final"]["test"]["macro_f1"] <= 1
+    assert metrics["test"]["n"] == 96 and 0 <= metrics["test"]["macro_f1"] <= 1
     assert summary["weights_identical_across_ranks"] and summary["world_size"] == 1
     state = torch.load(fz.training.latest_checkpoint(run) / "state.pt", weights_only=True)
     assert state["epoch"] == 1 and "optimizer" in state
@@ -171,7 +171,7 @@ def test_loss_and_optimizer_are_chosen_by_name(tmp_path):
     cfg = tiny_cfg(epochs=1, loss={"name": "focal", "gamma": 1.0}, optimizer={"name": "sgd", "momentum": 0.9, "nesterov": True},
                    decay_norms_and_biases=False, lr=0.05)
     summary = train(cfg, run_dir=tmp_path / "run", log=False)
-    assert summary["final"]["train"]["loss"] > 0
+    assert summary["last_epoch"]["train"]["loss"] > 0
     state = torch.load(fz.training.latest_checkpoint(tmp_path / "run") / "state.pt", weights_only=True)
     groups = state["optimizer"]["param_groups"]
     assert all(g["nesterov"] and g["momentum"] == 0.9 for g in groups)  # SGD's state, not AdamW's

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from fusionzoo.config import ConfigError
-from fusionzoo.training import latest_checkpoint, train
+from fusionzoo.training import latest_checkpoint, selected_checkpoint, train
 
 
 def cfg(num_classes, seed, **train_opts):
@@ -32,7 +32,7 @@ def source(tmp_path_factory):
 
 
 def weights(run):
-    return load_file(str(latest_checkpoint(run) / "model.safetensors"))
+    return load_file(str(selected_checkpoint(run) / "model.safetensors"))
 
 
 def test_linear_probe_from_source_keeps_encoders_and_skips_the_head(source, tmp_path):
@@ -78,7 +78,7 @@ def test_cross_modal_alignment_runs_and_reports_retrieval(tmp_path):
         "train": {"epochs": 2, "batch_size": 16, "lr": 0.01},
     }
     summary = train(align_cfg, run_dir=tmp_path / "align", log=False)
-    final = summary["final"]["test"]
+    final = summary["test"]
     for key in ("audio->visual R@1", "audio->visual R@5", "visual->audio R@1", "audio->visual median rank", "zero_shot_audio_accuracy", "temperature"):
         assert key in final
     assert 0 <= final["audio->visual R@1"] <= final["audio->visual R@5"] <= 1
@@ -104,7 +104,7 @@ def test_cross_modal_distillation_and_unlabelled_samples(tmp_path):
     student["model"]["encoders"] = {"audio": {"name": "audio_spec_cnn", "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 16, "channels": [4], "out_dim": 8}}
     summary = train(student, run_dir=tmp_path / "student", log=False)
     log = [json.loads(line) for line in (tmp_path / "student" / "log.jsonl").read_text().splitlines()]
-    assert {"soft_loss", "hard_loss"} <= set(log[-1]["train"]) and summary["final"]["test"]["n"] == 96
+    assert {"soft_loss", "hard_loss"} <= set(log[-1]["train"]) and summary["test"]["n"] == 96
     bad = dict(student, train={**student["train"], "distill": {"temperature": 2.0}})
     with pytest.raises(ConfigError, match=r"train\.distill\.teacher: required"):
         train(bad, run_dir=tmp_path / "bad", log=False)
@@ -135,4 +135,4 @@ def test_multitask_aux_heads_log_their_weights_and_resume(tmp_path, weighting):
 
 
 def weights_of(run):
-    return load_file(str(latest_checkpoint(run) / "model.safetensors"))
+    return load_file(str(selected_checkpoint(run) / "model.safetensors"))

@@ -6,6 +6,10 @@ The folder layout, split and pairing rule are those of ``shared/datasets/avdigit
   optionally ``checksums.sha256``;
 * test = speaker ``jackson`` (an unseen speaker), train = the other five; audio ``train`` pairs
   with MNIST ``train`` images, audio ``test`` with ``t10k``;
+* validation measures what the test measures, an unseen speaker: ``split="val"`` is one speaker of
+  the manifest's training rows (``val_speaker``, default ``theo``, 500 clips), and ``split="train"``
+  is the other four (2000 clips). Pairs are made on the manifest's whole training split first, so a
+  clip keeps its image whichever speaker is held out;
 * for each split and digit, clips sorted by ``(speaker, int(take))``; clip ``k`` pairs with image
   ``imgs[(k + epoch * len(clips)) % len(imgs)]``, ``imgs`` the ascending indices of that digit.
 
@@ -15,7 +19,7 @@ a DC offset), then cropped to ``clip_seconds`` from its start; a sample returns 
 length and :func:`~fusionzoo.data.collate.collate` pads it and records ``audio_lengths``.
 
 ``difficulty="hard"`` follows AV-MNIST: images keep only the principal components that carry 25%
-of the energy (PCA fitted on the training split's paired images), and audio is mixed with white
+of the energy (PCA fitted on the paired images of ``split="train"``, the validation speaker left out), and audio is mixed with white
 noise at ``snr_db`` (default 0 dB, seeded per clip).
 """
 
@@ -41,7 +45,7 @@ from fusionzoo.atomic import write_bytes_atomic
 from fusionzoo.data.sampling import first_per_class, hide_labels
 from fusionzoo.registry import DATASETS
 
-__all__ = ["AVDigits", "read_idx", "read_wav", "pair_indices", "verify_checksums", "download_avdigits"]
+__all__ = ["AVDigits", "SPLITS", "read_idx", "read_wav", "pair_indices", "verify_checksums", "download_avdigits"]
 
 DEFAULT_ROOT = "../shared/datasets/avdigits"
 SAMPLE_RATE = 8000
@@ -60,6 +64,8 @@ FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"
 FSDD_URL = f"https://github.com/Jakobovski/free-spoken-digit-dataset/archive/{FSDD_COMMIT}.zip"
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/{}"
 TEST_SPEAKER = "jackson"
+VAL_SPEAKER = "theo"
+SPLITS = ("train", "val", "test")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MANIFEST_COLUMNS = ["audio_path", "digit", "speaker", "take", "split"]
 
@@ -235,15 +241,16 @@ class AVDigits(Dataset):
         seed: int = 0,
         labels_per_class: int | None = None,
         labelled_per_class: int | None = None,
+        val_speaker: str = VAL_SPEAKER,
     ) -> None:
-        if split not in ("train", "test"):
-            raise ValueError(f"avdigits: split must be 'train' or 'test', got {split!r}")
+        if split not in SPLITS:
+            raise ValueError(f"avdigits: split must be one of {SPLITS}, got {split!r}")
         if difficulty not in ("clean", "hard"):
             raise ValueError(f"avdigits: difficulty must be 'clean' or 'hard', got {difficulty!r}")
         self.root = Path(root if root is not None else os.environ.get("FUSIONZOO_AVDIGITS", DEFAULT_ROOT))
         if download:
             download_avdigits(self.root)
-        needed = [self.root / "manifest.csv", *(self.root / "mnist" / f for f in MNIST_FILES[split])]
+        needed = [self.root / "manifest.csv", *(self.root / "mnist" / f for f in MNIST_FILES["test" if split == "test" else "train"])]
         for path in needed:
             if not path.is_file():
                 raise FileNotFoundError(
@@ -251,20 +258,24 @@ class AVDigits(Dataset):
                     f"see its README) at {self.root}, set FUSIONZOO_AVDIGITS, or pass download=True on a "
                     "machine that is online."
                 )
-        self.split, self.difficulty = split, difficulty
-        data = _load_split(self.root, split, int(round(clip_seconds * SAMPLE_RATE)))
-        self.rows = data["rows"]
-        self.labels = data["digits"]
-        self.mnist_index = pair_indices(self.rows, data["mnist_labels"], pairing_epoch)
-        if not np.array_equal(data["mnist_labels"][self.mnist_index], self.labels):
+        self.split, self.difficulty, self.val_speaker = split, difficulty, val_speaker
+        data = _load_split(self.root, "test" if split == "test" else "train", int(round(clip_seconds * SAMPLE_RATE)))
+        if split != "test" and val_speaker not in {r["speaker"] for r in data["rows"]}:
+            speakers = sorted({r["speaker"] for r in data["rows"]})
+            raise ValueError(f"avdigits: val_speaker {val_speaker!r} is not a training speaker; choose one of {speakers}")
+        mnist_index = pair_indices(data["rows"], data["mnist_labels"], pairing_epoch)
+        if not np.array_equal(data["mnist_labels"][mnist_index], data["digits"]):
             raise ValueError("avdigits: paired MNIST labels disagree with the audio digits")
-        images = data["mnist_images"][self.mnist_index].astype(np.float32) / 255.0
-        audio, self.lengths = data["audio"], data["lengths"]
+        images = data["mnist_images"][mnist_index].astype(np.float32) / 255.0
+        audio = data["audio"]
         if difficulty == "hard":
-            images = self._pca_images(images, pca_energy, clip_seconds)
-            audio = self._noisy(audio, self.lengths, snr_db, seed)
-        self.images = ((images - MNIST_MEAN) / MNIST_STD)[:, None].astype(np.float32)
-        self.audio = audio
+            images = self._pca_images(images, pca_energy, data)
+            audio = self._noisy(audio, data["lengths"], snr_db, seed)
+        index = self._split_rows(data["rows"], split, val_speaker)
+        self.rows = [data["rows"][i] for i in index]
+        self.labels, self.mnist_index, self.lengths = data["digits"][index], mnist_index[index], data["lengths"][index]
+        self.images = ((images[index] - MNIST_MEAN) / MNIST_STD)[:, None].astype(np.float32)
+        self.audio = audio[index]
         if labels_per_class is not None and split == "train":
             index = first_per_class(self.labels, labels_per_class)
             self.rows = [self.rows[i] for i in index]
@@ -274,9 +285,23 @@ class AVDigits(Dataset):
         if labelled_per_class is not None and split == "train":
             self.targets = hide_labels(self.labels, labelled_per_class)
 
-    def _pca_images(self, images: np.ndarray, energy: float, clip_seconds: float) -> np.ndarray:
-        """Project onto the principal components of the *training* images that carry ``energy``."""
-        train = images if self.split == "train" else self._train_images(clip_seconds)
+    @staticmethod
+    def _split_rows(rows: list[dict], split: str, val_speaker: str) -> np.ndarray:
+        """Indices of ``split``'s rows among the manifest split they come from (train and val share one)."""
+        if split == "test":
+            return np.arange(len(rows))
+        return np.array([i for i, r in enumerate(rows) if (r["speaker"] == val_speaker) == (split == "val")], dtype=np.int64)
+
+    def _pca_images(self, images: np.ndarray, energy: float, data: dict) -> np.ndarray:
+        """Project onto the principal components of the *training* images (validation speaker left
+        out) that carry ``energy``."""
+        if self.split == "test":
+            train_data = _load_split(self.root, "train", data["audio"].shape[1])
+            index = pair_indices(train_data["rows"], train_data["mnist_labels"], 0)
+            train = train_data["mnist_images"][index].astype(np.float32) / 255.0
+            train = train[self._split_rows(train_data["rows"], "train", self.val_speaker)]
+        else:
+            train = images[self._split_rows(data["rows"], "train", self.val_speaker)]
         x = torch.from_numpy(train.reshape(len(train), -1)).double()
         mean = x.mean(dim=0)
         _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
@@ -285,11 +310,6 @@ class AVDigits(Dataset):
         basis = vh[:k]
         flat = torch.from_numpy(images.reshape(len(images), -1)).double() - mean
         return ((flat @ basis.T @ basis + mean).reshape(images.shape)).float().numpy()
-
-    def _train_images(self, clip_seconds: float) -> np.ndarray:
-        data = _load_split(self.root, "train", int(round(clip_seconds * SAMPLE_RATE)))
-        index = pair_indices(data["rows"], data["mnist_labels"], 0)
-        return data["mnist_images"][index].astype(np.float32) / 255.0
 
     @staticmethod
     def _noisy(audio: np.ndarray, lengths: np.ndarray, snr_db: float, seed: int) -> np.ndarray:

@@ -18,8 +18,9 @@ reveals one attribute, so with 8 classes the Bayes accuracy is 25% from the imag
 for audio + text); all three determine the class. ``noise`` (0 to 1) scales the sensor noise.
 ``missing_rate`` drops each modality of each sample independently (never all three).
 
-``split="train"`` and ``"test"`` draw from independent random streams of the same ``seed``;
-``labels_per_class`` keeps the first ``k`` training samples of each class, and
+``split="train"``, ``"val"`` and ``"test"`` draw from independent random streams of the same
+``seed`` (``val`` is for model selection and early stopping, ``test`` is read once at the end);
+``val_n`` and ``test_n`` set their sizes (default ``n``). ``labels_per_class`` keeps the first ``k`` training samples of each class, and
 ``labelled_per_class`` keeps every sample but the labels of the first ``k`` per class (the others
 read -1, "unlabelled"; for distillation), both on the training split only.
 Generation is vectorised: 10,000 samples take about 4 s on one core (2000: under 1 s).
@@ -37,7 +38,9 @@ from fusionzoo.data.sampling import first_per_class, hide_labels
 from fusionzoo.vocab import PAD, UNK, Vocab
 from fusionzoo.registry import DATASETS
 
-__all__ = ["SyntheticTrimodal", "ATTRIBUTE_COUNTS"]
+__all__ = ["SyntheticTrimodal", "ATTRIBUTE_COUNTS", "SPLITS"]
+
+SPLITS = ("train", "val", "test")
 
 ATTRIBUTE_COUNTS = {8: (2, 2, 2), 12: (3, 2, 2), 18: (3, 3, 2), 27: (3, 3, 3)}
 MODALITIES = ("visual", "audio", "text")
@@ -79,13 +82,16 @@ class SyntheticTrimodal(Dataset):
         duration: float = 0.5,
         labels_per_class: int | None = None,
         labelled_per_class: int | None = None,
+        val_n: int | None = None,
+        test_n: int | None = None,
     ) -> None:
         if num_classes not in ATTRIBUTE_COUNTS:
             raise ValueError(f"synthetic: num_classes must be one of {sorted(ATTRIBUTE_COUNTS)}, got {num_classes}")
-        if split not in ("train", "test"):
-            raise ValueError(f"synthetic: split must be 'train' or 'test', got {split!r}")
+        if split not in SPLITS:
+            raise ValueError(f"synthetic: split must be one of {SPLITS}, got {split!r}")
+        n = {"train": n, "val": n if val_n is None else val_n, "test": n if test_n is None else test_n}[split]
         if n <= 0:
-            raise ValueError(f"synthetic: n must be positive, got {n}")
+            raise ValueError(f"synthetic: the {split} split must have a positive size, got {n}")
         for name, value in (("noise", noise), ("redundancy", redundancy), ("missing_rate", missing_rate)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"synthetic: {name} must be in [0, 1], got {value}")
@@ -95,7 +101,7 @@ class SyntheticTrimodal(Dataset):
         self.sample_rate, self.image_size = sample_rate, image_size
         self.counts = ATTRIBUTE_COUNTS[num_classes]
         self.vocab = Vocab([PAD, UNK, *WORDS])
-        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        rng = np.random.default_rng([seed, {"train": 0, "test": 1, "val": 2}[split]])
         self.labels = rng.integers(0, num_classes, n)
         self.attributes = np.stack(np.unravel_index(self.labels, self.counts), axis=1)  # [n, 3]
         self.images = self._images(rng, self.attributes[:, 0])

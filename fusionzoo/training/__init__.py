@@ -1,5 +1,5 @@
-"""Training: the loop, its objectives and resumable state, checkpoints, evaluation under missing
-modalities and noise."""
+"""Training: the loop, its objectives and resumable state, selection on validation, checkpoints,
+evaluation under missing modalities and noise."""
 
 from fusionzoo.settings import TrainSettings
 from fusionzoo.training.checkpoint import (
@@ -8,6 +8,7 @@ from fusionzoo.training.checkpoint import (
     load_run,
     resolve_checkpoint,
     save_checkpoint,
+    selected_checkpoint,
 )
 from fusionzoo.training.engine import train
 from fusionzoo.training.evaluate import classification_metrics, evaluate, subsets
@@ -20,6 +21,7 @@ from fusionzoo.training.objectives import (
     build_objective,
 )
 from fusionzoo.training.robustness import evaluate_run
+from fusionzoo.training.selection import Selection
 from fusionzoo.training.state import TrainState
 
 __all__ = [
@@ -39,6 +41,8 @@ __all__ = [
     "load_run",
     "resolve_checkpoint",
     "save_checkpoint",
+    "selected_checkpoint",
+    "Selection",
     "subsets",
     "train",
 ]

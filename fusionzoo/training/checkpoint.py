@@ -4,7 +4,12 @@ atomically.
 A checkpoint is a folder ``checkpoints/epoch-NNN/`` holding ``model.safetensors`` and ``state.pt``
 (optimizer, scheduler, epoch, history). It is written into a temporary folder, fsynced and renamed,
 then ``checkpoints/last`` (the folder's name) is replaced atomically, so a crash leaves either the
-old or the new checkpoint, never half of one. ``state.pt`` is read with ``weights_only=True``.
+old or the new checkpoint, never half of one. ``checkpoints/best`` names the epoch that is best on
+the validation split; pruning keeps it. ``state.pt`` is read with ``weights_only=True``.
+
+A run's *selected* checkpoint is ``best`` or ``last`` as its config's ``train.select`` says: the
+one its test metrics were computed on, and the one ``fusionzoo eval``, ``init_from`` and a
+distillation teacher load.
 
 :func:`load_run` rebuilds a run's model from its ``config.yaml`` and loads a checkpoint into it.
 """
@@ -29,6 +34,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
+    "selected_checkpoint",
     "load_model_weights",
     "resolve_checkpoint",
     "load_run",
@@ -44,8 +50,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``checkpoints/epoch-{epoch:03d}`` and point ``checkpoints/last`` at it; keep the newest ``keep``."""
+def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, state: dict[str, Any], keep: int = 2, best: bool = False) -> Path:
+    """Write ``checkpoints/epoch-{epoch:03d}`` and point ``checkpoints/last`` (and ``best`` when
+    ``best``) at it; keep the newest ``keep`` and the best."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"epoch-{epoch:03d}"
@@ -66,19 +73,38 @@ def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, state: dict[str
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     write_text_atomic(root / "last", name + "\n")
+    if best:
+        write_text_atomic(root / "best", name + "\n")
+    kept = _pointed(root, "best")
     for old in sorted(p for p in root.glob("epoch-*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old)
+        if old != kept:
+            shutil.rmtree(old)
     return final
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = Path(run_dir) / "checkpoints" / "last"
-    if not pointer.is_file():
+def _pointed(root: Path, pointer: str) -> Path | None:
+    path = root / pointer
+    return root / path.read_text().strip() if path.is_file() else None
+
+
+def latest_checkpoint(run_dir: Path, pointer: str = "last") -> Path | None:
+    """The checkpoint ``checkpoints/<pointer>`` names (``last`` or ``best``), or None without one."""
+    path = _pointed(Path(run_dir) / "checkpoints", pointer)
+    if path is None:
         return None
-    path = pointer.parent / pointer.read_text().strip()
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"checkpoint {path} named by {pointer} is missing or incomplete")
+        raise FileNotFoundError(f"checkpoint {path} named by {path.parent / pointer} is missing or incomplete")
     return path
+
+
+def selected_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a run selected: ``best`` when its config says ``train.select: best`` (the
+    default) and a best exists, else ``last``."""
+    config = Path(run_dir) / "config.yaml"
+    select = "best"
+    if config.is_file():
+        select = (yaml.safe_load(config.read_text()) or {}).get("train", {}).get("select", "best")
+    return (latest_checkpoint(run_dir, "best") if select == "best" else None) or latest_checkpoint(run_dir)
 
 
 def load_model_weights(model: nn.Module, checkpoint: Path) -> None:
@@ -92,11 +118,12 @@ def load_checkpoint(checkpoint: Path, model: nn.Module) -> dict[str, Any]:
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """``(run_dir, checkpoint_dir)`` from a run directory or a checkpoint folder inside one."""
+    """``(run_dir, checkpoint_dir)`` from a run directory (its selected checkpoint) or a checkpoint
+    folder inside one."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
         return path.parent.parent, path
-    checkpoint = latest_checkpoint(path)
+    checkpoint = selected_checkpoint(path)
     if checkpoint is None:
         raise FileNotFoundError(f"{path} is neither a run directory with checkpoints nor a checkpoint folder")
     return path, checkpoint
@@ -113,7 +140,7 @@ def load_run_config(run_dir: str | Path) -> ExperimentConfig:
 
 def load_run(path: str | Path) -> tuple[nn.Module, ExperimentConfig, Path]:
     """``(model in eval mode with the checkpoint's weights, the run's config, the checkpoint folder)``
-    from a run directory (its latest checkpoint) or a checkpoint folder."""
+    from a run directory (its selected checkpoint) or a checkpoint folder."""
     run_dir, checkpoint = resolve_checkpoint(path)
     cfg = load_run_config(run_dir)
     torch.manual_seed(cfg.seed)

@@ -4,9 +4,13 @@ Every kind of run goes through it: classification (a loss from ``LOSSES``), dist
 teacher run, auxiliary heads with multi-task weighting, and cross-modal alignment; what differs lives
 in :mod:`~fusionzoo.training.objectives`. An optimizer from ``OPTIMIZERS`` (AdamW by default) with
 linear warm-up and cosine decay per step, gradient clipping, modality dropout, bf16 autocast on CUDA
-(float32 on the CPU), optional ``torch.compile``, per-epoch evaluation, a JSONL log,
-``metrics.json``, a training-curve PNG, and atomic checkpoints of one resumable
-:class:`~fusionzoo.training.state.TrainState`.
+(float32 on the CPU), optional ``torch.compile``, a JSONL log, ``metrics.json``, a training-curve
+PNG, and atomic checkpoints of one resumable :class:`~fusionzoo.training.state.TrainState`.
+
+Honest evaluation: every epoch is evaluated on the ``val`` split, which picks ``checkpoints/best``
+(:class:`~fusionzoo.training.selection.Selection`, ``train.select_metric``) and drives optional
+early stopping; the ``test`` split is evaluated once, after the last epoch, on the selected
+checkpoint (``train.select``: ``best`` or ``last``). Nothing selects on, stops on or logs test.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) it initialises ``torch.distributed`` (NCCL on GPU, gloo on
 CPU), wraps model and objective in ``DistributedDataParallel``, shards the training data with a
@@ -45,9 +49,16 @@ from fusionzoo.data.loader import make_loader
 from fusionzoo.fusion.dropout import ModalityDropout
 from fusionzoo.optim import warmup_cosine
 from fusionzoo.registry import OPTIMIZERS
-from fusionzoo.training.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from fusionzoo.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from fusionzoo.training.evaluate import move_batch
 from fusionzoo.training.objectives import Objective, TrainStep, build_objective
+from fusionzoo.training.selection import Selection
 from fusionzoo.training.state import TrainState
 from fusionzoo.transfer import GradualUnfreezer, apply_strategy, freeze, load_partial, param_groups
 
@@ -70,6 +81,7 @@ class _Run:
     say: Callable[..., None]
     loaders: dict[str, Any]
     objective: Objective
+    selection: Selection
     unfreezer: GradualUnfreezer | None = None
 
     @property
@@ -100,8 +112,10 @@ def train(
     step = _wrap(run, state)
     started = time.perf_counter()
     for epoch in range(state.epoch, cfg.train.epochs):
+        if run.selection.should_stop(state.history):
+            break
         record = _train_epoch(run, state, step, epoch)
-        record.update(run.objective.evaluate(state.model, run.loaders, run.device))
+        record["val"] = _validate(run, state)
         _end_epoch(run, state, record)
     return _finish(run, state, time.perf_counter() - started)
 
@@ -111,7 +125,7 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool) -> tuple[_Run, Trai
     settings = cfg.train
     rank, world, device = _setup_distributed(settings.device)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    datasets = {split: build_dataset(cfg, split) for split in ("train", "test")}
+    datasets = {split: build_dataset(cfg, split) for split in ("train", "val", "test")}
     model = build_model(cfg)
     classes = check_model_fits_data(cfg, model, datasets["train"])
     model.to(device)
@@ -123,14 +137,25 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool) -> tuple[_Run, Trai
         distributed=world > 1, drop_last=objective.drop_last,
     )
     eval_batch = max(settings.batch_size, 256)
-    loaders = {s: make_loader(datasets[s], eval_batch, num_workers=settings.num_workers, distributed=False) for s in objective.eval_splits}
+    splits = ("train", "val", "test") if objective.needs_train_split else ("val", "test")
+    loaders = {s: make_loader(datasets[s], eval_batch, num_workers=settings.num_workers, distributed=False) for s in splits}
     optimizer = _build_optimizer(cfg, model, objective)
     steps = len(loader)
     schedule = warmup_cosine(round(settings.warmup_epochs * steps), settings.epochs * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, objective=objective, loader=loader, seed=cfg.seed)
-    run = _Run(cfg=cfg, run_dir=run_dir, rank=rank, world=world, device=device, say=say, loaders=loaders, objective=objective, unfreezer=unfreezer)
+    run = _Run(
+        cfg=cfg, run_dir=run_dir, rank=rank, world=world, device=device, say=say, loaders=loaders, objective=objective,
+        selection=_selection(cfg, objective), unfreezer=unfreezer,
+    )
     return run, state
+
+
+def _selection(cfg: ExperimentConfig, objective: Objective) -> Selection:
+    metric = cfg.train.select_metric or objective.default_metric
+    if metric not in objective.metric_names:
+        raise cfg.error("train.select_metric", f"unknown metric {metric!r} for this run; choose one of {list(objective.metric_names)}")
+    return Selection.for_metric(metric, cfg.train.early_stopping)
 
 
 def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -251,15 +276,28 @@ def _show_progress(run: _Run) -> bool:
     return run.is_main and (shown if shown is not None else sys.stderr.isatty() and not os.environ.get("CI"))
 
 
+def _validate(run: _Run, state: TrainState) -> dict[str, Any]:
+    """The epoch's validation metrics; under ``torchrun`` rank 0's (BatchNorm statistics are per
+    process), so every rank makes the same selection and stopping decisions."""
+    metrics = run.objective.evaluate(state.model, run.loaders, "val", run.device)
+    if run.world > 1:
+        shared = [metrics]
+        dist.broadcast_object_list(shared, src=0)
+        metrics = shared[0]
+    return metrics
+
+
 def _end_epoch(run: _Run, state: TrainState, record: dict[str, Any]) -> None:
-    """Log the epoch, append it to ``log.jsonl`` and save the checkpoint."""
+    """Log the epoch, append it to ``log.jsonl`` and save the checkpoint (marked best when it is)."""
     state.history.append(record)
     state.epoch = record["epoch"]
-    run.say(f"epoch {state.epoch:3d}/{run.cfg.train.epochs}  {run.objective.headline(record)}  {record['samples_per_s']:.0f} samples/s")
+    best = run.selection.is_best(state.history)
+    mark = "  *" if best else ""
+    run.say(f"epoch {state.epoch:3d}/{run.cfg.train.epochs}  {run.objective.headline(record)}  {record['samples_per_s']:.0f} samples/s{mark}")
     if run.is_main:
         with (run.run_dir / "log.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
-        save_checkpoint(run.run_dir, state.epoch, state.model, state.state_dict(), keep=run.cfg.train.keep_checkpoints)
+        save_checkpoint(run.run_dir, state.epoch, state.model, state.state_dict(), keep=run.cfg.train.keep_checkpoints, best=best)
 
 
 def _weights_digest(model: nn.Module) -> str:
@@ -273,21 +311,36 @@ def _weights_digest(model: nn.Module) -> str:
 
 
 def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
-    """``metrics.json`` and ``curves.png``; tears the process group down."""
-    history = state.history
+    """Evaluate ``test`` once on the selected checkpoint; write ``metrics.json`` and ``curves.png``;
+    tear the process group down."""
+    history, settings = state.history, run.cfg.train
     digest = _weights_digest(state.model)
     digests = [digest]
     if run.world > 1:
         digests = [None] * run.world
         dist.all_gather_object(digests, digest)
-    accuracies = [h["test"]["accuracy"] for h in history if "accuracy" in h["test"]]
+    best_epoch, best_val = run.selection.best(history)
+    selected = best_epoch if settings.select == "best" else state.epoch
+    test = None
+    if history and run.is_main:  # the only evaluation of test, on the selected weights
+        if selected != state.epoch:
+            load_model_weights(state.model, run.run_dir / "checkpoints" / f"epoch-{selected:03d}")
+        test = run.objective.evaluate(state.model, run.loaders, "test", run.device)
     summary = {
         "run_dir": str(run.run_dir),
-        "epochs": run.cfg.train.epochs,
+        "epochs": settings.epochs,
+        "epochs_run": state.epoch,
+        "stopped_early": state.epoch < settings.epochs,
         "world_size": run.world,
         "device": str(run.device),
-        "final": history[-1] if history else None,
-        "best_test_accuracy": max(accuracies, default=None),
+        "select": settings.select,
+        "select_metric": run.selection.metric,
+        "best_epoch": best_epoch,
+        "best_val": best_val,
+        "selected_epoch": selected if history else None,
+        "val": history[selected - 1]["val"] if history else None,
+        "test": test,
+        "last_epoch": history[-1] if history else None,
         "train_seconds": seconds,
         "weights_sha256": digest,
         "weights_identical_across_ranks": len(set(digests)) == 1,
@@ -295,27 +348,32 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
     if run.is_main:
         write_text_atomic(run.run_dir / "metrics.json", json.dumps(summary, indent=2))
         if history:
-            _plot(history, run.run_dir / "curves.png")
+            _plot(history, best_epoch, run.run_dir / "curves.png")
     if run.world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return summary
 
 
-def _plot(history: list[dict], path: Path) -> None:
-    """Train loss and every per-epoch test metric that is a number in [0, 1] (accuracy, recall)."""
+def _plot(history: list[dict], best_epoch: int | None, path: Path) -> None:
+    """Train and validation loss, and every train and validation metric in [0, 1] (accuracy, R@1),
+    with the selected epoch marked."""
     plt = pyplot()
     if plt is None:
         return
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax1.plot(epochs, [h["train"]["loss"] for h in history], label="train")
-    if "loss" in history[0]["test"]:
-        ax1.plot(epochs, [h["test"]["loss"] for h in history], label="test")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
+    if "loss" in history[0]["val"]:
+        ax1.plot(epochs, [h["val"]["loss"] for h in history], label="val")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss")
     if "accuracy" in history[0]["train"]:
         ax2.plot(epochs, [h["train"]["accuracy"] for h in history], label="train accuracy")
-    for key in [k for k in history[0]["test"] if "accuracy" in k or k.endswith("R@1")]:
-        ax2.plot(epochs, [h["test"][key] for h in history], label=f"test {key}")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("test metric"), ax2.legend(fontsize=7)
+    for key in [k for k in history[0]["val"] if "accuracy" in k or k.endswith("R@1")]:
+        ax2.plot(epochs, [h["val"][key] for h in history], label=f"val {key}")
+    for ax in (ax1, ax2):
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle=":", label="best val")
+        ax.legend(fontsize=7)
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("metric")
     save_figure_atomic(fig, path)

@@ -10,7 +10,9 @@ or a contrastive logit scale, train with the model and are saved in the checkpoi
   per step);
 * ``summarize(totals) -> dict``: the epoch's train metrics from the summed statistics (all ranks);
 * ``end_epoch(train)``: epoch-level updates (dynamic weight averaging);
-* ``evaluate(model, loaders, device) -> dict``: the per-epoch evaluation on ``eval_splits``;
+* ``evaluate(model, loaders, split, device) -> dict``: metrics on one split (``val`` every epoch,
+  ``test`` once at the end); ``metric_names`` are those a run may select on (``train.select_metric``,
+  ``default_metric`` unless given; a name ending in ``loss`` is minimised, any other maximised);
 * ``headline(record) -> str``: one log line.
 
 The loop wraps model and objective together (:class:`TrainStep`), so ``torch.compile`` and
@@ -40,7 +42,9 @@ class Objective(nn.Module):
     """Base class; see the module docstring."""
 
     stat_names: tuple[str, ...] = ("loss_sum", "samples")
-    eval_splits: tuple[str, ...] = ("test",)
+    metric_names: tuple[str, ...] = ("accuracy", "macro_f1", "loss")
+    default_metric: str = "accuracy"
+    needs_train_split: bool = False  # evaluation also reads the (unshuffled) training split
     drop_last: bool = False
 
     def summarize(self, totals: Tensor) -> dict[str, Any]:
@@ -80,14 +84,14 @@ class Classification(Objective):
         return {"loss": stats["loss_sum"] / seen, "accuracy": stats["correct"] / seen}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loaders: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-        return {split: evaluate(model, loaders[split], self.num_classes, device) for split in self.eval_splits}
+    def evaluate(self, model: nn.Module, loaders: Mapping[str, Any], split: str, device: torch.device) -> dict[str, Any]:
+        return evaluate(model, loaders[split], self.num_classes, device)
 
     def headline(self, record: Mapping[str, Any]) -> str:
-        train, test = record["train"], record["test"]
+        train, val = record["train"], record["val"]
         return (
             f"train loss {train['loss']:.4f} acc {train['accuracy']:.3f}"
-            f"  test loss {test['loss']:.4f} acc {test['accuracy']:.3f} f1 {test['macro_f1']:.3f}"
+            f"  val loss {val['loss']:.4f} acc {val['accuracy']:.3f} f1 {val['macro_f1']:.3f}"
         )
 
 
@@ -163,15 +167,18 @@ class AuxiliaryHeads(Classification):
 
 class Alignment(Objective):
     """Two modalities into one embedding space with a contrastive loss (``align.loss``: ``info_nce``
-    or ``triplet``). Evaluates retrieval both ways on the test split and zero-shot classification of
-    the first modality through the class means of the second on the training split."""
+    or ``triplet``). Evaluates retrieval both ways on the evaluated split (``mean_R@1`` is the mean of
+    the two directions' R@1) and zero-shot classification of the first modality through the class
+    means of the second on the training split."""
 
-    eval_splits = ("train", "test")
+    default_metric = "mean_R@1"
+    needs_train_split = True
     drop_last = True  # a contrastive batch of one has no negatives
 
     def __init__(self, loss: nn.Module, order: tuple[str, ...], num_classes: int) -> None:
         super().__init__()
         self.loss, self.order, self.num_classes = loss, order[:2], num_classes
+        self.metric_names = ("mean_R@1", f"zero_shot_{self.order[0]}_accuracy")
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
         emb = model(batch)
@@ -180,19 +187,20 @@ class Alignment(Objective):
         return loss, torch.stack([loss.detach() * n, loss.new_tensor(n)]).double()
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loaders: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    def evaluate(self, model: nn.Module, loaders: Mapping[str, Any], split: str, device: torch.device) -> dict[str, Any]:
         first, second = self.order
-        test, test_labels = embed(model, loaders["test"], device)
+        emb, labels = embed(model, loaders[split], device)
         train, train_labels = embed(model, loaders["train"], device)
-        metrics = retrieval_metrics(test[first], test[second], names=(first, second), labels=test_labels)
-        metrics[f"zero_shot_{first}_accuracy"] = zero_shot_accuracy(test[first], test_labels, train[second], train_labels, self.num_classes)
+        metrics = retrieval_metrics(emb[first], emb[second], names=(first, second), labels=labels)
+        metrics["mean_R@1"] = (metrics[f"{first}->{second} R@1"] + metrics[f"{second}->{first} R@1"]) / 2
+        metrics[f"zero_shot_{first}_accuracy"] = zero_shot_accuracy(emb[first], labels, train[second], train_labels, self.num_classes)
         if hasattr(self.loss, "logit_scale"):
             metrics["temperature"] = float(1 / self.loss.logit_scale.detach().exp())
-        return {"test": metrics}
+        return metrics
 
     def headline(self, record: Mapping[str, Any]) -> str:
         a, b = self.order
-        t = record["test"]
+        t = record["val"]
         return (
             f"train loss {record['train']['loss']:.4f}  {a}->{b} R@1 {t[f'{a}->{b} R@1']:.3f} R@5 {t[f'{a}->{b} R@5']:.3f}"
             f"  {b}->{a} R@1 {t[f'{b}->{a} R@1']:.3f}  zero-shot {t[f'zero_shot_{a}_accuracy']:.3f}"
