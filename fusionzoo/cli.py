@@ -1,8 +1,9 @@
-"""The ``fusionzoo`` command: ``list``, ``info``, ``train``, ``eval``, ``bench``."""
+"""The ``fusionzoo`` command: ``list``, ``info``, ``train``, ``eval``, ``compare``, ``bench``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -121,10 +122,61 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fusionzoo.training import train
+    from fusionzoo.compare import parse_seeds, train_seeds
+    from fusionzoo.training import evaluate_run, train
 
-    summary = train(args.config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite, overrides=args.set)
+    seeds = parse_seeds(args.seeds) if args.seeds else load_config(args.config, args.set).seeds
+    if len(seeds) > 1:
+        result = train_seeds(args.config, seeds, run_dir=args.run_dir, overrides=args.set, resume=args.resume, overwrite=args.overwrite)
+        stats = result["aggregate"]
+        shown = [k for k in ("test/accuracy", "test/macro_f1", "test/mean_R@1") if k in stats]
+        for key in shown:
+            s = stats[key]
+            print(f"{key}: {s['mean']:.4f} ± {s['half_width']:.4f} (95% CI over {s['n']} seeds; std {s['std']:.4f})")
+        print(f"aggregate: {Path(result['runs'][0]).parent / 'aggregate.md'}")
+        return 0
+    overrides = [*args.set, f"seed={seeds[0]}"] if args.seeds else args.set
+    summary = train(args.config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite, overrides=overrides)
     print(_done_line(summary))
+    if args.evaluate and summary["test"] is not None and "accuracy" in summary["test"]:
+        result = evaluate_run(summary["run_dir"])
+        print(f"evaluated under {len(result['subsets'])} modality subsets and noise: {Path(summary['run_dir']) / 'eval'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from fusionzoo.compare import build_leaderboard, collect_runs, expand_grid, parse_seeds, run_grid, write_leaderboard
+
+    if (args.config is None) == (args.collect is None):
+        print("error: give a CONFIG to run a grid, or --collect DIR to build the leaderboard of finished runs", file=sys.stderr)
+        return 2
+    command = "fusionzoo " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "fusionzoo compare (from Python)"
+    if args.collect is not None:
+        root = Path(args.collect)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--collect {root}: no such folder")
+        grid = root / "grid.json"
+        statuses = json.loads(grid.read_text()) if grid.is_file() else {}
+        out = Path(args.out) if args.out else root
+    else:
+        cfg = load_config(args.config, args.set)
+        out = Path(args.out) if args.out else Path("runs") / f"compare_{cfg.name}"
+        cells = expand_grid(args.config, args.fusions, args.set_grid, args.set)
+        seeds = parse_seeds(args.seeds)
+        print(f"{len(cells)} cells x {len(seeds)} seeds -> {out}")
+        statuses = run_grid(args.config, cells, seeds, out, jobs=args.jobs)
+        root = out
+    runs = collect_runs(root)
+    if not runs:
+        print(f"error: no finished run (metrics.json) under {root}", file=sys.stderr)
+        return 2
+    board = build_leaderboard(runs, statuses, reference=args.reference)
+    from fusionzoo.bench import machine_tag
+
+    header = [f"Command: `{command}`", "", f"Machine: {machine_tag('cpu')}, torch {torch.__version__}."]
+    paths = write_leaderboard(board, out, title=f"Leaderboard: {out.name}", header_lines=header)
+    print((out / "leaderboard.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -214,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="default: runs/<config name>")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run directory that already holds a run")
+    p.add_argument("--seeds", default=None, metavar="0,1,2", help="one run per seed under RUN/seed-K and an aggregate (mean, std, 95%% CI)")
+    p.add_argument("--evaluate", action="store_true", help="then evaluate under every modality subset and noise level (eval/)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a run under every subset of modalities and growing noise")
@@ -222,6 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", action="append", default=[], metavar="M=LEVEL", help="noise added to a modality")
     p.add_argument("--levels", default="0,0.25,0.5,1,2", help="noise levels of the robustness curves")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("compare", help="train a grid of fusion blocks / settings over seeds and write a leaderboard")
+    p.add_argument("config", nargs="?", default=None, help="the base experiment config")
+    p.add_argument("--fusions", default=None, metavar="PATTERNS", help="fusion blocks, comma-separated fnmatch patterns ('*': all)")
+    p.add_argument("--set-grid", action="append", default=[], metavar="KEY=V1,V2", help="a grid axis over a config key, repeatable")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every cell, repeatable")
+    p.add_argument("--seeds", default="0,1,2", help="seeds per cell (default 0,1,2)")
+    p.add_argument("--jobs", type=int, default=1, help="cells trained at a time (each its own process)")
+    p.add_argument("--out", default=None, help="default: runs/compare_<config name>")
+    p.add_argument("--collect", default=None, metavar="DIR", help="only build the leaderboard from the finished runs under DIR")
+    p.add_argument("--reference", default=None, metavar="CELL", help="reference of effective robustness (default: weighted_late)")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("bench", help="time encoders, fusion blocks and models against the measured matmul rate")
     p.add_argument("--encoders", default=None, metavar="PATTERN", help="fnmatch pattern over encoder names")

@@ -85,8 +85,17 @@ class ExperimentConfig:
         return self.raw.get("name") or Path(self.origin).stem
 
     @property
+    def seeds(self) -> list[int]:
+        """``seed: 3`` is one run; ``seed: [0, 1, 2]`` is one run per seed (``fusionzoo train``)."""
+        seed = self.raw.get("seed", 0)
+        return list(seed) if isinstance(seed, list) else [int(seed)]
+
+    @property
     def seed(self) -> int:
-        return int(self.raw.get("seed", 0))
+        seeds = self.seeds
+        if len(seeds) != 1:
+            raise self.error("seed", f"{seeds} is one run per seed: train it with `fusionzoo train` or fusionzoo.compare.train_seeds")
+        return seeds[0]
 
     @property
     def kind(self) -> str | None:
@@ -215,8 +224,10 @@ def validate_config(cfg: Mapping[str, Any], origin: str = "<dict>") -> TrainSett
     """Check structure, registry names and constructor keys without building anything; returns the
     typed ``train:`` section."""
     _check_keys(cfg, TOP_LEVEL_KEYS, "", origin)
-    if "seed" in cfg and (isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int)):
-        raise ConfigError(f"{origin}: seed: expected an int, got {cfg['seed']!r}")
+    seed = cfg.get("seed", 0)
+    seeds = seed if isinstance(seed, list) else [seed]
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{origin}: seed: expected an int or a list of distinct ints, got {seed!r}")
     if "align" in cfg and "model" in cfg:
         raise ConfigError(f"{origin}: align: a config trains either a model (model:) or an alignment (align:), not both")
     if "model" in cfg:

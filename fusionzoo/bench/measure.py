@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from fusionzoo.atomic import write_text_atomic
@@ -123,6 +122,8 @@ def time_callable(fn: Callable[[], Any], device: str = "cpu", min_time: float = 
     fn()
     _sync(device)
     if not device.startswith("cuda"):
+        from torch.utils.benchmark import Timer  # imported on use: importing it warns about CUDA_HOME
+
         m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_time)
         return m.median, m.iqr
     for _ in range(3):

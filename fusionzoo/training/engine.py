@@ -328,6 +328,7 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
         test = run.objective.evaluate(state.model, run.loaders, "test", run.device)
     summary = {
         "run_dir": str(run.run_dir),
+        "seed": run.cfg.seed,
         "epochs": settings.epochs,
         "epochs_run": state.epoch,
         "stopped_early": state.epoch < settings.epochs,

@@ -1,19 +1,36 @@
-"""Evaluating one trained run under every subset of modalities and growing noise."""
+"""Evaluating one trained run under every subset of modalities and growing noise.
+
+MultiBench (Liang et al., 2021) summarises an accuracy-vs-noise curve by its *relative robustness*,
+the area under it; here the area is divided by the range of noise levels, so it reads as the mean
+accuracy over that range (levels need not be evenly spaced: trapezoid rule) and curves over other
+level sets stay comparable. *Effective robustness* compares the drop from clean accuracy with a
+reference method's (:mod:`fusionzoo.compare.leaderboard`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
+from fusionzoo.bench.measure import count_flops
 from fusionzoo.config import build_dataset, num_classes_of
 from fusionzoo.data.loader import make_loader
 from fusionzoo.training.checkpoint import load_run, resolve_checkpoint
-from fusionzoo.training.evaluate import NOISE_LEVELS, evaluate, subsets
+from fusionzoo.training.evaluate import NOISE_LEVELS, evaluate, move_batch, subsets
 
-__all__ = ["evaluate_run"]
+__all__ = ["evaluate_run", "relative_robustness"]
+
+
+def relative_robustness(levels: Sequence[float], accuracies: Sequence[float]) -> float:
+    """Area under accuracy vs noise level (trapezoid rule) divided by the level range."""
+    if len(levels) != len(accuracies) or len(levels) < 2 or list(levels) != sorted(levels) or levels[0] == levels[-1]:
+        raise ValueError(f"relative_robustness: need at least 2 increasing levels with one accuracy each, got {levels}, {accuracies}")
+    area = sum((b - a) * (fa + fb) / 2 for a, b, fa, fb in zip(levels, levels[1:], accuracies, accuracies[1:]))
+    return area / (levels[-1] - levels[0])
 
 
 def evaluate_run(
@@ -25,8 +42,9 @@ def evaluate_run(
     batch_size: int = 256,
 ) -> dict[str, Any]:
     """Accuracy of a trained model with every subset of its modalities (minus ``missing``, with
-    ``noise`` added), and robustness curves: accuracy as noise grows on each modality alone.
-    Writes ``eval/results.json`` and ``eval/robustness.png`` (when matplotlib is installed)."""
+    ``noise`` added), and robustness curves: accuracy as noise grows on each modality alone, each
+    summarised by its relative robustness; with the model's parameter count and forward FLOPs per
+    test sample. Writes ``eval/results.json`` and ``eval/robustness.png`` (with matplotlib)."""
     run_dir, _ = resolve_checkpoint(path)
     model, cfg, checkpoint = load_run(path)
     if cfg.kind == "align":
@@ -43,12 +61,30 @@ def evaluate_run(
     for subset in subsets(available):
         metrics = evaluate(model, loader, classes, keep=subset, noise=noise)
         rows.append({"modalities": list(subset), **metrics})
+    levels = sorted(levels)
     curves = {m: [{"level": level, **evaluate(model, loader, classes, noise={m: level})} for level in levels] for m in model.modalities}
-    result = {"checkpoint": str(checkpoint), "missing": sorted(missing), "noise": dict(noise or {}), "subsets": rows, "robustness": curves}
+    result = {
+        "checkpoint": str(checkpoint),
+        "missing": sorted(missing),
+        "noise": dict(noise or {}),
+        "subsets": rows,
+        "robustness": curves,
+        "relative_robustness": {m: relative_robustness(levels, [p["accuracy"] for p in pts]) for m, pts in curves.items()} if len(levels) > 1 else {},
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops_per_sample": _flops_per_sample(model, loader),
+    }
     out = Path(out_dir) if out_dir is not None else run_dir / "eval"
     write_text_atomic(out / "results.json", json.dumps(result, indent=2))
     _plot_curves(curves, out / "robustness.png")
     return result
+
+
+def _flops_per_sample(model, loader) -> float:
+    """Forward FLOPs (matmuls, convolutions, attention) on the first test batch, per sample."""
+    batch = move_batch(next(iter(loader)), next(model.parameters()).device)
+    with torch.no_grad():
+        flops = count_flops(lambda: model(batch))
+    return flops / batch["label"].shape[0]
 
 
 def _plot_curves(curves: Mapping[str, list[dict]], path: Path) -> None:

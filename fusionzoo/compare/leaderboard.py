@@ -1,0 +1,248 @@
+"""From run folders to a leaderboard: per-run numbers, aggregates over seeds, and the files.
+
+A run folder holds ``metrics.json`` (selection on validation, test at the selected checkpoint) and
+``eval/results.json`` (every modality subset, noise curves, parameters, FLOPs). Runs named
+``seed-<k>`` are the seeds of the cell their parent folder names; any other run folder is a cell
+with one seed. Every number is aggregated over a cell's seeds as mean, std and a 95% t-interval
+(:func:`~fusionzoo.compare.stats.mean_ci`).
+
+*Effective robustness* (MultiBench) is a run's drop under noise, ``relative_robustness - clean
+accuracy`` (mean over the noised modalities), minus the mean drop of a reference cell (late fusion,
+``weighted_late``, when the grid has it): above 0 the method loses less than the reference as
+noise grows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
+from fusionzoo.compare.stats import mean_ci
+
+__all__ = ["run_numbers", "collect_runs", "aggregate", "build_leaderboard", "write_leaderboard", "format_aggregate"]
+
+SEED_DIR = re.compile(r"^seed-(-?\d+)$")
+HEADLINE = "test/accuracy"
+
+
+def run_numbers(run_dir: str | Path) -> dict[str, Any]:
+    """The flat numbers of one finished run (``metrics.json``; ``eval/results.json`` when present)
+    and its noise curves."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    numbers: dict[str, float] = {f"test/{k}": float(v) for k, v in (metrics.get("test") or {}).items() if isinstance(v, (int, float))}
+    numbers.update({"val/best": metrics["best_val"], "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"]})
+    numbers["train_seconds"] = metrics["train_seconds"]
+    curves, levels = {}, []
+    results = run_dir / "eval" / "results.json"
+    if results.is_file():
+        ev = json.loads(results.read_text())
+        for row in ev["subsets"]:
+            numbers[f"subset/{'+'.join(row['modalities'])}/accuracy"] = row["accuracy"]
+        numbers.update({"params": ev["params"], "flops_per_sample": ev["flops_per_sample"]})
+        curves = {m: [p["accuracy"] for p in pts] for m, pts in ev["robustness"].items()}
+        levels = [p["level"] for p in next(iter(ev["robustness"].values()), [])]
+        rel = ev.get("relative_robustness") or {}
+        for m, value in rel.items():
+            numbers[f"robustness/{m}"] = value
+        if rel:
+            numbers["robustness/mean"] = sum(rel.values()) / len(rel)
+            numbers["robustness/drop"] = sum(rel[m] - curves[m][0] for m in rel) / len(rel)
+    return {"run_dir": str(run_dir), "seed": metrics.get("seed"), "numbers": numbers, "curves": curves, "levels": levels}
+
+
+def collect_runs(root: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Every finished run under ``root``, grouped by cell (sorted by seed within a cell)."""
+    root = Path(root)
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for metrics in sorted(root.rglob("metrics.json")):
+        run_dir = metrics.parent
+        seed = SEED_DIR.match(run_dir.name)
+        cell_dir = run_dir.parent if seed else run_dir
+        rel = cell_dir.relative_to(root) if cell_dir != root else Path(root.name)
+        name = rel.relative_to("cells").as_posix() if rel.parts[:1] == ("cells",) and len(rel.parts) > 1 else rel.as_posix()
+        record = run_numbers(run_dir)
+        record["seed"] = int(seed.group(1)) if seed else record["seed"]
+        cells.setdefault(name, []).append(record)
+    for runs in cells.values():
+        runs.sort(key=lambda r: (r["seed"] is None, r["seed"]))
+    return cells
+
+
+def aggregate(runs: Sequence[Mapping[str, Any]], reference_drop: float | None = None) -> dict[str, dict]:
+    """``{number: mean_ci(...)}`` over the runs (each number that every run has), plus effective
+    robustness when ``reference_drop`` is given."""
+    keys = set.intersection(*(set(r["numbers"]) for r in runs)) if runs else set()
+    out = {k: mean_ci([r["numbers"][k] for r in runs]) for k in sorted(keys)}
+    if reference_drop is not None and "robustness/drop" in keys:
+        out["robustness/effective"] = mean_ci([r["numbers"]["robustness/drop"] - reference_drop for r in runs])
+    return out
+
+
+def _reference(cells: Mapping[str, list], fusions: Mapping[str, str | None], reference: str | None) -> str | None:
+    if reference is not None:
+        if reference not in cells:
+            raise ValueError(f"--reference {reference!r} is not a finished cell; cells: {sorted(cells)}")
+        return reference
+    late = [c for c in cells if fusions.get(c) == "weighted_late" or c.split(",")[0] == "fusion=weighted_late"]
+    return late[0] if late else None
+
+
+def build_leaderboard(
+    cells: Mapping[str, list[dict[str, Any]]],
+    statuses: Mapping[str, Mapping[str, Any]] | None = None,
+    reference: str | None = None,
+) -> dict[str, Any]:
+    """The leaderboard as data: cells ranked by mean test accuracy, each with its aggregates, seeds
+    and mean curves; skipped, failed and partly failed cells from ``statuses`` (``{cell: {status,
+    reason}}``, what :func:`~fusionzoo.compare.runner.run_grid` returns)."""
+    statuses = statuses or {}
+    fusions = {c: s.get("fusion") for c, s in statuses.items()}
+    ref = _reference(cells, fusions, reference)
+    ref_drop = None
+    if ref is not None:
+        drops = [r["numbers"]["robustness/drop"] for r in cells[ref] if "robustness/drop" in r["numbers"]]
+        ref_drop = sum(drops) / len(drops) if drops else None
+    rows = []
+    for name, runs in cells.items():
+        stats = aggregate(runs, ref_drop)
+        levels = runs[0]["levels"]
+        curves = {m: [sum(r["curves"][m][i] for r in runs) / len(runs) for i in range(len(levels))] for m in runs[0]["curves"]}
+        rows.append({
+            "cell": name, "fusion": fusions.get(name), "seeds": [r["seed"] for r in runs], "runs": [r["run_dir"] for r in runs],
+            "metrics": stats, "levels": levels, "mean_curves": curves, "notes": statuses.get(name, {}).get("notes", []),
+        })
+    rows.sort(key=lambda r: -r["metrics"].get(HEADLINE, {}).get("mean", float("-inf")))
+    problems = {c: dict(s) for c, s in statuses.items() if s.get("status") in ("skipped", "failed", "partial")}
+    return {"reference": ref, "cells": rows, "problems": problems, "overlap": _overlap(rows)}
+
+
+def _overlap(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Which cells' 95% intervals of test accuracy overlap the best cell's."""
+    ranked = [r for r in rows if HEADLINE in r["metrics"]]
+    if not ranked or ranked[0]["metrics"][HEADLINE]["ci_low"] is None:
+        return None
+    best = ranked[0]["metrics"][HEADLINE]
+    overlapping = [r["cell"] for r in ranked[1:] if r["metrics"][HEADLINE]["ci_high"] is not None and r["metrics"][HEADLINE]["ci_high"] >= best["ci_low"]]
+    return {"best": ranked[0]["cell"], "overlapping": overlapping}
+
+
+def _pct(stat: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
+    if not stat:
+        return "-"
+    text = f"{scale * stat['mean']:.{digits}f}"
+    return text + (f" ± {scale * stat['half_width']:.{digits}f}" if stat["half_width"] is not None else "")
+
+
+def _modalities(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    subsets = [k.split("/")[1] for r in rows for k in r["metrics"] if k.startswith("subset/")]
+    return sorted({m for s in subsets for m in s.split("+")})
+
+
+def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header_lines: Sequence[str] = ()) -> str:
+    """The leaderboard as a Markdown table with notes on what it measures and where intervals overlap."""
+    rows = board["cells"]
+    mods = _modalities(rows)
+    has_eff = any("robustness/effective" in r["metrics"] for r in rows)
+    head = ["#", "cell", "seeds", "test acc. (%)"] + [f"{m} missing" for m in mods] + ["rel. robustness"]
+    head += ["eff. robustness"] if has_eff else []
+    head += ["params", "MFLOPs/sample", "train s"]
+    lines = [f"# {title}", "", *header_lines, "" if header_lines else "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, r in enumerate(rows, 1):
+        m = r["metrics"]
+        without = [_pct(m.get(f"subset/{'+'.join(x for x in mods if x != gone)}/accuracy")) if len(mods) > 1 else "-" for gone in mods]
+        cells = [str(i), r["cell"], str(len(r["seeds"])), _pct(m.get(HEADLINE)), *without, _pct(m.get("robustness/mean"))]
+        cells += [_pct(m.get("robustness/effective"))] if has_eff else []
+        params = m.get("params", {}).get("mean")
+        flops = m.get("flops_per_sample", {}).get("mean")
+        seconds = m.get("train_seconds", {}).get("mean")
+        cells += [f"{params / 1e3:.1f}K" if params else "-", f"{flops / 1e6:.2f}" if flops else "-", (f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}") if seconds else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *_notes(board)]
+    return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
+
+
+def _notes(board: Mapping[str, Any]) -> list[str]:
+    notes = [
+        "Mean ± half-width of the 95% t-interval over seeds. Test accuracy is measured once per run, on the "
+        "checkpoint selected on validation. *m missing*: test accuracy with modality *m* removed. "
+        "*rel. robustness*: area under test accuracy vs noise level, divided by the level range (mean over the noised modalities)."
+    ]
+    if board["reference"]:
+        notes.append(f"*eff. robustness*: the run's accuracy drop under noise minus the mean drop of `{board['reference']}` (above 0: loses less).")
+    overlap = board["overlap"]
+    if overlap is not None:
+        if overlap["overlapping"]:
+            names = ", ".join(f"`{c}`" for c in overlap["overlapping"])
+            notes.append(f"The intervals of {names} overlap that of the best, `{overlap['best']}`: at these seeds they are not distinguishable from it.")
+        else:
+            notes.append(f"No other cell's interval overlaps that of the best, `{overlap['best']}`.")
+    for cell, status in board["problems"].items():
+        notes.append(f"`{cell}` {status['status']}: {status.get('reason', '')}")
+    return [f"- {n}" for n in notes]
+
+
+def format_csv(board: Mapping[str, Any]) -> str:
+    keys = sorted({k for r in board["cells"] for k in r["metrics"]})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["rank", "cell", "fusion", "seeds"] + [f"{k}:{s}" for k in keys for s in ("mean", "std", "ci_low", "ci_high")])
+    for i, r in enumerate(board["cells"], 1):
+        values = [r["metrics"].get(k, {}).get(s) for k in keys for s in ("mean", "std", "ci_low", "ci_high")]
+        writer.writerow([i, r["cell"], r["fusion"] or "", " ".join(map(str, r["seeds"]))] + ["" if v is None else f"{v:.6g}" for v in values])
+    for cell, status in board["problems"].items():
+        writer.writerow(["", cell, status.get("fusion") or "", status["status"] + ": " + status.get("reason", "")])
+    return out.getvalue()
+
+
+def write_leaderboard(board: Mapping[str, Any], out: str | Path, title: str = "Leaderboard", header_lines: Sequence[str] = ()) -> list[Path]:
+    """``leaderboard.{md,csv,json}``, ``leaderboard.png`` and ``robustness.png`` in ``out``."""
+    out = Path(out)
+    paths = [out / "leaderboard.md", out / "leaderboard.csv", out / "leaderboard.json"]
+    write_text_atomic(paths[0], format_markdown(board, title, header_lines))
+    write_text_atomic(paths[1], format_csv(board))
+    write_text_atomic(paths[2], json.dumps({"title": title, "header": list(header_lines), **board}, indent=2))
+    paths += _plots(board, out)
+    return paths
+
+
+def _plots(board: Mapping[str, Any], out: Path) -> list[Path]:
+    plt = pyplot()
+    rows = [r for r in board["cells"] if HEADLINE in r["metrics"]]
+    if plt is None or not rows:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(rows) + 1.2))
+    stats = [r["metrics"][HEADLINE] for r in rows][::-1]
+    errors = [0 if s["half_width"] is None else 100 * s["half_width"] for s in stats]
+    ax.barh([r["cell"] for r in rows][::-1], [100 * s["mean"] for s in stats], xerr=errors, capsize=3, color="tab:blue")
+    low = min(100 * s["mean"] - e for s, e in zip(stats, errors))
+    ax.set_xlim(max(0, low - 5), 100), ax.set_xlabel("test accuracy, % (mean and 95% CI over seeds)")
+    save_figure_atomic(fig, out / "leaderboard.png")
+    curved = [r for r in rows if r["mean_curves"]]
+    if not curved:
+        return [out / "leaderboard.png"]
+    mods = list(curved[0]["mean_curves"])
+    fig, axes = plt.subplots(1, len(mods), figsize=(4.5 * len(mods), 3.5), squeeze=False)
+    for ax, m in zip(axes[0], mods):
+        for r in curved:
+            ax.plot(r["levels"], [100 * a for a in r["mean_curves"][m]], marker="o", markersize=3, label=r["cell"])
+        ax.set_title(f"noise on {m}"), ax.set_xlabel("noise level"), ax.set_ylabel("test accuracy, % (mean over seeds)")
+    axes[0][-1].legend(fontsize=6)
+    save_figure_atomic(fig, out / "robustness.png")
+    return [out / "leaderboard.png", out / "robustness.png"]
+
+
+def format_aggregate(stats: Mapping[str, Mapping[str, Any]]) -> str:
+    """One cell's aggregate as a Markdown table: number, mean, std, 95% CI, n."""
+    lines = ["| number | mean | std | 95% CI | n |", "|---|---:|---:|---|---:|"]
+    for key, s in stats.items():
+        ci = f"[{s['ci_low']:.4g}, {s['ci_high']:.4g}]" if s["ci_low"] is not None else "-"
+        std = f"{s['std']:.4g}" if s["std"] is not None else "-"
+        lines.append(f"| {key} | {s['mean']:.4g} | {std} | {ci} | {s['n']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,88 @@
+"""Running a grid: every cell and seed as its own ``fusionzoo train --evaluate`` process.
+
+A run whose ``eval/results.json`` exists is finished and skipped; any other is started with
+``--resume`` (an interrupted run continues from its last checkpoint, a new one starts from scratch).
+``jobs`` processes run at a time, each with ``cpu_count // jobs`` threads. A process that fails is
+recorded with the last line of its log (``cells/<cell>/seed-<k>.log``) and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from fusionzoo.atomic import write_text_atomic
+from fusionzoo.compare.grid import Cell
+
+__all__ = ["run_grid", "is_finished"]
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / "metrics.json").is_file() and (Path(run_dir) / "eval" / "results.json").is_file()
+
+
+def _command(config: str | Path, cell: Cell, seed: int, run_dir: Path) -> list[str]:
+    sets = [arg for o in (*cell.overrides, f"seed={seed}") for arg in ("--set", o)]
+    return [sys.executable, "-m", "fusionzoo", "train", str(config), "--run-dir", str(run_dir), "--resume", "--evaluate", *sets]
+
+
+def _run_one(config: str | Path, cell: Cell, seed: int, out: Path, threads: int) -> dict[str, Any]:
+    run_dir = cell.run_dir(out, seed)
+    if is_finished(run_dir):
+        return {"seed": seed, "status": "done", "reused": True}
+    log = run_dir.parent / f"seed-{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as f:
+        code = subprocess.run(_command(config, cell, seed, run_dir), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if code == 0 and is_finished(run_dir):
+        return {"seed": seed, "status": "done", "reused": False}
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return {"seed": seed, "status": "failed", "reason": f"exit {code}: {lines[-1] if lines else 'no output'} (log: {log})"}
+
+
+def run_grid(
+    config: str | Path,
+    cells: Sequence[Cell],
+    seeds: Sequence[int],
+    out: str | Path,
+    jobs: int = 1,
+    say: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """Train and evaluate every (cell, seed); returns ``{cell: {status, fusion, reason, notes, seeds}}``
+    and writes it to ``OUT/grid.json``."""
+    out = Path(out)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    todo = [(c, s) for c in cells if c.skipped is None for s in seeds]
+    statuses: dict[str, dict[str, Any]] = {
+        c.name: {"fusion": c.fusion, "overrides": list(c.overrides), "notes": c.notes, "status": "skipped" if c.skipped else "done",
+                 "reason": c.skipped or "", "seeds": {}}
+        for c in cells
+    }
+    for c in cells:
+        if c.skipped:
+            say(f"skip {c.name}: {c.skipped}")
+
+    def work(item: tuple[Cell, int]) -> tuple[Cell, dict[str, Any]]:
+        cell, seed = item
+        return cell, _run_one(config, cell, seed, out, threads)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for n, (cell, result) in enumerate(pool.map(work, todo), 1):
+            statuses[cell.name]["seeds"][str(result["seed"])] = result
+            what = "finished earlier" if result.get("reused") else result["status"]
+            say(f"[{n}/{len(todo)}] {cell.name} seed {result['seed']}: {what}" + (f" - {result['reason']}" if result["status"] == "failed" else ""))
+            write_text_atomic(out / "grid.json", json.dumps(statuses, indent=2))
+    for status in statuses.values():
+        failed = [r for r in status["seeds"].values() if r["status"] == "failed"]
+        if failed and status["status"] == "done":
+            status["status"] = "failed" if len(failed) == len(status["seeds"]) else "partial"
+            status["reason"] = "; ".join(f"seed {r['seed']}: {r['reason']}" for r in failed)
+    write_text_atomic(out / "grid.json", json.dumps(statuses, indent=2))
+    return statuses
