@@ -23,15 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"command": "python benchmarks/workflow_crossmodal.py"}
 
     align = train("configs/experiments/align_avdigits.yaml", run_dir="runs/align_avdigits", overwrite=True)
-    results["alignment"] = align["final"]["test"]
+    results["alignment"] = align["test"]
 
     teacher = train("configs/experiments/distill_teacher_visual.yaml", run_dir="runs/distill_teacher_visual", overwrite=True)
     student = train("configs/experiments/distill_student_audio.yaml", run_dir="runs/distill_student_audio", overwrite=True)
     alone = train("configs/experiments/distill_student_audio.yaml", run_dir="runs/distill_labels_only", overwrite=True, overrides=["train.distill=null"])
     results["distillation"] = {
-        "teacher_image_accuracy": teacher["final"]["test"]["accuracy"],
-        "student_distilled_accuracy": student["final"]["test"]["accuracy"],
-        "student_labels_only_accuracy": alone["final"]["test"]["accuracy"],
+        "teacher_image_accuracy": teacher["test"]["accuracy"],
+        "student_distilled_accuracy": student["test"]["accuracy"],
+        "student_labels_only_accuracy": alone["test"]["accuracy"],
     }
 
     results["multitask"] = {}
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = train("configs/experiments/multitask.yaml", run_dir=run, overwrite=True, overrides=[f"train.aux_heads.weighting={weighting}"])
         subsets = {"+".join(r["modalities"]): r["accuracy"] for r in evaluate_run(run, levels=(0.0,))["subsets"]}
         results["multitask"][weighting] = {
-            "fused_accuracy": summary["final"]["test"]["accuracy"],
-            "task_weights": summary["final"]["train"]["task_weights"],
+            "fused_accuracy": summary["test"]["accuracy"],
+            "task_weights": summary["last_epoch"]["train"]["task_weights"],
             "subsets": subsets,
         }
     write_text_atomic(out / "workflow_crossmodal.json", json.dumps(results, indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -138,7 +139,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides = [*args.set, f"seed={seeds[0]}"] if args.seeds else args.set
     summary = train(args.config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite, overrides=overrides)
     print(_done_line(summary))
-    if args.evaluate and summary["test"] is not None and "accuracy" in summary["test"]:
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun one process evaluates
+    if args.evaluate and rank0 and summary["test"] is not None and "accuracy" in summary["test"]:
         result = evaluate_run(summary["run_dir"])
         print(f"evaluated under {len(result['subsets'])} modality subsets and noise: {Path(summary['run_dir']) / 'eval'}")
     return 0
@@ -181,12 +183,13 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _done_line(summary: dict) -> str:
-    """One line: the selection and the test metrics at the selected checkpoint."""
-    if summary["test"] is None:
+    """One line: the selection and the test metrics at the selected checkpoint (rank 0 has them)."""
+    if summary["selected_epoch"] is None:
         return f"done: {summary['run_dir']} (no epoch trained)"
-    shown = {k: v for k, v in summary["test"].items() if k in ("accuracy", "macro_f1", "mean_R@1") or "zero_shot" in k}
+    shown = {k: v for k, v in (summary["test"] or {}).items() if k in ("accuracy", "macro_f1", "mean_R@1") or "zero_shot" in k}
     metrics = "  ".join(f"test {k} {v:.4f}" for k, v in shown.items())
-    chosen = f"epoch {summary['selected_epoch']} ({summary['select']}, val {summary['select_metric']} {summary['best_val']:.4f})"
+    metric = summary["select_metric"]
+    chosen = f"epoch {summary['selected_epoch']} ({summary['select']}, val {metric} {summary['val'][metric]:.4f})"
     return f"done: {summary['run_dir']}  {chosen}  {metrics}  ({summary['train_seconds']:.1f} s)"
 
 
@@ -271,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a run under every subset of modalities and growing noise")
-    p.add_argument("run", help="a run directory or a checkpoint folder")
+    p.add_argument("run", help="a run directory (its selected checkpoint) or a checkpoint folder")
     p.add_argument("--missing", action="append", default=[], metavar="M1,M2", help="modalities to remove")
     p.add_argument("--noise", action="append", default=[], metavar="M=LEVEL", help="noise added to a modality")
     p.add_argument("--levels", default="0,0.25,0.5,1,2", help="noise levels of the robustness curves")

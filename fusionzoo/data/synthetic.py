@@ -20,9 +20,10 @@ for audio + text); all three determine the class. ``noise`` (0 to 1) scales the 
 
 ``split="train"``, ``"val"`` and ``"test"`` draw from independent random streams of the same
 ``seed`` (``val`` is for model selection and early stopping, ``test`` is read once at the end);
-``val_n`` and ``test_n`` set their sizes (default ``n``). ``labels_per_class`` keeps the first ``k`` training samples of each class, and
-``labelled_per_class`` keeps every sample but the labels of the first ``k`` per class (the others
-read -1, "unlabelled"; for distillation), both on the training split only.
+``val_n`` and ``test_n`` set their sizes (default ``n``). ``labels_per_class`` keeps the first
+``k`` training samples of each class, and ``labelled_per_class`` keeps every sample but the labels
+of the first ``k`` per class (the others read -1, "unlabelled"; for distillation), both on the
+training split only.
 Generation is vectorised: 10,000 samples take about 4 s on one core (2000: under 1 s).
 """
 
