@@ -153,11 +153,14 @@ def test_compare_runs_the_grid_writes_the_leaderboard_and_skips_finished_cells(t
     assert metrics["seed"] == 1 and metrics["select"] == "best"
     md = (out / "leaderboard.md").read_text()
     assert "fusion=concat_mlp" in md and "bilinear` skipped" in md and "95% t-interval" in md
-    stamp = (out / "cells" / "fusion=attention" / "seed-0" / "metrics.json").stat().st_mtime_ns
+    stamp = (out / "cells" / "fusion=concat_mlp" / "seed-0" / "metrics.json").stat().st_mtime_ns
+    (out / "cells" / "fusion=attention" / "seed-1" / "eval" / "results.json").unlink()  # as if interrupted there
     capsys.readouterr()
-    assert main(args) == 0  # everything finished: nothing is trained again
-    assert "finished earlier" in capsys.readouterr().out
-    assert (out / "cells" / "fusion=attention" / "seed-0" / "metrics.json").stat().st_mtime_ns == stamp
+    assert main(args) == 0  # the finished runs are not trained again, the unfinished one is resumed
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier") == 3 and "fusion=attention seed 1: done" in printed
+    assert "resuming" in (out / "cells" / "fusion=attention" / "seed-1.log").read_text()
+    assert (out / "cells" / "fusion=concat_mlp" / "seed-0" / "metrics.json").stat().st_mtime_ns == stamp
     # the leaderboard step alone, on the collected run folders
     (out / "grid.json").unlink()
     assert main(["compare", "--collect", str(out), "--out", str(tmp_path / "again")]) == 0
