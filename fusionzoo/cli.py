@@ -15,7 +15,7 @@ import torch
 
 import fusionzoo
 from fusionzoo.config import build_model, load_config
-from fusionzoo.errors import ConfigError
+from fusionzoo.errors import ConfigError, RunFolderError
 from fusionzoo.registry import REGISTRIES, closest, required_kwargs
 
 __all__ = ["main", "format_table"]
@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # ConfigError is a ValueError
+    except (ValueError, FileNotFoundError, FileExistsError, RunFolderError) as e:  # ConfigError, CheckpointError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -1,11 +1,18 @@
 """Checkpoints and run loading: model weights as safetensors, the rest with ``torch.save``; written
-atomically.
+atomically and verified on load.
 
-A checkpoint is a folder ``checkpoints/epoch-NNN/`` holding ``model.safetensors`` and ``state.pt``
-(optimizer, scheduler, epoch, history). It is written into a temporary folder, fsynced and renamed,
-then ``checkpoints/last`` (the folder's name) is replaced atomically, so a crash leaves either the
-old or the new checkpoint, never half of one. ``checkpoints/best`` names the epoch that is best on
-the validation split; pruning keeps it. ``state.pt`` is read with ``weights_only=True``.
+A checkpoint is a folder ``checkpoints/epoch-NNN/`` holding ``model.safetensors``, ``state.pt``
+(optimizer, scheduler, epoch, history) and ``manifest.json`` (the SHA-256 of both). It is written
+into a temporary folder, fsynced and renamed, then ``checkpoints/last`` (the folder's name) is
+replaced atomically, so a crash leaves either the old or the new checkpoint, never half of one.
+``checkpoints/best`` names the epoch that is best on the validation split; pruning keeps it and
+only ever removes epochs older than the one just written. ``state.pt`` is read with
+``weights_only=True``.
+
+Every load checks the manifest first: a changed, truncated or missing file raises
+:class:`CheckpointError` naming it (a checkpoint written before manifests existed loads
+unverified). ``--resume`` (:func:`resume_checkpoint`) falls back to the newest intact checkpoint,
+saying which ones it passed over, also when the ``last`` pointer is missing.
 
 A run's *selected* checkpoint is ``best`` or ``last`` as its config's ``train.select`` says: the
 one its test metrics were computed on, and the one ``fusionzoo eval``, ``init_from`` and a
@@ -16,7 +23,10 @@ distillation teacher load.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,22 +34,31 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fusionzoo.atomic import write_text_atomic
 from fusionzoo.config import ExperimentConfig, build_model, load_config
+from fusionzoo.errors import CheckpointError
 
 __all__ = [
+    "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
     "selected_checkpoint",
+    "resume_checkpoint",
+    "verify_checkpoint",
     "load_model_weights",
     "resolve_checkpoint",
     "load_run",
     "load_run_config",
 ]
+
+MANIFEST = "manifest.json"
+FILES = ("model.safetensors", "state.pt")
+EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,17 +69,34 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _epochs(root: Path) -> list[tuple[int, Path]]:
+    """``(epoch, folder)`` of every checkpoint folder, oldest first."""
+    found = [(int(m.group(1)), p) for p in root.glob("epoch-*") if p.is_dir() and (m := EPOCH_DIR.match(p.name))]
+    return sorted(found)
+
+
 def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, state: dict[str, Any], keep: int = 2, best: bool = False) -> Path:
-    """Write ``checkpoints/epoch-{epoch:03d}`` and point ``checkpoints/last`` (and ``best`` when
-    ``best``) at it; keep the newest ``keep`` and the best."""
+    """Write ``checkpoints/epoch-{epoch:03d}`` with its manifest and point ``checkpoints/last`` (and
+    ``best`` when ``best``) at it; keep the newest ``keep`` up to this epoch and the best. An error
+    while writing (a full disk) names the folder and leaves nothing behind."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"epoch-{epoch:03d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
     try:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
-        torch.save(state, tmp / "state.pt")
+        save_file(weights, str(tmp / FILES[0]))
+        torch.save(state, tmp / FILES[1])
+        manifest = {"epoch": epoch, "sha256": {f: _sha256(tmp / f) for f in FILES}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         for f in tmp.iterdir():
             with f.open("rb") as fh:
                 os.fsync(fh.fileno())
@@ -69,6 +105,9 @@ def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, state: dict[str
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {root / name} ({e.strerror or e}); is the disk full?") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -76,7 +115,8 @@ def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, state: dict[str
     if best:
         write_text_atomic(root / "best", name + "\n")
     kept = _pointed(root, "best")
-    for old in sorted(p for p in root.glob("epoch-*") if p.is_dir())[:-keep]:
+    older = [p for e, p in _epochs(root) if e <= epoch]
+    for old in older[:-keep]:
         if old != kept:
             shutil.rmtree(old)
     return final
@@ -87,14 +127,56 @@ def _pointed(root: Path, pointer: str) -> Path | None:
     return root / path.read_text().strip() if path.is_file() else None
 
 
+def verify_checkpoint(checkpoint: str | Path) -> None:
+    """Check a checkpoint folder against its manifest; raise :class:`CheckpointError` naming the file
+    that is missing or changed."""
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / FILES[0]).is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} is missing or incomplete: no {FILES[0]}")
+    manifest = checkpoint / MANIFEST
+    if not manifest.is_file():
+        return  # written before manifests existed
+    try:
+        expected = json.loads(manifest.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{manifest} is unreadable: {e}") from None
+    for name, digest in expected.items():
+        path = checkpoint / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing (listed in {manifest})")
+        if _sha256(path) != digest:
+            raise CheckpointError(f"{path} is corrupted: its SHA-256 differs from the one in {manifest}")
+
+
 def latest_checkpoint(run_dir: Path, pointer: str = "last") -> Path | None:
     """The checkpoint ``checkpoints/<pointer>`` names (``last`` or ``best``), or None without one."""
     path = _pointed(Path(run_dir) / "checkpoints", pointer)
     if path is None:
         return None
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"checkpoint {path} named by {path.parent / pointer} is missing or incomplete")
+    if not (path / FILES[0]).is_file():
+        raise CheckpointError(f"checkpoint {path} named by {path.parent / pointer} is missing or incomplete")
     return path
+
+
+def resume_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest intact checkpoint to resume from: the one ``last`` names, else the newest epoch
+    folder that verifies; and a line for each checkpoint passed over."""
+    root = Path(run_dir) / "checkpoints"
+    candidates = [p for _, p in reversed(_epochs(root))] if root.is_dir() else []
+    last = _pointed(root, "last")
+    if last is not None and last in candidates:
+        candidates.remove(last)
+        candidates.insert(0, last)
+    skipped = []
+    if root.is_dir() and last is None and candidates:
+        skipped.append(f"{root / 'last'} is missing; looking for the newest intact checkpoint")
+    for path in candidates:
+        try:
+            verify_checkpoint(path)
+            return path, skipped
+        except CheckpointError as e:
+            skipped.append(f"skipping {path}: {e}")
+    return None, skipped
 
 
 def selected_checkpoint(run_dir: Path) -> Path | None:
@@ -108,13 +190,20 @@ def selected_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_model_weights(model: nn.Module, checkpoint: Path) -> None:
-    model.load_state_dict(load_file(str(Path(checkpoint) / "model.safetensors")))
+    """Verify the checkpoint, then load its weights into ``model``."""
+    verify_checkpoint(checkpoint)
+    path = Path(checkpoint) / FILES[0]
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    model.load_state_dict(weights)
 
 
 def load_checkpoint(checkpoint: Path, model: nn.Module) -> dict[str, Any]:
     """Load the weights into ``model`` and return the rest of the state."""
     load_model_weights(model, checkpoint)
-    return torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=True)
+    return torch.load(Path(checkpoint) / FILES[1], map_location="cpu", weights_only=True)
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,15 @@ from fusionzoo.fusion.dropout import ModalityDropout
 from fusionzoo.optim import warmup_cosine
 from fusionzoo.registry import OPTIMIZERS
 from fusionzoo.training.checkpoint import (
-    latest_checkpoint,
     load_checkpoint,
     load_model_weights,
+    load_run_config,
     resolve_checkpoint,
+    resume_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
+from fusionzoo.training.runfolder import check_folder, check_resume_config, claim, clear_run
 from fusionzoo.training.evaluate import move_batch
 from fusionzoo.training.objectives import Objective, TrainStep, build_objective
 from fusionzoo.training.selection import Selection
@@ -83,6 +87,7 @@ class _Run:
     objective: Objective
     selection: Selection
     unfreezer: GradualUnfreezer | None = None
+    init_report: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -100,24 +105,25 @@ def train(
     """Train what a config describes; returns the summary also written to ``metrics.json``."""
     cfg = load_config(config, overrides)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    if not resume and not overwrite and (run_dir / "checkpoints").exists():
-        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to replace it")
-    run, state = _set_up(cfg, run_dir, log)
-    if resume:
-        _restore(run, state)
-    elif overwrite and run.is_main:
-        for old in ("checkpoints", "eval"):
-            shutil.rmtree(run_dir / old, ignore_errors=True)
-    _write_run_files(run, state)
-    step = _wrap(run, state)
-    started = time.perf_counter()
-    for epoch in range(state.epoch, cfg.train.epochs):
-        if run.selection.should_stop(state.history):
-            break
-        record = _train_epoch(run, state, step, epoch)
-        record["val"] = _validate(run, state)
-        _end_epoch(run, state, record)
-    return _finish(run, state, time.perf_counter() - started)
+    check_folder(run_dir, resume, overwrite)  # fail fast; checked again under the lock
+    run, state = _set_up(cfg, run_dir, log)  # everything is built and validated before a file changes
+    with claim(run_dir) if run.is_main else nullcontext():
+        if run.is_main:
+            check_folder(run_dir, resume, overwrite)
+        if resume:
+            _restore(run, state)
+        elif overwrite and run.is_main:
+            clear_run(run_dir)
+        _write_run_files(run, state)
+        step = _wrap(run, state)
+        started = time.perf_counter()
+        for epoch in range(state.epoch, cfg.train.epochs):
+            if run.selection.should_stop(state.history):
+                break
+            record = _train_epoch(run, state, step, epoch)
+            record["val"] = _validate(run, state)
+            _end_epoch(run, state, record)
+        return _finish(run, state, time.perf_counter() - started)
 
 
 def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool) -> tuple[_Run, TrainState]:
@@ -130,7 +136,7 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool) -> tuple[_Run, Trai
     classes = check_model_fits_data(cfg, model, datasets["train"])
     model.to(device)
     say = print if (log and rank == 0) else (lambda *a, **k: None)
-    unfreezer = _prepare_transfer(cfg, model, run_dir if rank == 0 else None, say, world)
+    unfreezer, init_report = _prepare_transfer(cfg, model, say, world)
     objective = build_objective(cfg, model, classes, device)
     loader = make_loader(
         datasets["train"], settings.batch_size, shuffle=True, num_workers=settings.num_workers, seed=cfg.seed,
@@ -146,7 +152,7 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool) -> tuple[_Run, Trai
     state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, objective=objective, loader=loader, seed=cfg.seed)
     run = _Run(
         cfg=cfg, run_dir=run_dir, rank=rank, world=world, device=device, say=say, loaders=loaders, objective=objective,
-        selection=_selection(cfg, objective), unfreezer=unfreezer,
+        selection=_selection(cfg, objective), unfreezer=unfreezer, init_report=init_report,
     )
     return run, state
 
@@ -171,26 +177,28 @@ def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def _prepare_transfer(cfg: ExperimentConfig, model: nn.Module, run_dir: Path | None, say, world: int) -> GradualUnfreezer | None:
-    """``train.init_from`` (load, then freeze) and ``train.strategy``; returns a gradual unfreezer or None."""
+def _prepare_transfer(cfg: ExperimentConfig, model: nn.Module, say, world: int) -> tuple[GradualUnfreezer | None, str | None]:
+    """``train.init_from`` (load, then freeze) and ``train.strategy``; returns a gradual unfreezer
+    (or None) and the load report for ``init_report.txt`` (or None)."""
     settings = cfg.train
-    init = settings.init_from
+    init, report_text = settings.init_from, None
     if init is not None:
         path = Path(init["path"])
         try:
             if path.is_dir():
-                path = resolve_checkpoint(path)[1] / "model.safetensors"
+                checkpoint = resolve_checkpoint(path)[1]
+                verify_checkpoint(checkpoint)
+                path = checkpoint / "model.safetensors"
             report = load_partial(model, path, key_map=init.get("key_map"), strict_shapes=init.get("strict_shapes", False))
         except (FileNotFoundError, ValueError) as e:
             raise cfg.error("train.init_from", str(e)) from e
         say(f"init_from {path}:\n{report}")
-        if run_dir is not None:
-            write_text_atomic(run_dir / "init_report.txt", f"{path}\n{report}\n")
+        report_text = f"{path}\n{report}\n"
         if init.get("freeze"):
             freeze(model, init["freeze"])
     if settings.strategy == "gradual" and world > 1:
         raise cfg.error("train.strategy", "gradual unfreezing is not supported under torchrun (DDP fixes its parameter set at start)")
-    return apply_strategy(model, settings.strategy) if settings.strategy != "finetune" else None
+    return (apply_strategy(model, settings.strategy) if settings.strategy != "finetune" else None), report_text
 
 
 def _build_optimizer(cfg: ExperimentConfig, model: nn.Module, objective: Objective) -> torch.optim.Optimizer:
@@ -205,7 +213,15 @@ def _build_optimizer(cfg: ExperimentConfig, model: nn.Module, objective: Objecti
 
 
 def _restore(run: _Run, state: TrainState) -> None:
-    checkpoint = latest_checkpoint(run.run_dir)
+    """``--resume``: the same config (but for :data:`~fusionzoo.training.runfolder.RESUMABLE` keys),
+    then the newest intact checkpoint; a checkpoint passed over is a warning naming it."""
+    saved = run.run_dir / "config.yaml"
+    if saved.is_file():
+        check_resume_config(load_run_config(run.run_dir).to_dict(), run.cfg.to_dict(), run.run_dir)
+    checkpoint, skipped = resume_checkpoint(run.run_dir)
+    if run.is_main:
+        for line in skipped:
+            warnings.warn(f"--resume: {line}", stacklevel=3)
     if checkpoint is None:
         run.say(f"no checkpoint in {run.run_dir}; starting from scratch")
         return
@@ -216,8 +232,9 @@ def _restore(run: _Run, state: TrainState) -> None:
 def _write_run_files(run: _Run, state: TrainState) -> None:
     if not run.is_main:
         return
-    run.run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.run_dir / "config.yaml", yaml.safe_dump(run.cfg.to_dict(), sort_keys=False))
+    if run.init_report is not None:
+        write_text_atomic(run.run_dir / "init_report.txt", run.init_report)
     # The log restarts from what the checkpoint knows, so epochs after it are not duplicated.
     write_text_atomic(run.run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
 

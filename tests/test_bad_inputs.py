@@ -1,0 +1,182 @@
+"""Bad inputs and faults: each is a clear error naming the file or key, or the right result, never
+a silent wrong one. (Run folders and checkpoints; the rest of the catalogue lands with its fixes.)"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fusionzoo.cli import main
+from fusionzoo.config import ConfigError
+from fusionzoo.errors import CheckpointError, RunFolderError
+from fusionzoo.training import evaluate_run, load_run, train
+from fusionzoo.training.checkpoint import resume_checkpoint, verify_checkpoint
+from fusionzoo.training.runfolder import MARKER
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cfg(epochs=2, **train_opts):
+    return {
+        "seed": 0,
+        "data": {"name": "synthetic", "n": 48, "val_n": 32, "test_n": 32, "num_classes": 8},
+        "model": {
+            "encoders": {
+                "visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4], "out_dim": 8},
+                "text": {"name": "text_embedding", "vocab_size": 64, "embed_dim": 8, "out_dim": 8},
+            },
+            "fusion": {"name": "concat_mlp", "out_dim": 16, "hidden_dims": [16]},
+            "head": {"name": "linear", "out_dim": 8},
+        },
+        "train": {"epochs": epochs, "batch_size": 16, "lr": 0.01, **train_opts},
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    run = tmp_path_factory.mktemp("bad") / "run"
+    train(cfg(3, select="last"), run_dir=run, log=False)
+    return run
+
+
+def _flip(path: Path, offset_from_end: int = 64) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - offset_from_end, len(data) - offset_from_end + 64):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpoints_carry_a_manifest_that_verifies(finished):
+    checkpoint = finished / "checkpoints" / "epoch-003"
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    assert manifest["epoch"] == 3 and set(manifest["sha256"]) == {"model.safetensors", "state.pt"}
+    verify_checkpoint(checkpoint)
+
+
+def test_corrupted_weights_are_refused_naming_the_file(finished, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    _flip(run / "checkpoints" / "epoch-003" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"epoch-003/model.safetensors is corrupted"):
+        load_run(run)
+    with pytest.raises(CheckpointError, match="corrupted"):
+        evaluate_run(run)
+    assert main(["eval", str(run)]) == 2  # one line, exit 2
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(cfg(3, keep_checkpoints=3), run_dir=full, log=False)
+    train(cfg(3, keep_checkpoints=3), run_dir=part, log=False)
+    _flip(part / "checkpoints" / "epoch-003" / "state.pt")
+    (part / "metrics.json").unlink()
+    found, skipped = resume_checkpoint(part)
+    assert found.name == "epoch-002" and "epoch-003" in skipped[0]
+    with pytest.warns(UserWarning, match="skipping .*epoch-003.*corrupted"):
+        train(cfg(3, keep_checkpoints=3), run_dir=part, resume=True, log=False)
+    a = torch.load(full / "checkpoints" / "epoch-003" / "state.pt", weights_only=True)
+    b = torch.load(part / "checkpoints" / "epoch-003" / "state.pt", weights_only=True)
+    assert a["history"][-1]["train"] == b["history"][-1]["train"]  # epoch 3 trained again, identically
+
+
+def test_resume_without_the_last_pointer_uses_the_newest_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(cfg(2, keep_checkpoints=5), run_dir=run, log=False)
+    (run / "checkpoints" / "last").unlink()
+    with pytest.warns(UserWarning, match="last is missing"):
+        summary = train(cfg(3, keep_checkpoints=5), run_dir=run, resume=True, log=False)
+    assert summary["epochs_run"] == 3
+    assert [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_pruning_never_removes_a_newer_checkpoint(tmp_path):
+    from fusionzoo.training.checkpoint import save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    for epoch in (1, 2, 5):
+        save_checkpoint(tmp_path, epoch, model, {"epoch": epoch}, keep=1)
+    save_checkpoint(tmp_path, 3, model, {"epoch": 3}, keep=1)  # e.g. resumed from epoch 2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*")) == ["epoch-003", "epoch-005"]
+
+
+def test_a_failed_checkpoint_write_names_the_folder_and_leaves_nothing(tmp_path, monkeypatch):
+    import fusionzoo.training.checkpoint as ck
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*epoch-001 \(No space left on device\); is the disk full"):
+        ck.save_checkpoint(tmp_path, 1, torch.nn.Linear(2, 2), {})
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+# ---------------------------------------------------------------- run folders
+
+
+def test_a_folder_that_is_not_a_run_is_never_written(tmp_path):
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own: file\n")
+    with pytest.raises(RunFolderError, match="not empty and not a fusionzoo run folder"):
+        train(cfg(1), run_dir=mine, overwrite=True, log=False)
+    assert (mine / "config.yaml").read_text() == "my own: file\n" and sorted(p.name for p in mine.iterdir()) == ["config.yaml"]
+
+
+def test_overwrite_validates_before_deleting(finished, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    bad = cfg(1)
+    bad["model"]["fusion"]["name"] = "concat_mpl"
+    with pytest.raises(ConfigError, match="concat_mpl"):
+        train(bad, run_dir=run, overwrite=True, log=False)
+    assert (run / "checkpoints" / "epoch-003").is_dir() and (run / "metrics.json").is_file()
+    train(cfg(1), run_dir=run, overwrite=True, log=False)
+    assert sorted(p.name for p in (run / "checkpoints").glob("epoch-*")) == ["epoch-001"] and (run / MARKER).is_file()
+
+
+def test_resume_with_a_changed_config_lists_the_differences(finished):
+    changed = cfg(3, select="last", lr=0.3)
+    with pytest.raises(ConfigError, match=r"--resume with a different config; train.lr: the run has 0.01, now 0.3"):
+        train(changed, run_dir=finished, resume=True, log=False)
+    longer = train(cfg(3, select="last", progress=False), run_dir=finished, resume=True, log=False)  # allowed
+    assert longer["epochs_run"] == 3
+
+
+@pytest.mark.slow
+def test_two_processes_cannot_train_into_one_folder(tmp_path):
+    path = tmp_path / "c.yaml"
+    slow = cfg(40)
+    slow["data"]["n"] = 512
+    path.write_text(yaml.safe_dump(slow))
+    run = tmp_path / "run"
+    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "fusionzoo", "train", str(path), "--run-dir", str(run)], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (run / "log.jsonl").exists() and time.time() < deadline:  # the first holds the lock by now
+            time.sleep(0.2)
+        second = subprocess.run([sys.executable, "-m", "fusionzoo", "train", str(path), "--run-dir", str(run), "--resume"],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert f"is in use by another fusionzoo process (PID {first.pid})" in second.stderr
+        assert second.stderr.count("\n") == 1  # one line
+    finally:
+        first.kill()
+        first.wait()
+    # the kernel released the dead process's lock: the run resumes
+    assert main(["train", str(path), "--run-dir", str(run), "--resume", "--set", "train.epochs=40"]) == 0
