@@ -15,7 +15,7 @@ import torch
 
 import fusionzoo
 from fusionzoo.config import build_model, load_config
-from fusionzoo.errors import ConfigError, RunFolderError
+from fusionzoo.errors import ConfigError, RunFolderError, TrainingDiverged
 from fusionzoo.registry import REGISTRIES, closest, required_kwargs
 
 __all__ = ["main", "format_table"]
@@ -250,6 +250,7 @@ def _bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionzoo", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fusionzoo {fusionzoo.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also FUSIONZOO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered entries as a table")
@@ -312,12 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command. A user error (a bad config, file or run folder) is one line on stderr and exit
+    code 2, a diverged training run one line and exit code 1; ``--debug`` or ``FUSIONZOO_DEBUG=1``
+    shows the traceback instead."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RunFolderError) as e:  # ConfigError, CheckpointError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, RunFolderError, TrainingDiverged) as e:
+        if args.debug or os.environ.get("FUSIONZOO_DEBUG") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)  # ConfigError and CheckpointError are ValueErrors
+        return 1 if isinstance(e, TrainingDiverged) else 2
 
 
 if __name__ == "__main__":  # pragma: no cover

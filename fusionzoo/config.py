@@ -314,12 +314,20 @@ def num_classes_of(dataset: Any) -> int:
 
 
 def check_model_fits_data(cfg: ExperimentConfig, model: nn.Module, dataset: Any) -> int:
-    """The data's number of classes, after checking the head and text vocabularies against it."""
+    """The data's number of classes, after checking the encoders' modalities (when the dataset
+    declares ``modalities``), the head and the text vocabularies against it."""
     classes = num_classes_of(dataset)
     if isinstance(model, MultimodalModel) and model.out_dim != classes:
         raise cfg.error("model.head.out_dim", f"the data has {classes} classes, the head outputs {model.out_dim}")
     vocab = getattr(dataset, "vocab", None)
     section = "align" if cfg.kind == "align" else "model"
+    available = getattr(dataset, "modalities", None)
+    unknown = [m for m in model.encoders if available is not None and m not in available]
+    if unknown:
+        raise cfg.error(
+            f"{section}.encoders.{unknown[0]}",
+            f"the data has no modality {unknown[0]!r}: it has {sorted(available)}, the config's encoders read {sorted(model.encoders)}",
+        )
     for m, enc in model.encoders.items():
         size = getattr(enc, "vocab_size", None)
         if vocab is not None and size is not None and size < len(vocab):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "CheckpointError", "RunFolderError"]
+__all__ = ["ConfigError", "CheckpointError", "RunFolderError", "TrainingDiverged"]
 
 
 class ConfigError(ValueError):
@@ -15,3 +15,7 @@ class CheckpointError(ValueError):
 
 class RunFolderError(RuntimeError):
     """A run folder that cannot be written: held by another process, or not a fusionzoo run folder."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite training loss under ``train.on_nonfinite: stop``; names the epoch and step."""

@@ -49,6 +49,11 @@ class TrainSettings:
     ``checkpoints/best``; ``early_stopping`` (``{patience, min_delta}``) ends training after
     ``patience`` epochs without an improvement larger than ``min_delta``; ``select`` (``best`` or
     ``last``) is the checkpoint that ``test`` is evaluated on, once, after the last epoch.
+
+    ``on_nonfinite``: ``stop`` (default) ends the run with an error naming the epoch and step of the
+    first non-finite loss, before that epoch's checkpoint is written; ``skip_batch`` skips a batch
+    whose loss or gradients are not finite (and restores the BatchNorm statistics it touched),
+    counting them in the epoch's ``skipped_batches``.
     """
 
     epochs: int = 10
@@ -76,6 +81,7 @@ class TrainSettings:
     select: str = "best"
     select_metric: str | None = None
     early_stopping: dict | None = None
+    on_nonfinite: str = "stop"
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any] | None, origin: str = "<dict>") -> TrainSettings:
@@ -112,6 +118,7 @@ class TrainSettings:
             "keep_checkpoints": self.keep_checkpoints >= 1,
             "strategy": self.strategy in STRATEGIES,
             "select": self.select in ("best", "last"),
+            "on_nonfinite": self.on_nonfinite in ("stop", "skip_batch"),
             "select_metric": self.select_metric is None or isinstance(self.select_metric, str),
             "optimizer": isinstance(self.optimizer, dict) and isinstance(self.optimizer.get("name"), str),
             "loss": self.loss is None or (isinstance(self.loss, dict) and isinstance(self.loss.get("name"), str)),

@@ -2,6 +2,7 @@
 a silent wrong one. (Run folders and checkpoints; the rest of the catalogue lands with its fixes.)"""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -180,3 +181,50 @@ def test_two_processes_cannot_train_into_one_folder(tmp_path):
         first.wait()
     # the kernel released the dead process's lock: the run resumes
     assert main(["train", str(path), "--run-dir", str(run), "--resume", "--set", "train.epochs=40"]) == 0
+
+
+# ---------------------------------------------------------------- training and data
+
+
+def test_a_modality_the_data_does_not_have_is_a_config_error(tmp_path):
+    bad = cfg(1)
+    bad["model"]["encoders"]["vision"] = bad["model"]["encoders"].pop("visual")
+    with pytest.raises(ConfigError, match=r"model.encoders.vision: the data has no modality 'vision': it has \['audio', 'text', 'visual'\]"):
+        train(bad, run_dir=tmp_path / "run", log=False)
+    assert not (tmp_path / "run").exists()
+
+
+def _poison(monkeypatch, every: int):
+    """Make every ``every``-th training batch's images NaN (the first one included)."""
+    from fusionzoo.training import engine
+
+    original, calls = engine.move_batch, {"n": 0}
+
+    def poisoned(batch, device):
+        batch = original(batch, device)
+        if batch["visual"].shape[0] == 16:  # training batches only (evaluation batches are larger)
+            calls["n"] += 1
+            if calls["n"] % every == 1:
+                batch["visual"] = torch.full_like(batch["visual"], float("nan"))
+        return batch
+
+    monkeypatch.setattr(engine, "move_batch", poisoned)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_epoch_and_step(tmp_path, monkeypatch, capsys):
+    from fusionzoo.errors import TrainingDiverged
+
+    _poison(monkeypatch, every=10**6)  # only the very first batch
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1: the training loss is not finite; .*last finite checkpoint: none"):
+        train(cfg(2), run_dir=tmp_path / "run", log=False)
+    assert not list((tmp_path / "run" / "checkpoints").glob("epoch-*")) and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_skip_batch_skips_non_finite_batches_and_keeps_batchnorm_clean(tmp_path, monkeypatch):
+    _poison(monkeypatch, every=2)  # batches 1 and 3 of each epoch's 3
+    summary = train(cfg(2, on_nonfinite="skip_batch"), run_dir=tmp_path / "run", log=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_batches"] for r in log] == [2, 1]  # calls 1, 3 in epoch 1; call 5 in epoch 2
+    model, _, _ = load_run(tmp_path / "run")
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
+    assert summary["test"] is not None and math.isfinite(summary["test"]["loss"])

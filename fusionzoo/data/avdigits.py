@@ -259,6 +259,7 @@ class AVDigits(Dataset):
                     "machine that is online."
                 )
         self.split, self.difficulty, self.val_speaker = split, difficulty, val_speaker
+        self.modalities = ("audio", "visual")
         data = _load_split(self.root, "test" if split == "test" else "train", int(round(clip_seconds * SAMPLE_RATE)))
         if split != "test" and val_speaker not in {r["speaker"] for r in data["rows"]}:
             speakers = sorted({r["speaker"] for r in data["rows"]})

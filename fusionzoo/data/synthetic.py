@@ -99,6 +99,7 @@ class SyntheticTrimodal(Dataset):
         if image_size < 24:
             raise ValueError(f"synthetic: image_size must be at least 24, got {image_size}")
         self.n, self.num_classes, self.noise, self.redundancy = n, num_classes, noise, redundancy
+        self.modalities = MODALITIES
         self.sample_rate, self.image_size = sample_rate, image_size
         self.counts = ATTRIBUTE_COUNTS[num_classes]
         self.vocab = Vocab([PAD, UNK, *WORDS])

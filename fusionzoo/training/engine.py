@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import yaml
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
@@ -49,6 +49,7 @@ from fusionzoo.config import (
 from fusionzoo.data.loader import make_loader
 from fusionzoo.fusion.dropout import ModalityDropout
 from fusionzoo.optim import warmup_cosine
+from fusionzoo.errors import TrainingDiverged
 from fusionzoo.registry import OPTIMIZERS
 from fusionzoo.training.checkpoint import (
     load_checkpoint,
@@ -251,7 +252,9 @@ def _wrap(run: _Run, state: TrainState) -> nn.Module:
 
 
 def _train_epoch(run: _Run, state: TrainState, step: nn.Module, epoch: int) -> dict[str, Any]:
-    """One pass over the training data; returns the epoch's record without its evaluation."""
+    """One pass over the training data; returns the epoch's record without its evaluation. A
+    non-finite loss stops the run at the end of the epoch, before its checkpoint is written
+    (``train.on_nonfinite: stop``), or its batch is skipped (``skip_batch``)."""
     settings, model = run.cfg.train, state.model
     state.begin_epoch(epoch, run.rank)
     if run.unfreezer is not None:
@@ -261,17 +264,26 @@ def _train_epoch(run: _Run, state: TrainState, step: nn.Module, epoch: int) -> d
     autocast = run.device.type == "cuda" and settings.amp
     trained = [p for p in step.parameters() if p.requires_grad]
     totals = torch.zeros(len(run.objective.stat_names), dtype=torch.float64, device=run.device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=run.device)  # no host sync per step
+    skipped = 0
     bar = tqdm(state.loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not _show_progress(run), leave=False)
     t0 = time.perf_counter()
-    for batch in bar:
+    for i, batch in enumerate(bar):
         batch = move_batch(batch, run.device)
         if dropout is not None:
             feats = {m: batch[m] for m in model.modalities if m in batch}
             batch["present"] = dropout(feats, {m: p for m, p in batch["present"].items() if m in feats})
+        buffers = [b.detach().clone() for b in model.buffers()] if settings.on_nonfinite == "skip_batch" else None
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=autocast):
             loss, stats = step(batch)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if buffers is not None and not _finite(loss, trained):
+            for b, saved in zip(model.buffers(), buffers):  # BatchNorm statistics as before the batch
+                b.copy_(saved)
+            skipped += 1  # neither an optimizer nor a schedule step
+            continue
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
         if settings.grad_clip is not None:
             nn.utils.clip_grad_norm_(trained, settings.grad_clip)
         state.optimizer.step()
@@ -279,13 +291,34 @@ def _train_epoch(run: _Run, state: TrainState, step: nn.Module, epoch: int) -> d
         totals += stats
         if not bar.disable:  # the progress bar is the only per-step reader
             bar.set_postfix(loss=f"{loss.item():.3f}")
+    _stop_if_nonfinite(run, first_bad, epoch)
     if run.world > 1:
         dist.all_reduce(totals)
     seconds = time.perf_counter() - t0
     train = run.objective.summarize(totals.cpu())
     run.objective.end_epoch(train)
     samples = totals[run.objective.stat_names.index("samples")].item()
-    return {"epoch": epoch + 1, "train": train, "lr": state.scheduler.get_last_lr()[0], "epoch_seconds": seconds, "samples_per_s": samples / seconds}
+    record = {"epoch": epoch + 1, "train": train, "lr": state.scheduler.get_last_lr()[0], "epoch_seconds": seconds, "samples_per_s": samples / seconds}
+    return record | ({"skipped_batches": skipped} if buffers is not None else {})
+
+
+def _finite(loss: Tensor, params: list[Tensor]) -> bool:
+    """Whether the loss and every gradient are finite (one host sync)."""
+    checks = [torch.isfinite(loss.detach()).all()] + [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return bool(torch.stack(checks).all())
+
+
+def _stop_if_nonfinite(run: _Run, first_bad: Tensor, epoch: int) -> None:
+    if run.world > 1:
+        dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
+    bad = int(first_bad.item())
+    if bad >= 0:
+        kept = f"epoch-{epoch:03d}" if epoch else "none (this was the first epoch)"
+        raise TrainingDiverged(
+            f"{run.run_dir}: epoch {epoch + 1}, step {bad + 1}: the training loss is not finite; training stopped and "
+            f"this epoch was not saved (last finite checkpoint: {kept}). Lower train.lr, check the inputs for NaN, "
+            "or set train.on_nonfinite: skip_batch"
+        )
 
 
 def _show_progress(run: _Run) -> bool:
