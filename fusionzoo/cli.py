@@ -206,11 +206,14 @@ def _parse_noise(items: Sequence[str]) -> dict[str, float]:
 
 def _eval(args: argparse.Namespace) -> int:
     from fusionzoo.training import evaluate_run
+    from fusionzoo.training.robustness import condition_name
 
     missing = [m for item in args.missing for m in item.split(",") if m]
     levels = [float(v) for v in args.levels.split(",")]
-    result = evaluate_run(args.run, missing=missing, noise=_parse_noise(args.noise), levels=levels)
+    noise = _parse_noise(args.noise)
+    result = evaluate_run(args.run, missing=missing, noise=noise, levels=levels)
     print(f"checkpoint: {result['checkpoint']}")
+    print(f"written to: {Path(result['checkpoint']).parent.parent / 'eval' / condition_name(missing, noise)}")
     if result["missing"] or result["noise"]:
         print(f"condition: missing {result['missing'] or 'none'}, noise {result['noise'] or 'none'}")
     rows = [[" + ".join(r["modalities"]), f"{100 * r['accuracy']:.1f}%", f"{r['macro_f1']:.3f}", f"{r['loss']:.4f}"] for r in result["subsets"]]

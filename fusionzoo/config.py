@@ -139,9 +139,12 @@ def load_config(source: str | Path | Mapping[str, Any] | ExperimentConfig, overr
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        with path.open() as f:
-            cfg = yaml.safe_load(f)
         origin = str(path)
+        try:
+            with path.open() as f:
+                cfg = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{origin}: not valid YAML: {_yaml_problem(e)}") from None
         if cfg is None:
             cfg = {}
         if not isinstance(cfg, dict):
@@ -166,8 +169,18 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str], origin: str =
             if not isinstance(child, dict):
                 raise ConfigError(f"{origin}: override {item!r}: {'.'.join(parts[: i + 1])} is not a mapping")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{origin}: override {item!r}: the value is not valid YAML: {_yaml_problem(e)}") from None
     return cfg
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line: what PyYAML found and where (line and column, 1-based)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def _unknown_key(path: str, key: str, allowed: Iterable[str], origin: str) -> ConfigError:

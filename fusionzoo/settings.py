@@ -13,6 +13,9 @@ from fusionzoo.transfer import STRATEGIES
 __all__ = ["TrainSettings"]
 
 INT_KEYS = ("epochs", "batch_size", "min_present", "num_workers", "keep_checkpoints")
+FLOAT_KEYS = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "modality_dropout")
+BOOL_KEYS = ("decay_norms_and_biases", "amp", "compile", "progress")
+NULLABLE = ("grad_clip", "progress")
 SUBSECTIONS = {
     "init_from": ("path", "key_map", "freeze", "strict_shapes"),
     "distill": ("teacher", "temperature", "alpha"),
@@ -97,6 +100,13 @@ class TrainSettings:
             value = section.get(key, 0)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{origin}: train.{key}: expected an int, got {value!r}")
+        for key in FLOAT_KEYS:
+            if key in section and not (section[key] is None and key in NULLABLE):
+                section[key] = _number(section[key], f"{origin}: train.{key}")
+        for key in BOOL_KEYS:
+            value = section.get(key, False)
+            if not isinstance(value, bool) and not (value is None and key in NULLABLE):
+                raise ConfigError(f"{origin}: train.{key}: expected true or false, got {value!r}")
         for name, allowed in SUBSECTIONS.items():
             _check_subsection(section.get(name), name, allowed, origin)
         settings = cls(**section)
@@ -142,6 +152,20 @@ class TrainSettings:
             raise ConfigError(f"{origin}: train.distill: cannot be combined with train.aux_heads")
         if self.distill is not None and self.loss is not None:
             raise ConfigError(f"{origin}: train.loss: not used with train.distill (its hard term is cross-entropy)")
+
+
+def _number(value: Any, where: str) -> float:
+    """An int or float; a string in scientific notation too (YAML 1.1 reads ``1e-3`` as a string)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value) if isinstance(value, float) else value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected a number, got {value!r}")
 
 
 def _check_subsection(value: Any, name: str, allowed: tuple[str, ...], origin: str) -> None:

@@ -4,6 +4,7 @@ a silent wrong one. (Run folders and checkpoints; the rest of the catalogue land
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -228,3 +229,44 @@ def test_skip_batch_skips_non_finite_batches_and_keeps_batchnorm_clean(tmp_path,
     model, _, _ = load_run(tmp_path / "run")
     assert all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
     assert summary["test"] is not None and math.isfinite(summary["test"]["loss"])
+
+
+# ---------------------------------------------------------------- evaluation and config files
+
+
+def test_eval_conditions_hold_in_the_curves_and_each_has_its_folder(finished):
+    plain = evaluate_run(finished, levels=(0.0, 1.0))
+    cond = evaluate_run(finished, missing=["text"], noise={"visual": 0.5}, levels=(0.0, 1.0))
+    assert set(cond["robustness"]) == {"visual"}  # no curve for the removed modality
+    assert cond["robustness"]["visual"][0]["accuracy"] == cond["subsets"][0]["accuracy"]  # level 0 = the condition itself
+    assert (finished / "eval" / "results.json").is_file()
+    again = json.loads((finished / "eval" / "missing=text,noise=visual:0.5" / "results.json").read_text())
+    assert again["missing"] == ["text"] and json.loads((finished / "eval" / "results.json").read_text()) == plain
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("train: {epochs: 2\nmodel: 3\n", [], r"not valid YAML: expected ',' or '}', but got ':' at line 2, column 6"),
+        (None, ["train.lr=[1"], r"override 'train.lr=\[1': the value is not valid YAML"),
+        (None, ["train.amp=maybe"], r"train.amp: expected true or false, got 'maybe'"),
+        (None, ["train.epochs=ten"], r"train.epochs: expected an int, got 'ten'"),
+        (None, ["train.weight_decay=lots"], r"train.weight_decay: expected a number, got 'lots'"),
+    ],
+)
+def test_config_file_errors_are_one_line_naming_file_and_key(tmp_path, capsys, text, overrides, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(cfg(1)))
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run"), *sets]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+
+
+def test_scientific_notation_is_a_number(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg(1)).replace("lr: 0.01", "lr: 1e-2"))
+    from fusionzoo.config import load_config
+
+    assert load_config(path).train.lr == 0.01

@@ -22,7 +22,7 @@ from fusionzoo.data.loader import make_loader
 from fusionzoo.training.checkpoint import load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import NOISE_LEVELS, evaluate, move_batch, subsets
 
-__all__ = ["evaluate_run", "relative_robustness"]
+__all__ = ["evaluate_run", "relative_robustness", "condition_name"]
 
 
 def relative_robustness(levels: Sequence[float], accuracies: Sequence[float]) -> float:
@@ -44,7 +44,11 @@ def evaluate_run(
     """Accuracy of a trained model with every subset of its modalities (minus ``missing``, with
     ``noise`` added), and robustness curves: accuracy as noise grows on each modality alone, each
     summarised by its relative robustness; with the model's parameter count and forward FLOPs per
-    test sample. Writes ``eval/results.json`` and ``eval/robustness.png`` (with matplotlib)."""
+    test sample. The condition (``missing``, ``noise``) holds everywhere, curves included: a curve
+    adds its noise on top of the condition's, on the modalities still present. Writes
+    ``results.json`` and ``robustness.png`` (with matplotlib) into ``eval/`` without a condition and
+    into ``eval/<condition>/`` (e.g. ``eval/missing=audio,noise=visual:0.5/``) with one, so no
+    evaluation overwrites another."""
     run_dir, _ = resolve_checkpoint(path)
     model, cfg, checkpoint = load_run(path)
     if cfg.kind == "align":
@@ -62,7 +66,10 @@ def evaluate_run(
         metrics = evaluate(model, loader, classes, keep=subset, noise=noise)
         rows.append({"modalities": list(subset), **metrics})
     levels = sorted(levels)
-    curves = {m: [{"level": level, **evaluate(model, loader, classes, noise={m: level})} for level in levels] for m in model.modalities}
+    curves = {
+        m: [{"level": level, **evaluate(model, loader, classes, keep=available, noise={**(noise or {}), m: (noise or {}).get(m, 0.0) + level})} for level in levels]
+        for m in available
+    }
     result = {
         "checkpoint": str(checkpoint),
         "missing": sorted(missing),
@@ -73,10 +80,21 @@ def evaluate_run(
         "params": sum(p.numel() for p in model.parameters()),
         "flops_per_sample": _flops_per_sample(model, loader),
     }
-    out = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    out = Path(out_dir) if out_dir is not None else run_dir / "eval" / condition_name(missing, noise)
     write_text_atomic(out / "results.json", json.dumps(result, indent=2))
     _plot_curves(curves, out / "robustness.png")
     return result
+
+
+def condition_name(missing: Iterable[str] = (), noise: Mapping[str, float] | None = None) -> str:
+    """The folder of an evaluation condition under ``eval/``: ``""`` for none, else e.g.
+    ``missing=audio,noise=visual:0.5``."""
+    parts = []
+    if missing:
+        parts.append("missing=" + "+".join(sorted(missing)))
+    if noise:
+        parts.append("noise=" + "+".join(f"{m}:{v:g}" for m, v in sorted(noise.items())))
+    return ",".join(parts)
 
 
 def _flops_per_sample(model, loader) -> float:
