@@ -145,6 +145,24 @@ def test_fusion_ignores_values_in_missing_slots(name, value):
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("name", FUSIONS)
+def test_fusion_non_finite_present_value_stays_in_its_row(name, value):
+    """The policy for non-finite values in a *present* slot: that sample's output is not finite
+    (the problem is visible, never replaced by the nothing-present output), every other row is
+    exactly what it was."""
+    block = _build(name)
+    feats, present = _inputs(block)
+    for m in block.modalities:  # sample 0 has every modality
+        with torch.no_grad():
+            ref = block(feats, present)
+            bad = {k: v.clone() for k, v in feats.items()}
+            bad[m][0, ..., 0] = value
+            out = block(bad, present)
+        assert not torch.isfinite(out[0]).all(), f"{name}: a non-finite present {m} value vanished from its row"
+        torch.testing.assert_close(out[1:], ref[1:], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", FUSIONS)
 def test_fusion_nothing_present_is_finite_and_learned(name):
     block = _build(name)

@@ -54,5 +54,6 @@ class AttentionFusion(FusionBlock):
         weights = self.attention_weights(features, present)
         projected = torch.stack([self.proj[m](features[m]) for m in self.modalities], dim=1)
         fused = torch.einsum("bm,bmo->bo", weights, projected)
-        anything = weights.sum(dim=1, keepdim=True) > 0
+        # "anything present" comes from the mask, never from the weights: NaN weights must stay NaN
+        anything = torch.stack([present[m] for m in self.modalities], dim=1).any(dim=1, keepdim=True)
         return torch.where(anything, fused, self.empty)

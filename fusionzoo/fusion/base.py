@@ -15,7 +15,12 @@ the caller passed into a complete, validated pair ``(features, present)``:
   a ``[b]`` presence is spread over that modality's tokens).
 
 Blocks then only have to decide what a missing slot *means* (a learned embedding, a masked
-softmax, a renormalised weight), never how to find it.
+softmax, a renormalised weight), never how to find it. Whether a sample has anything present is
+read from ``present``, never from computed weights.
+
+Non-finite values in a *present* slot are not hidden: they propagate to that sample's output row,
+and only to it (the other rows are bitwise unchanged). A registry-wide test holds every block to
+this, as to the independence from missing slots.
 """
 
 from __future__ import annotations

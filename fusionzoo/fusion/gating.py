@@ -76,7 +76,7 @@ class GatedMultimodalUnit(FusionBlock):
         h = torch.stack([torch.tanh(self.proj[m](features[m])) for m in self.modalities], dim=1)
         gates = self.gates(features, present)
         fused = (gates * h).sum(dim=1)
-        anything = gates[:, :, 0].sum(dim=1, keepdim=True) > 0  # all-zero gates only when nothing is present
+        anything = torch.stack([present[m] for m in self.modalities], dim=1).any(dim=1, keepdim=True)  # from the mask, not the gates
         return torch.where(anything, fused, self.empty)
 
 

@@ -100,12 +100,13 @@ class WeightedLateFusion(FusionBlock):
         features, present = self.prepare(features, present)
         weights = self.modality_weights(features, present)
         outputs = torch.stack([self.heads[m](features[m]) for m in self.modalities], dim=1)
-        anything = weights.sum(dim=1, keepdim=True) > 0  # all-zero weights only when nothing is present
+        mask = torch.stack([present[m] for m in self.modalities], dim=1)
+        anything = mask.any(dim=1, keepdim=True)  # from the mask, not the weights (NaN weights stay NaN)
         if self.combine == "logits":
             fused = torch.einsum("bm,bmo->bo", weights, outputs)
             return torch.where(anything, fused, self.empty)
         # log sum_m w_m softmax(z_m): a logsumexp of finite terms, so neither value nor gradient is NaN.
         neg = torch.finfo(outputs.dtype).min
-        log_w = torch.where(weights > 0, weights.clamp_min(torch.finfo(weights.dtype).tiny).log(), neg)
+        log_w = torch.where(mask, weights.clamp_min(torch.finfo(weights.dtype).tiny).log(), neg)
         fused = torch.logsumexp(rearrange(log_w, "b m -> b m 1") + F.log_softmax(outputs, dim=-1), dim=1)
         return torch.where(anything, fused, F.log_softmax(self.empty, dim=-1))
