@@ -270,3 +270,25 @@ def test_scientific_notation_is_a_number(tmp_path):
     from fusionzoo.config import load_config
 
     assert load_config(path).train.lr == 0.01
+
+
+# ---------------------------------------------------------------- encoders
+
+
+@pytest.mark.parametrize("bad", [[0, 4000], [4000, 4001], [-3, 100]])
+def test_audio_lengths_out_of_range_are_refused(bad):
+    import fusionzoo as fz
+
+    enc = fz.ENCODERS.get("audio_spec_cnn").example().eval()
+    with pytest.raises(ValueError, match=r"audio: lengths must be in \[1, 4000\] \(samples of the padded input\)"):
+        enc(torch.randn(2, 4000), torch.tensor(bad))
+
+
+@pytest.mark.parametrize("name, need", [("audio_spec_cnn", 256 + 128 * 1), ("audio_resnet18", 256 + 64 * 15)])
+def test_a_clip_too_short_for_the_network_names_the_minimum(name, need):
+    import fusionzoo as fz
+
+    enc = fz.ENCODERS.get(name).example().eval()
+    with pytest.raises(ValueError, match=rf"audio: \w+ needs at least {need} samples per clip, got {need - 1}"):
+        enc(torch.randn(2, need - 1))
+    assert enc(torch.randn(2, need)).shape == (2, enc.out_dim)

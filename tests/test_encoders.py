@@ -187,7 +187,7 @@ def test_audio_rejects_bad_input():
         enc(torch.randn(2, 2, 100))
     with pytest.raises(TypeError, match="audio.*got int16"):
         enc(torch.zeros(2, 4000, dtype=torch.int16))
-    with pytest.raises(ValueError, match="fewer than n_fft"):
+    with pytest.raises(ValueError, match=r"needs at least \d+ samples per clip, got 100"):
         enc(torch.randn(2, 100))
     with pytest.raises(TypeError, match="lengths"):
         enc(torch.randn(2, 4000), lengths=torch.tensor([1.0, 2.0]))

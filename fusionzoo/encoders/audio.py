@@ -121,6 +121,21 @@ class _AudioEncoder(Encoder):
             return torch.randn(batch_size, 1, self.frontend.n_mels, 64)
         return torch.randn(batch_size, self.sample_rate // 2)
 
+    min_frames: int = 1  # spectrogram frames the network needs
+
+    def _check_length(self, x: Tensor, lengths: Tensor | None) -> None:
+        """The padded length is long enough for the network; every length is in ``[1, T]``."""
+        t = x.shape[-1]
+        waveform = self.input == "waveform"
+        need = self.frontend.n_fft + self.frontend.hop_length * (self.min_frames - 1) if waveform else self.min_frames
+        unit = "samples" if waveform else "frames"
+        if t < need:
+            raise ValueError(f"audio: {type(self).__name__} needs at least {need} {unit} per clip, got {t}")
+        if lengths is not None and not torch.compiler.is_compiling():
+            low, high = int(lengths.min()), int(lengths.max())
+            if low < 1 or high > t:
+                raise ValueError(f"audio: lengths must be in [1, {t}] ({unit} of the padded input), got values from {low} to {high}")
+
     def spectrogram(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Validate the input and return ``(log-mel [b, 1, f, t], valid frames [b])``."""
         if self.input == "waveform":
@@ -131,6 +146,7 @@ class _AudioEncoder(Encoder):
             check_tensor(x, name="audio", shape=("B", 1, self.frontend.n_mels, "T"), what="spectrogram")
         if lengths is not None:
             check_tensor(lengths, name="audio", shape=(x.shape[0],), dtype="int", what="lengths")
+        self._check_length(x, lengths)
         if self.input == "waveform":
             return self.frontend(x, lengths)
         frames = lengths if lengths is not None else torch.full((x.shape[0],), x.shape[-1], device=x.device)
@@ -178,6 +194,7 @@ class AudioSpecCNN(_AudioEncoder):
             input, sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, top_db=top_db,
             freq_mask=freq_mask, time_mask=time_mask,
         )
+        self.min_frames = 2 ** (len(channels) - 1)  # each 2x2 max-pool halves time
         self.blocks = nn.ModuleList()
         c_in = 1
         for c in channels:
@@ -248,13 +265,14 @@ class AudioResNet18(_AudioEncoder):
             input, sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, top_db=top_db,
             freq_mask=freq_mask, time_mask=time_mask,
         )
+        self.min_frames = 16  # the stem and four stages downsample time 32x; fewer frames break the max-pool
         self.backbone = TorchvisionBackbone(arch="resnet18", out_dim=out_dim, in_channels=1, weights=weights, progress=progress)
         self.out_dim = self.backbone.out_dim
 
     def _tokens(self, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         spec, frames = self.spectrogram(x, lengths)
-        if spec.shape[-1] < 16 or spec.shape[-2] < 16:
-            raise ValueError(f"audio: ResNet-18 needs a spectrogram of at least 16x16, got {list(spec.shape)}")
+        if spec.shape[-2] < 16:
+            raise ValueError(f"audio: ResNet-18 needs at least 16 mel bands, got {spec.shape[-2]}")
         feats = self.backbone.forward_features(spec)
         for _ in range(5):  # stem conv, max-pool and three strided stages each halve time, rounding up
             frames = torch.div(frames + 1, 2, rounding_mode="floor")
