@@ -190,3 +190,15 @@ def test_train_seeds_aggregates_every_number(tiny, tmp_path, capsys):
     assert stats["test/accuracy"]["mean"] == pytest.approx(sum(accs) / 2) and stats["test/accuracy"]["n"] == 2
     assert {"subset/visual/accuracy", "subset/audio+text+visual/accuracy", "robustness/text"} <= set(stats)
     assert (run / "aggregate.md").read_text().startswith("# tiny: 2 seeds (0, 1)")
+
+
+def test_evaluate_run_counts_flops_for_a_block_with_learned_latents(tiny, tmp_path):
+    # bottleneck feeds a parameter (its latents) straight into attention: FLOP counting must not need no_grad
+    from fusionzoo.training import evaluate_run, train
+
+    train(tiny, run_dir=tmp_path / "run", overrides=["model.fusion={name: bottleneck, out_dim: 16}"], log=False)
+    result = evaluate_run(tmp_path / "run", levels=(0.0, 1.0))
+    assert result["flops_per_sample"] > 0 and result["params"] > 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert metrics["train_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in log))

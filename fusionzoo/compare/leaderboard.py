@@ -38,7 +38,9 @@ def run_numbers(run_dir: str | Path) -> dict[str, Any]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     numbers: dict[str, float] = {f"test/{k}": float(v) for k, v in (metrics.get("test") or {}).items() if isinstance(v, (int, float))}
     numbers.update({"val/best": metrics["best_val"], "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"]})
-    numbers["train_seconds"] = metrics["train_seconds"]
+    log = run_dir / "log.jsonl"  # training time of every epoch, also across resumes and engine versions
+    epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    numbers["train_seconds"] = sum(r["epoch_seconds"] for r in epochs) if epochs else metrics["train_seconds"]
     curves, levels = {}, []
     results = run_dir / "eval" / "results.json"
     if results.is_file():

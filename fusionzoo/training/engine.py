@@ -392,7 +392,8 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
         "val": history[selected - 1]["val"] if history else None,
         "test": test,
         "last_epoch": history[-1] if history else None,
-        "train_seconds": seconds,
+        "train_seconds": sum(h["epoch_seconds"] for h in history),  # every epoch, across resumes
+        "wall_seconds": seconds,  # this call, validation and test included
         "weights_sha256": digest,
         "weights_identical_across_ranks": len(set(digests)) == 1,
     }

@@ -13,8 +13,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
 from fusionzoo.bench.measure import count_flops
 from fusionzoo.config import build_dataset, num_classes_of
@@ -100,8 +98,9 @@ def condition_name(missing: Iterable[str] = (), noise: Mapping[str, float] | Non
 def _flops_per_sample(model, loader) -> float:
     """Forward FLOPs (matmuls, convolutions, attention) on the first test batch, per sample."""
     batch = move_batch(next(iter(loader)), next(model.parameters()).device)
-    with torch.no_grad():
-        flops = count_flops(lambda: model(batch))
+    # With autograd on: FlopCounterMode's module tracker hooks tensors that require grad, which
+    # fails under no_grad for a parameter used directly as an activation (bottleneck's latents).
+    flops = count_flops(lambda: model(batch))
     return flops / batch["label"].shape[0]
 
 
