@@ -292,3 +292,30 @@ def test_a_clip_too_short_for_the_network_names_the_minimum(name, need):
     with pytest.raises(ValueError, match=rf"audio: \w+ needs at least {need} samples per clip, got {need - 1}"):
         enc(torch.randn(2, need - 1))
     assert enc(torch.randn(2, need)).shape == (2, enc.out_dim)
+
+
+def test_torchvision_weights_are_downloaded_without_unpickling(monkeypatch):
+    import torchvision.models._api as api
+
+    import fusionzoo as fz
+
+    seen = {}
+
+    def fake_load(url, *args, **kwargs):
+        seen.update(kwargs, url=url)
+        raise RuntimeError("offline in this test")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", fake_load)
+    with pytest.raises(RuntimeError, match="offline"):
+        fz.create_encoder("resnet18", weights="IMAGENET1K_V1")
+    assert seen["weights_only"] is True and seen["check_hash"] is True and seen["url"].endswith(".pth")
+
+
+@pytest.mark.parametrize("name, content", [("w.pt", os.urandom(300)), ("w.pt", b""), ("w.safetensors", os.urandom(300))])
+def test_init_from_a_file_that_is_not_weights_is_one_line(tmp_path, capsys, name, content):
+    (tmp_path / name).write_bytes(content)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg(1, init_from={"path": str(tmp_path / name)})))
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"train.init_from: {tmp_path / name}: not a" in err

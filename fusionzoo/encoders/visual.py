@@ -225,7 +225,8 @@ class TorchvisionBackbone(_VisualEncoder):
                 f"visual: unknown weights {weights!r} for {self.arch}; use None, a file path, or one of "
                 f"{list(enum.__members__)}"
             )
-        return enum[weights].get_state_dict(progress=progress)
+        # Never unpickle a download: weights_only=True, and the SHA-256 prefix in torchvision's file name is checked.
+        return enum[weights].get_state_dict(progress=progress, check_hash=True, weights_only=True)
 
     def _replace_first_conv(self, in_channels: int) -> None:
         parent_path, _, name = self._conv_key.removesuffix(".weight").rpartition(".")
