@@ -17,7 +17,7 @@ FLOAT_KEYS = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "modality_drop
 BOOL_KEYS = ("decay_norms_and_biases", "amp", "compile", "progress")
 NULLABLE = ("grad_clip", "progress")
 SUBSECTIONS = {
-    "init_from": ("path", "key_map", "freeze", "strict_shapes"),
+    "init_from": ("path", "key_map", "freeze", "strict_shapes", "allow_empty"),
     "distill": ("teacher", "temperature", "alpha"),
     "aux_heads": ("weighting", "weights", "temperature"),
     "early_stopping": ("patience", "min_delta"),
@@ -38,8 +38,9 @@ class TrainSettings:
     ``warmup_epochs`` may be fractional (linear warm-up over that many epochs of steps, then cosine
     decay to 0). ``amp`` means bf16 autocast on CUDA; on the CPU training is always float32.
     ``progress`` ``None`` shows a progress bar only on a terminal and never under CI.
-    ``init_from`` (``{path, key_map, freeze, strict_shapes}``) loads weights before training (a run
-    directory or a weights file), ``lr_mult`` maps parameter-name patterns to learning-rate
+    ``init_from`` (``{path, key_map, freeze, strict_shapes, allow_empty}``) loads weights before
+    training (a run directory or a weights file; loading no tensor at all is an error unless
+    ``allow_empty: true``), ``lr_mult`` maps parameter-name patterns to learning-rate
     multipliers, and ``strategy`` is ``finetune``, ``linear_probe`` or ``gradual``.
     ``distill`` (``{teacher, temperature, alpha}``) adds a soft-target term from a trained teacher run
     (any modalities) on every sample, labelled or not; ``aux_heads`` (``{weighting, weights}``) adds

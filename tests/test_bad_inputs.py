@@ -319,3 +319,23 @@ def test_init_from_a_file_that_is_not_weights_is_one_line(tmp_path, capsys, name
     assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"train.init_from: {tmp_path / name}: not a" in err
+
+
+def test_init_from_that_loads_nothing_is_an_error_unless_allowed(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"unrelated.weight": torch.ones(3)}, str(tmp_path / "w.safetensors"))
+    init = {"path": str(tmp_path / "w.safetensors")}
+    with pytest.raises(ConfigError, match=r"train.init_from: no tensor of .*w.safetensors matches the model"):
+        train(cfg(1, init_from=init), run_dir=tmp_path / "a", log=False)
+    train(cfg(1, init_from={**init, "allow_empty": True}), run_dir=tmp_path / "b", log=False)
+
+
+def test_text_ids_outside_the_vocabulary_and_empty_text():
+    import fusionzoo as fz
+
+    for name in ("text_embedding", "text_lstm", "text_transformer"):
+        enc = fz.ENCODERS.get(name).example().eval()
+        with pytest.raises(ValueError, match=r"text: token ids must be in \[0, 100\) \(vocab_size\), got values from -1 to 5"):
+            enc(torch.tensor([[5, -1]]))
+        assert enc(torch.zeros(2, 0, dtype=torch.long)).abs().sum() == 0  # no tokens: the empty output

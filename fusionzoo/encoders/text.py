@@ -70,6 +70,10 @@ class _TextEncoder(Encoder):
 
     def _check(self, ids: Tensor) -> Tensor:
         check_tensor(ids, name="text", shape=("B", "L"), dtype="int", what="token ids")
+        if ids.numel() and not torch.compiler.is_compiling():
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self.vocab_size:
+                raise ValueError(f"text: token ids must be in [0, {self.vocab_size}) (vocab_size), got values from {low} to {high}")
         return ids != PAD_ID
 
     def load_word_vectors(self, path: str | Path, vocab: Vocab | None = None) -> dict[str, int]:
@@ -168,11 +172,15 @@ class TextLSTMEncoder(_TextEncoder):
 
     def _run(self, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mask = self._check(ids)
+        length = ids.shape[1]
+        if length == 0:  # no tokens at all: one padding column, so the RNN has a step to run
+            ids = ids.new_full((ids.shape[0], 1), PAD_ID)
         # pack_padded_sequence needs the lengths on the CPU; empty rows run one (masked-out) step.
-        lengths = mask.sum(dim=1).clamp(min=1).cpu()
+        lengths = (ids != PAD_ID).sum(dim=1).clamp(min=1).cpu()
         packed = pack_padded_sequence(self.embedding(ids), lengths, batch_first=True, enforce_sorted=False)
         out, state = self.rnn(packed)
         steps, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        steps = steps[:, :length]
         h_n = state[0] if isinstance(state, tuple) else state  # LSTM returns (h, c)
         last = torch.cat([h_n[-2], h_n[-1]], dim=-1) if self.bidirectional else h_n[-1]
         return steps, last, mask

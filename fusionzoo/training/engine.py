@@ -193,6 +193,10 @@ def _prepare_transfer(cfg: ExperimentConfig, model: nn.Module, say, world: int) 
             report = load_partial(model, path, key_map=init.get("key_map"), strict_shapes=init.get("strict_shapes", False))
         except (FileNotFoundError, ValueError) as e:
             raise cfg.error("train.init_from", str(e)) from e
+        if not report.loaded and not init.get("allow_empty", False):
+            raise cfg.error(
+                "train.init_from", f"no tensor of {path} matches the model (check key_map; allow_empty: true to accept):\n{report}"
+            )
         say(f"init_from {path}:\n{report}")
         report_text = f"{path}\n{report}\n"
         if init.get("freeze"):
