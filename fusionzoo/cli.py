@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, RunFolderError, TrainingDiverged) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError, RunFolderError, TrainingDiverged) as e:
         if args.debug or os.environ.get("FUSIONZOO_DEBUG") == "1":
             raise
         print(f"error: {e}", file=sys.stderr)  # ConfigError and CheckpointError are ValueErrors

@@ -339,3 +339,73 @@ def test_text_ids_outside_the_vocabulary_and_empty_text():
         with pytest.raises(ValueError, match=r"text: token ids must be in \[0, 100\) \(vocab_size\), got values from -1 to 5"):
             enc(torch.tensor([[5, -1]]))
         assert enc(torch.zeros(2, 0, dtype=torch.long)).abs().sum() == 0  # no tokens: the empty output
+
+
+# ---------------------------------------------------------------- data files
+
+AVDIGITS = Path(os.environ.get("FUSIONZOO_AVDIGITS", ROOT.parent / "shared" / "datasets" / "avdigits"))
+needs_avdigits = pytest.mark.skipif(not (AVDIGITS / "manifest.csv").is_file(), reason=f"the avdigits data is not at {AVDIGITS}")
+
+
+def _mini_avdigits(tmp_path, digit="3"):
+    import csv
+    import shutil
+
+    root = tmp_path / "avd"
+    (root / "audio").mkdir(parents=True)
+    (root / "mnist").symlink_to(AVDIGITS / "mnist")
+    rows = [r for r in csv.DictReader((AVDIGITS / "manifest.csv").open()) if r["split"] == "test"][:4]
+    rows[1]["digit"] = digit
+    with (root / "manifest.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["audio_path", "digit", "speaker", "take", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    for r in rows:
+        shutil.copy(AVDIGITS / r["audio_path"], root / r["audio_path"])
+    return root, rows
+
+
+@needs_avdigits
+def test_a_manifest_digit_out_of_range_names_the_row(tmp_path):
+    import fusionzoo as fz
+
+    root, rows = _mini_avdigits(tmp_path, digit="10")
+    with pytest.raises(ValueError, match=rf"manifest.csv: row of {rows[1]['audio_path']}: digit must be 0-9, got '10'"):
+        fz.create_dataset("avdigits", root=str(root), split="test")
+
+
+def test_a_malformed_checksums_line_names_the_line(tmp_path):
+    from fusionzoo.data.avdigits import verify_checksums
+
+    import hashlib
+
+    (tmp_path / "checksums.sha256").write_text(hashlib.sha256(b"").hexdigest() + "  a.txt\nnot-a-hash b.txt\n")
+    (tmp_path / "a.txt").write_text("")
+    with pytest.raises(ValueError, match=r"checksums.sha256: line 2: expected '<64 hex digits>  <file>'"):
+        verify_checksums(tmp_path)
+
+
+def test_a_corrupted_gzip_names_the_file(tmp_path):
+    import gzip
+
+    from fusionzoo.data.avdigits import read_idx
+
+    data = bytearray(gzip.compress(b"\x00\x00\x08\x01" + b"\x00\x00\x00\x10" + bytes(range(16))))
+    data[12:20] = b"\xff" * 8
+    (tmp_path / "x.gz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"x.gz is not a valid gzip-compressed MNIST idx file"):
+        read_idx(tmp_path / "x.gz")
+
+
+def test_an_offline_download_is_one_clear_error(monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    from fusionzoo.data.avdigits import _fetch
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(ConnectionError, match=r"could not download https://\S+ \(Temporary failure in name resolution\)"):
+        _fetch("https://example.org/x.gz")

@@ -31,9 +31,11 @@ import hashlib
 import io
 import os
 import struct
+import urllib.error
 import urllib.request
 import wave
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,7 +83,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         body = np.frombuffer(data[4 + 4 * ndim :], np.uint8)
         if magic >> 8 != 0x08 or body.size != int(np.prod(dims)):
             raise ValueError(f"expected {int(np.prod(dims))} uint8 values, found {body.size}")
-    except (OSError, EOFError, struct.error, ValueError) as e:
+    except (OSError, EOFError, struct.error, ValueError, zlib.error) as e:
         raise ValueError(f"avdigits: {path} is not a valid gzip-compressed MNIST idx file: {e}") from None
     return body.reshape(dims)
 
@@ -125,10 +127,13 @@ def verify_checksums(root: str | Path) -> int:
     if not listing.is_file():
         raise FileNotFoundError(f"avdigits: no checksums file at {listing}")
     n = 0
-    for line in listing.read_text().splitlines():
+    for number, line in enumerate(listing.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        expected, name = line.split(maxsplit=1)
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or len(parts[0]) != 64 or any(c not in "0123456789abcdef" for c in parts[0].lower()):
+            raise ValueError(f"avdigits: {listing}: line {number}: expected '<64 hex digits>  <file>', got {line!r}")
+        expected, name = parts
         path = root / name.lstrip("*")
         if not path.is_file():
             raise FileNotFoundError(f"avdigits: {path} is listed in checksums.sha256 but missing")
@@ -140,8 +145,12 @@ def verify_checksums(root: str | Path) -> int:
 
 
 def _fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310 - fixed https URLs
-        return response.read()
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310 - fixed https URLs
+            return response.read()
+    except (urllib.error.URLError, TimeoutError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConnectionError(f"avdigits: could not download {url} ({reason}); on an offline machine copy the folder and pass root=") from None
 
 
 def download_avdigits(root: str | Path, fetch: Callable[[str], bytes] = _fetch) -> None:
@@ -194,6 +203,9 @@ def _load_split(root: Path, split: str, clip_samples: int) -> dict:
         rows = [r for r in reader if r["split"] == split]
     if not rows:
         raise ValueError(f"avdigits: {root / 'manifest.csv'} has no rows with split == {split!r}")
+    for r in rows:
+        if r["digit"] not in tuple("0123456789"):
+            raise ValueError(f"avdigits: {root / 'manifest.csv'}: row of {r['audio_path']}: digit must be 0-9, got {r['digit']!r}")
     audio = np.zeros((len(rows), clip_samples), dtype=np.float32)
     lengths = np.zeros(len(rows), dtype=np.int64)
     for i, r in enumerate(rows):
