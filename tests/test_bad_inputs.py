@@ -409,3 +409,52 @@ def test_an_offline_download_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(ConnectionError, match=r"could not download https://\S+ \(Temporary failure in name resolution\)"):
         _fetch("https://example.org/x.gz")
+
+
+# ---------------------------------------------------------------- fault injection
+
+KILL_IN_CHECKPOINT = """
+import os, signal, sys
+import fusionzoo.training.checkpoint as ck
+original = ck.save_file
+def dying(*args, **kwargs):  # write the weights into the temporary folder, then die before the rename
+    original(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+ck.save_file = dying
+from fusionzoo.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_killed_anywhere_then_resumed_ends_bitwise_identical(tmp_path):
+    import random
+
+    from safetensors.torch import load_file
+
+    path = tmp_path / "c.yaml"
+    config = cfg(4)
+    config["data"]["n"] = 256
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
+    train_cmd = [sys.executable, "-m", "fusionzoo", "train", str(path)]
+    reference = tmp_path / "reference"
+    subprocess.run([*train_cmd, "--run-dir", str(reference)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    run = tmp_path / "run"
+    # killed while writing its first checkpoint: nothing half-written may block the resume
+    subprocess.run([sys.executable, "-c", KILL_IN_CHECKPOINT, "train", str(path), "--run-dir", str(run), "--resume"],
+                   cwd=ROOT, env=env, capture_output=True, timeout=300)
+    assert not list((run / "checkpoints").glob("epoch-*"))
+    rng = random.Random(0)
+    for _ in range(4):  # killed at random moments
+        proc = subprocess.Popen([*train_cmd, "--run-dir", str(run), "--resume"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 6.0))
+        proc.kill()
+        proc.wait()
+    done = subprocess.run([*train_cmd, "--run-dir", str(run), "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a = load_file(str(reference / "checkpoints" / "epoch-004" / "model.safetensors"))
+    b = load_file(str(run / "checkpoints" / "epoch-004" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no temporary folder left

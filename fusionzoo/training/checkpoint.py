@@ -89,6 +89,8 @@ def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, state: dict[str
     while writing (a full disk) names the folder and leaves nothing behind."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".epoch-*"):  # a killed writer's temporary folder (a run folder has one writer)
+        shutil.rmtree(stale, ignore_errors=True)
     name = f"epoch-{epoch:03d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
     try:
