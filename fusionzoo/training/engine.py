@@ -19,6 +19,7 @@ CPU), wraps model and objective in ``DistributedDataParallel``, shards the train
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -124,6 +125,11 @@ def train(
             record = _train_epoch(run, state, step, epoch)
             record["val"] = _validate(run, state)
             _end_epoch(run, state, record)
+        # DDP's reducer holds the process group: freed after the group is destroyed, its destructor
+        # joins gloo threads while holding the GIL they wait for (a rare hang at exit). Free it first.
+        del step
+        if run.world > 1:
+            gc.collect()  # its hooks form reference cycles
         return _finish(run, state, time.perf_counter() - started)
 
 
