@@ -147,12 +147,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from fusionzoo.atomic import write_text_atomic
     from fusionzoo.compare import build_leaderboard, collect_runs, expand_grid, parse_seeds, run_grid, write_leaderboard
 
     if (args.config is None) == (args.collect is None):
         print("error: give a CONFIG to run a grid, or --collect DIR to build the leaderboard of finished runs", file=sys.stderr)
         return 2
     command = "fusionzoo " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "fusionzoo compare (from Python)"
+    rebuilt = None
     if args.collect is not None:
         root = Path(args.collect)
         if not root.is_dir():
@@ -160,12 +162,16 @@ def _compare(args: argparse.Namespace) -> int:
         grid = root / "grid.json"
         statuses = json.loads(grid.read_text()) if grid.is_file() else {}
         out = Path(args.out) if args.out else root
+        ran = root / "command.txt"  # the grid's own command, when compare ran it
+        if ran.is_file():
+            command, rebuilt = ran.read_text().strip(), command
     else:
         cfg = load_config(args.config, args.set)
         out = Path(args.out) if args.out else Path("runs") / f"compare_{cfg.name}"
         cells = expand_grid(args.config, args.fusions, args.set_grid, args.set)
         seeds = parse_seeds(args.seeds)
         print(f"{len(cells)} cells x {len(seeds)} seeds -> {out}")
+        write_text_atomic(out / "command.txt", command + "\n")
         statuses = run_grid(args.config, cells, seeds, out, jobs=args.jobs)
         root = out
     runs = collect_runs(root)
@@ -175,7 +181,8 @@ def _compare(args: argparse.Namespace) -> int:
     board = build_leaderboard(runs, statuses, reference=args.reference)
     from fusionzoo.bench import machine_tag
 
-    header = [f"Command: `{command}`", "", f"Machine: {machine_tag('cpu')}, torch {torch.__version__}."]
+    header = [f"Command: `{command}`", ""] + ([f"Leaderboard rebuilt with `{rebuilt}`.", ""] if rebuilt else [])
+    header += [f"Machine: {machine_tag('cpu')}, torch {torch.__version__}."]
     paths = write_leaderboard(board, out, title=f"Leaderboard: {out.name}", header_lines=header)
     print((out / "leaderboard.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths))

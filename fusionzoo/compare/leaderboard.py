@@ -232,8 +232,9 @@ def _plots(board: Mapping[str, Any], out: Path) -> list[Path]:
     mods = list(curved[0]["mean_curves"])
     fig, axes = plt.subplots(1, len(mods), figsize=(4.5 * len(mods), 3.5), squeeze=False)
     for ax, m in zip(axes[0], mods):
-        for r in curved:
-            ax.plot(r["levels"], [100 * a for a in r["mean_curves"][m]], marker="o", markersize=3, label=r["cell"])
+        for i, r in enumerate(curved):  # 10 colours, then the next line style
+            style = ("-", "--", ":")[i // 10 % 3]
+            ax.plot(r["levels"], [100 * a for a in r["mean_curves"][m]], marker="o", markersize=3, linestyle=style, label=r["cell"])
         ax.set_title(f"noise on {m}"), ax.set_xlabel("noise level"), ax.set_ylabel("test accuracy, % (mean over seeds)")
     axes[0][-1].legend(fontsize=6)
     save_figure_atomic(fig, out / "robustness.png")
