@@ -89,6 +89,8 @@ def _info_entry(name: str) -> int:
 
 
 def _info_config(path: str, overrides: Sequence[str], batch_size: int) -> int:
+    if batch_size < 1:
+        raise ValueError(f"--batch-size: expected an int >= 1, got {batch_size}")
     cfg = load_config(path, overrides)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).eval()

@@ -458,3 +458,18 @@ def test_killed_anywhere_then_resumed_ends_bitwise_identical(tmp_path):
     b = load_file(str(run / "checkpoints" / "epoch-004" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["info", "nothing.yaml"], "config file not found: nothing.yaml"),
+        (["info", "configs/experiments/quickstart.yaml", "--batch-size", "0"], "--batch-size: expected an int >= 1, got 0"),
+        (["eval", "no/such/run"], "no/such/run is neither a run directory with checkpoints nor a checkpoint folder"),
+    ],
+)
+def test_cli_user_errors_are_one_line(argv, message, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
