@@ -473,3 +473,19 @@ def test_cli_user_errors_are_one_line(argv, message, capsys, monkeypatch):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", __import__("fusionzoo").list_fusions())
+def test_a_feature_dtype_other_than_the_blocks_is_named(name, dtype):
+    import fusionzoo as fz
+
+    block = fz.FUSIONS.get(name).example().eval()
+    feats = block.example_input(2)
+    m = sorted(feats)[0]
+    feats[m] = feats[m].to(dtype)
+    with pytest.raises(TypeError, match=rf"features\['{m}'\] is {str(dtype).removeprefix('torch.')}, the block's parameters are float32"):
+        block(feats)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts per op: allowed
+        if dtype == torch.bfloat16:
+            assert block(feats).shape == (2, block.out_dim)

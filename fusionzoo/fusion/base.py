@@ -80,6 +80,7 @@ class FusionBlock(nn.Module):
                         f"(features holds {sorted(features)})"
                     )
 
+        self._check_dtype_device(features, where)
         tokens = self.input_kind == "tokens"
         batch: int | None = None
         ref: Tensor | None = None
@@ -110,6 +111,23 @@ class FusionBlock(nn.Module):
                 out_f[m] = ref.new_zeros(shape)  # type: ignore[union-attr]
                 out_p[m] = torch.zeros(shape[:-1], dtype=torch.bool, device=ref.device)  # type: ignore[union-attr]
         return out_f, out_p
+
+    def _check_dtype_device(self, features: dict[str, Tensor], where: str) -> None:
+        """Features on the parameters' device, in their dtype (a lower precision is fine under
+        ``torch.autocast``, which casts per op)."""
+        param = next(self.parameters(), None)
+        if param is None:
+            return
+        for m, x in features.items():
+            if not isinstance(x, Tensor):
+                continue  # check_tensor names the type
+            if x.device != param.device:
+                raise ValueError(f"{where}: features[{m!r}] is on {x.device}, the block's parameters are on {param.device}")
+            if x.is_floating_point() and x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
+                raise TypeError(
+                    f"{where}: features[{m!r}] is {str(x.dtype).removeprefix('torch.')}, the block's parameters are "
+                    f"{str(param.dtype).removeprefix('torch.')}; cast the features, the block (.to(dtype)), or run under torch.autocast"
+                )
 
     def _presence(self, present: dict[str, Tensor] | None, m: str, x: Tensor, where: str) -> Tensor:
         shape = x.shape[:-1]
