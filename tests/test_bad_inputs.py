@@ -343,7 +343,8 @@ def test_text_ids_outside_the_vocabulary_and_empty_text():
 
 # ---------------------------------------------------------------- data files
 
-AVDIGITS = Path(os.environ.get("FUSIONZOO_AVDIGITS", ROOT.parent / "shared" / "datasets" / "avdigits"))
+_CANDIDATES = [os.environ.get("FUSIONZOO_AVDIGITS", ""), ROOT.parent / "shared/datasets/avdigits", "/work/shared/datasets/avdigits"]
+AVDIGITS = next((Path(c) for c in _CANDIDATES if c and (Path(c) / "manifest.csv").is_file()), Path(_CANDIDATES[1]))
 needs_avdigits = pytest.mark.skipif(not (AVDIGITS / "manifest.csv").is_file(), reason=f"the avdigits data is not at {AVDIGITS}")
 
 
