@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|",
         f"| image teacher (all labels) | {100 * d['teacher_image_accuracy']:.1f}% |",
         f"| speech student, 50 labels alone | {100 * d['student_labels_only_accuracy']:.1f}% |",
-        f"| speech student, 50 labels + distillation on 2500 pairs | {100 * d['student_distilled_accuracy']:.1f}% |",
+        f"| speech student, 50 labels + distillation on 2000 pairs | {100 * d['student_distilled_accuracy']:.1f}% |",
         "",
         "**Multi-task** (quickstart + one auxiliary head per modality):",
         "",
