@@ -37,7 +37,8 @@ def run_numbers(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     numbers: dict[str, float] = {f"test/{k}": float(v) for k, v in (metrics.get("test") or {}).items() if isinstance(v, (int, float))}
-    numbers.update({"val/best": metrics["best_val"], "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"]})
+    selection = {"val/best": metrics.get("best_val"), "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs_run")}
+    numbers.update({k: v for k, v in selection.items() if v is not None})  # runs of older versions lack them
     log = run_dir / "log.jsonl"  # training time of every epoch, also across resumes and engine versions
     epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
     numbers["train_seconds"] = sum(r["epoch_seconds"] for r in epochs) if epochs else metrics["train_seconds"]
