@@ -151,6 +151,7 @@ def _train(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from fusionzoo.atomic import write_text_atomic
     from fusionzoo.compare import build_leaderboard, collect_runs, expand_grid, parse_seeds, run_grid, write_leaderboard
+    from fusionzoo.training.runfolder import claim
 
     if (args.config is None) == (args.collect is None):
         print("error: give a CONFIG to run a grid, or --collect DIR to build the leaderboard of finished runs", file=sys.stderr)
@@ -173,8 +174,9 @@ def _compare(args: argparse.Namespace) -> int:
         cells = expand_grid(args.config, args.fusions, args.set_grid, args.set)
         seeds = parse_seeds(args.seeds)
         print(f"{len(cells)} cells x {len(seeds)} seeds -> {out}")
-        write_text_atomic(out / "command.txt", command + "\n")
-        statuses = run_grid(args.config, cells, seeds, out, jobs=args.jobs)
+        with claim(out, marker=False):  # one compare per output folder
+            write_text_atomic(out / "command.txt", command + "\n")
+            statuses = run_grid(args.config, cells, seeds, out, jobs=args.jobs)
         root = out
     runs = collect_runs(root)
     if not runs:

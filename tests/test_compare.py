@@ -202,3 +202,13 @@ def test_evaluate_run_counts_flops_for_a_block_with_learned_latents(tiny, tmp_pa
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert metrics["train_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in log))
+
+
+def test_two_compares_cannot_share_an_output_folder(tiny, tmp_path, capsys):
+    from fusionzoo.training.runfolder import claim
+
+    out = tmp_path / "cmp"
+    with claim(out, marker=False):  # as if another compare were running there
+        assert main(["compare", str(tiny), "--fusions", "gmu", "--seeds", "0", "--out", str(out)]) == 2
+    assert f"{out} is in use by another fusionzoo process (PID " in capsys.readouterr().err
+    assert not (out / "cells").exists()

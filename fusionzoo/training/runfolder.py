@@ -56,8 +56,9 @@ def check_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 @contextmanager
-def claim(run_dir: Path) -> Iterator[None]:
-    """Hold the run folder's lock (creating the folder and its marker) for the ``with`` block."""
+def claim(run_dir: Path, marker: bool = True) -> Iterator[None]:
+    """Hold the folder's lock (creating the folder, and the run marker when ``marker``) for the
+    ``with`` block. ``fusionzoo compare`` holds its output folder this way (without the marker)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -69,7 +70,8 @@ def claim(run_dir: Path) -> Iterator[None]:
             raise RunFolderError(f"{run_dir} is in use by another fusionzoo process (PID {holder}); wait for it or choose another --run-dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        (run_dir / MARKER).touch()
+        if marker:
+            (run_dir / MARKER).touch()
         yield
     finally:
         os.close(fd)  # closing releases the lock
