@@ -261,6 +261,25 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time encoders, fusion blocks and models against the measured matmul rate")
+    p.add_argument("--encoders", default=None, metavar="PATTERN", help="fnmatch pattern over encoder names")
+    p.add_argument("--fusions", default=None, metavar="PATTERN", help="fnmatch pattern over fusion names")
+    p.add_argument("--models", nargs="*", default=[], metavar="CONFIG", help="model / experiment configs")
+    p.add_argument("--batch-sizes", default="256", help="comma-separated batch sizes (a sweep when several)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtypes", default="float32", help="float32 and/or bfloat16 (autocast; CUDA only)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (compile time reported)")
+    p.add_argument("--channels-last", action="store_true", help="also time CNN encoders in channels_last (CUDA)")
+    p.add_argument("--modality-sweep", default="", help="fusion cost for these numbers of modalities, e.g. 2,4,8")
+    p.add_argument("--missing-sweep", default="", help="fusion time at these missing-modality rates, e.g. 0,0.5")
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--out", default=None, help="default: benchmarks/results/<machine-tag>")
+    p.add_argument("--name", default="bench", help="file name stem of the results")
+    p.set_defaults(func=_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionzoo", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fusionzoo {fusionzoo.__version__}")
@@ -307,22 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, metavar="CELL", help="reference of effective robustness (default: weighted_late)")
     p.set_defaults(func=_compare)
 
-    p = sub.add_parser("bench", help="time encoders, fusion blocks and models against the measured matmul rate")
-    p.add_argument("--encoders", default=None, metavar="PATTERN", help="fnmatch pattern over encoder names")
-    p.add_argument("--fusions", default=None, metavar="PATTERN", help="fnmatch pattern over fusion names")
-    p.add_argument("--models", nargs="*", default=[], metavar="CONFIG", help="model / experiment configs")
-    p.add_argument("--batch-sizes", default="256", help="comma-separated batch sizes (a sweep when several)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtypes", default="float32", help="float32 and/or bfloat16 (autocast; CUDA only)")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile (compile time reported)")
-    p.add_argument("--channels-last", action="store_true", help="also time CNN encoders in channels_last (CUDA)")
-    p.add_argument("--modality-sweep", default="", help="fusion cost for these numbers of modalities, e.g. 2,4,8")
-    p.add_argument("--missing-sweep", default="", help="fusion time at these missing-modality rates, e.g. 0,0.5")
-    p.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
-    p.add_argument("--out", default=None, help="default: benchmarks/results/<machine-tag>")
-    p.add_argument("--name", default="bench", help="file name stem of the results")
-    p.set_defaults(func=_bench)
+    _add_bench_parser(sub)
     return parser
 
 

@@ -21,23 +21,11 @@ from fusionzoo.training import evaluate_run, load_run, train
 from fusionzoo.training.checkpoint import resume_checkpoint, verify_checkpoint
 from fusionzoo.training.runfolder import MARKER
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, config_file, mini_avdigits, needs_avdigits, subprocess_env, tiny_config, write_manifest
 
 
 def cfg(epochs=2, **train_opts):
-    return {
-        "seed": 0,
-        "data": {"name": "synthetic", "n": 48, "val_n": 32, "test_n": 32, "num_classes": 8},
-        "model": {
-            "encoders": {
-                "visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4], "out_dim": 8},
-                "text": {"name": "text_embedding", "vocab_size": 64, "embed_dim": 8, "out_dim": 8},
-            },
-            "fusion": {"name": "concat_mlp", "out_dim": 16, "hidden_dims": [16]},
-            "head": {"name": "linear", "out_dim": 8},
-        },
-        "train": {"epochs": epochs, "batch_size": 16, "lr": 0.01, **train_opts},
-    }
+    return tiny_config(epochs, **train_opts)
 
 
 @pytest.fixture(scope="module")
@@ -160,12 +148,9 @@ def test_resume_with_a_changed_config_lists_the_differences(finished):
 
 @pytest.mark.slow
 def test_two_processes_cannot_train_into_one_folder(tmp_path):
-    path = tmp_path / "c.yaml"
-    slow = cfg(40)
-    slow["data"]["n"] = 512
-    path.write_text(yaml.safe_dump(slow))
+    path = config_file(tmp_path, cfg(40, n=512))
     run = tmp_path / "run"
-    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     first = subprocess.Popen([sys.executable, "-m", "fusionzoo", "train", str(path), "--run-dir", str(run)], cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -343,34 +328,13 @@ def test_text_ids_outside_the_vocabulary_and_empty_text():
 
 # ---------------------------------------------------------------- data files
 
-_CANDIDATES = [os.environ.get("FUSIONZOO_AVDIGITS", ""), ROOT.parent / "shared/datasets/avdigits", "/work/shared/datasets/avdigits"]
-AVDIGITS = next((Path(c) for c in _CANDIDATES if c and (Path(c) / "manifest.csv").is_file()), Path(_CANDIDATES[1]))
-needs_avdigits = pytest.mark.skipif(not (AVDIGITS / "manifest.csv").is_file(), reason=f"the avdigits data is not at {AVDIGITS}")
-
-
-def _mini_avdigits(tmp_path, digit="3"):
-    import csv
-    import shutil
-
-    root = tmp_path / "avd"
-    (root / "audio").mkdir(parents=True)
-    (root / "mnist").symlink_to(AVDIGITS / "mnist")
-    rows = [r for r in csv.DictReader((AVDIGITS / "manifest.csv").open()) if r["split"] == "test"][:4]
-    rows[1]["digit"] = digit
-    with (root / "manifest.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["audio_path", "digit", "speaker", "take", "split"])
-        w.writeheader()
-        w.writerows(rows)
-    for r in rows:
-        shutil.copy(AVDIGITS / r["audio_path"], root / r["audio_path"])
-    return root, rows
-
-
 @needs_avdigits
 def test_a_manifest_digit_out_of_range_names_the_row(tmp_path):
     import fusionzoo as fz
 
-    root, rows = _mini_avdigits(tmp_path, digit="10")
+    root, rows = mini_avdigits(tmp_path, n=4)
+    rows[1]["digit"] = "10"
+    write_manifest(root, rows)
     with pytest.raises(ValueError, match=rf"manifest.csv: row of {rows[1]['audio_path']}: digit must be 0-9, got '10'"):
         fz.create_dataset("avdigits", root=str(root), split="test")
 
@@ -433,11 +397,8 @@ def test_killed_anywhere_then_resumed_ends_bitwise_identical(tmp_path):
 
     from safetensors.torch import load_file
 
-    path = tmp_path / "c.yaml"
-    config = cfg(4)
-    config["data"]["n"] = 256
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
+    path = config_file(tmp_path, cfg(4, n=256))
+    env = subprocess_env()
     train_cmd = [sys.executable, "-m", "fusionzoo", "train", str(path)]
     reference = tmp_path / "reference"
     subprocess.run([*train_cmd, "--run-dir", str(reference)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)

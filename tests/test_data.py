@@ -1,13 +1,9 @@
 """Datasets, collation and the loader recipe."""
 
-import csv
 import io
-import os
 import re
-import shutil
 import wave
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,13 +20,7 @@ from fusionzoo.data.avdigits import (
     verify_checksums,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-# The shared copy sits beside the checkout (../shared); FUSIONZOO_AVDIGITS points elsewhere.
-_CANDIDATES = [os.environ.get("FUSIONZOO_AVDIGITS", ""), ROOT.parent / "shared/datasets/avdigits", "/work/shared/datasets/avdigits"]
-AVDIGITS = next((Path(c) for c in _CANDIDATES if c and (Path(c) / "manifest.csv").is_file()), Path(_CANDIDATES[1]))
-needs_avdigits = pytest.mark.skipif(
-    not (AVDIGITS / "manifest.csv").is_file(), reason=f"the avdigits data is not at {AVDIGITS}"
-)
+from common import AVDIGITS, mini_avdigits, needs_avdigits
 
 # ---------------------------------------------------------------- collate and loader
 
@@ -234,25 +224,11 @@ def test_avdigits_checksums_verify():
     assert verify_checksums(AVDIGITS) == 3006  # README, manifest, 3000 wavs, 4 MNIST files
 
 
-def _mini_root(tmp_path, n=6):
-    root = tmp_path / "avd"
-    (root / "audio").mkdir(parents=True)
-    shutil.copytree(AVDIGITS / "mnist", root / "mnist")
-    rows = [r for r in csv.DictReader((AVDIGITS / "manifest.csv").open()) if r["split"] == "test"][:n]
-    with (root / "manifest.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["audio_path", "digit", "speaker", "take", "split"])
-        w.writeheader()
-        w.writerows(rows)
-    for r in rows:
-        shutil.copy(AVDIGITS / r["audio_path"], root / r["audio_path"])
-    return root, rows
-
-
 @needs_avdigits
 def test_avdigits_bad_files_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest.csv not found.*download=True"):
         fz.create_dataset("avdigits", root=str(tmp_path / "nothing"))
-    root, rows = _mini_root(tmp_path)
+    root, rows = mini_avdigits(tmp_path)
     assert len(fz.create_dataset("avdigits", root=str(root), split="test")) == 6
     bad = root / rows[0]["audio_path"]
     bad.write_bytes(bad.read_bytes()[:60])

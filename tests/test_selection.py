@@ -4,25 +4,14 @@ import json
 
 import pytest
 import torch
+from common import VISUAL_TEXT, tiny_config
 
 from fusionzoo.config import ConfigError
 from fusionzoo.training import Classification, Selection, evaluate_run, load_run, resolve_checkpoint, train
 
 
 def cfg(**train_opts):
-    return {
-        "seed": 0,
-        "data": {"name": "synthetic", "n": 64, "val_n": 48, "test_n": 40, "num_classes": 8},
-        "model": {
-            "encoders": {
-                "visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4], "out_dim": 8},
-                "text": {"name": "text_embedding", "vocab_size": 64, "embed_dim": 8, "out_dim": 8},
-            },
-            "fusion": {"name": "concat_mlp", "out_dim": 16, "hidden_dims": [16]},
-            "head": {"name": "linear", "out_dim": 8},
-        },
-        "train": {"epochs": 3, "batch_size": 16, "lr": 0.01, **train_opts},
-    }
+    return tiny_config(n=64, val_n=48, test_n=40, **{"epochs": 3, **train_opts})
 
 
 def history(*values, metric="accuracy"):
@@ -114,10 +103,7 @@ def test_alignment_selects_on_validation_retrieval(tmp_path):
         "seed": 0,
         "data": {"name": "synthetic", "n": 64, "val_n": 32, "test_n": 32, "num_classes": 8},
         "align": {
-            "encoders": {
-                "visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4], "out_dim": 8},
-                "text": {"name": "text_embedding", "vocab_size": 64, "embed_dim": 8, "out_dim": 8},
-            },
+            "encoders": dict(VISUAL_TEXT),
             "loss": {"name": "info_nce"},
         },
         "train": {"epochs": 2, "batch_size": 16, "lr": 0.01},

@@ -97,9 +97,14 @@ def _grid_axes(fusions: Sequence[str], set_grid: Sequence[str]) -> list[tuple[st
     return axes
 
 
+def _yaml(value: Any) -> str:
+    """``value`` as one line of YAML, as ``--set KEY=VALUE`` reads it back."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
 def _label(key: str, value: Any) -> str:
     short = "fusion" if key == FUSION_KEY else key.rsplit(".", 1)[-1]
-    text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    text = value if isinstance(value, str) else _yaml(value)
     return re.sub(r"[^A-Za-z0-9_.+=-]", "_", f"{short}={text}")
 
 
@@ -124,12 +129,12 @@ def expand_grid(config: str | Path | Mapping[str, Any], fusions: str | None = No
 def _cell(config: Any, raw: Mapping[str, Any], point: Mapping[str, Any], overrides: list[str]) -> Cell:
     name = ",".join(_label(k, v) for k, v in point.items()) or "base"
     cell = Cell(name=name, overrides=())
-    extra = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in point.items() if k != FUSION_KEY]
+    extra = [f"{k}={_yaml(v)}" for k, v in point.items() if k != FUSION_KEY]
     fusion = point.get(FUSION_KEY)
     if fusion is not None:
         cell.fusion = fusion
         section, cell.notes = fusion_section(raw["model"]["fusion"], fusion, raw["model"]["encoders"])
-        extra.insert(0, f"model.fusion={yaml.safe_dump(section, default_flow_style=True, width=10**6).strip()}")
+        extra.insert(0, f"model.fusion={_yaml(section)}")
     else:
         cell.fusion = raw["model"]["fusion"]["name"]
     cell.overrides = tuple(overrides + extra)

@@ -23,7 +23,7 @@ from fusionzoo.encoders.base import Encoder
 from fusionzoo.encoders.visual import TorchvisionBackbone
 from fusionzoo.layers.conv import ConvNormAct
 from fusionzoo.layers.masking import masked_mean
-from fusionzoo.layers.validation import check_positive_int, check_tensor
+from fusionzoo.layers.validation import check_positive_int, check_range, check_tensor
 from fusionzoo.registry import ENCODERS
 
 __all__ = ["LogMelFrontEnd", "AudioSpecCNN", "AudioResNet18"]
@@ -131,10 +131,8 @@ class _AudioEncoder(Encoder):
         unit = "samples" if waveform else "frames"
         if t < need:
             raise ValueError(f"audio: {type(self).__name__} needs at least {need} {unit} per clip, got {t}")
-        if lengths is not None and not torch.compiler.is_compiling():
-            low, high = int(lengths.min()), int(lengths.max())
-            if low < 1 or high > t:
-                raise ValueError(f"audio: lengths must be in [1, {t}] ({unit} of the padded input), got values from {low} to {high}")
+        if lengths is not None:
+            check_range(lengths, 1, t, what="audio: lengths", expected=f"[1, {t}] ({unit} of the padded input)")
 
     def spectrogram(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Validate the input and return ``(log-mel [b, 1, f, t], valid frames [b])``."""

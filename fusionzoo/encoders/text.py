@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from fusionzoo.vocab import PAD_ID, Vocab
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.layers.masking import masked_max, masked_mean
-from fusionzoo.layers.validation import check_positive_int, check_tensor
+from fusionzoo.layers.validation import check_positive_int, check_range, check_tensor
 from fusionzoo.registry import ENCODERS
 
 __all__ = ["TextEmbeddingEncoder", "TextLSTMEncoder", "TextTransformerEncoder", "load_word_vectors"]
@@ -70,10 +70,7 @@ class _TextEncoder(Encoder):
 
     def _check(self, ids: Tensor) -> Tensor:
         check_tensor(ids, name="text", shape=("B", "L"), dtype="int", what="token ids")
-        if ids.numel() and not torch.compiler.is_compiling():
-            low, high = int(ids.min()), int(ids.max())
-            if low < 0 or high >= self.vocab_size:
-                raise ValueError(f"text: token ids must be in [0, {self.vocab_size}) (vocab_size), got values from {low} to {high}")
+        check_range(ids, 0, self.vocab_size - 1, what="text: token ids", expected=f"[0, {self.vocab_size}) (vocab_size)")
         return ids != PAD_ID
 
     def load_word_vectors(self, path: str | Path, vocab: Vocab | None = None) -> dict[str, int]:

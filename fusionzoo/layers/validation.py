@@ -2,7 +2,9 @@
 
 Each raises ``TypeError`` (wrong type / dtype) or ``ValueError`` (wrong rank / size) with a message
 that names the modality, the expected and the received shape or dtype. Checks read only shapes and
-dtypes, never values, so they cost nothing and trace cleanly under ``torch.compile``/``torch.export``.
+dtypes, never values, so they cost nothing and trace cleanly under ``torch.compile``/``torch.export``;
+the one exception, :func:`check_range` (integer lengths and token ids), reads values without a host
+sync on CUDA and is skipped while compiling.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["check_tensor", "check_dims", "check_positive_int", "format_shape"]
+__all__ = ["check_tensor", "check_dims", "check_positive_int", "check_range", "format_shape"]
 
 _DTYPE_KINDS = {
     "float": lambda d: d.is_floating_point,
@@ -78,3 +80,17 @@ def check_positive_int(value: object, *, name: str, where: str) -> int:
     if value <= 0:
         raise ValueError(f"{where}: {name} must be positive, got {value}")
     return value
+
+
+def check_range(values: Tensor, low: int, high: int, *, what: str, expected: str) -> None:
+    """Every element of an integer tensor is in ``[low, high]``, else ``ValueError``: ``"{what} must
+    be in {expected}, got values from a to b"``. On the CPU one min/max pass; on CUDA an asynchronous
+    device assert (no host sync on the training path); skipped while ``torch.compile`` traces."""
+    if values.numel() == 0 or torch.compiler.is_compiling():
+        return
+    if values.is_cuda:
+        torch._assert_async(((values >= low) & (values <= high)).all(), f"{what} must be in {expected}")
+        return
+    found_low, found_high = (int(v) for v in torch.aminmax(values))
+    if found_low < low or found_high > high:
+        raise ValueError(f"{what} must be in {expected}, got values from {found_low} to {found_high}")
