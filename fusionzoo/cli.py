@@ -197,7 +197,8 @@ def _done_line(summary: dict) -> str:
     """One line: the selection and the test metrics at the selected checkpoint (rank 0 has them)."""
     if summary["selected_epoch"] is None:
         return f"done: {summary['run_dir']} (no epoch trained)"
-    shown = {k: v for k, v in (summary["test"] or {}).items() if k in ("accuracy", "macro_f1", "mean_R@1") or "zero_shot" in k}
+    headline = ("accuracy", "macro_f1", "mean_R@1", "mAP", "micro_f1", "mae", "rmse", "pearson_r")
+    shown = {k: v for k, v in (summary["test"] or {}).items() if k in headline or "zero_shot" in k}
     metrics = "  ".join(f"test {k} {v:.4f}" for k, v in shown.items())
     metric = summary["select_metric"]
     chosen = f"epoch {summary['selected_epoch']} ({summary['select']}, val {metric} {summary['val'][metric]:.4f})"
@@ -227,12 +228,15 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"written to: {Path(result['checkpoint']).parent.parent / 'eval' / condition_name(missing, noise)}")
     if result["missing"] or result["noise"]:
         print(f"condition: missing {result['missing'] or 'none'}, noise {result['noise'] or 'none'}")
-    rows = [[" + ".join(r["modalities"]), f"{100 * r['accuracy']:.1f}%", f"{r['macro_f1']:.3f}", f"{r['loss']:.4f}"] for r in result["subsets"]]
-    print(format_table(["modalities seen", "accuracy", "macro-F1", "loss"], rows))
+    metric = result.get("metric", "accuracy")
+    names = [k for k in result["subsets"][0] if k not in ("modalities", "n")]
+    show = lambda k, v: f"{100 * v:.1f}%" if k == "accuracy" else f"{v:.4f}"  # noqa: E731
+    rows = [[" + ".join(r["modalities"])] + [show(k, r[k]) for k in names] for r in result["subsets"]]
+    print(format_table(["modalities seen", *names], rows))
     curves = result["robustness"]
     levels = [p["level"] for p in next(iter(curves.values()))]
-    print("\naccuracy as noise grows on one modality:")
-    print(format_table(["noise on"] + [str(v) for v in levels], [[m] + [f"{100 * p['accuracy']:.1f}%" for p in pts] for m, pts in curves.items()]))
+    print(f"\n{metric} as noise grows on one modality:")
+    print(format_table(["noise on"] + [str(v) for v in levels], [[m] + [show(metric, p[metric]) for p in pts] for m, pts in curves.items()]))
     return 0
 
 

@@ -65,6 +65,7 @@ __all__ = [
 TOP_LEVEL_KEYS = ("name", "description", "seed", "model", "align", "data", "train")
 MODEL_KEYS = ("encoders", "fusion", "head")
 ALIGN_KEYS = ("encoders", "loss", "order")
+SUPERVISED_TAGS = ("classification", "multilabel", "regression")  # train.loss; the data's task picks one
 
 
 @dataclass(frozen=True)
@@ -202,18 +203,20 @@ def _check_keys(section: Mapping[str, Any], allowed: tuple[str, ...], path: str,
 
 
 def _check_section(
-    registry: Registry, section: Any, path: str, derived: Iterable[str], origin: str, tag: str | None = None
+    registry: Registry, section: Any, path: str, derived: Iterable[str], origin: str, tag: str | tuple[str, ...] | None = None
 ) -> None:
     section = _mapping(section, path, origin)
+    tags = (tag,) if isinstance(tag, str) else tag
+    choices = registry.list() if tags is None else sorted({n for t in tags for n in registry.list(tag=t)})
     name = section.get("name")
     if not isinstance(name, str):
-        raise ConfigError(f"{origin}: {path}.name: required, the {registry.kind} to build (one of {registry.list(tag=tag)})")
+        raise ConfigError(f"{origin}: {path}.name: required, the {registry.kind} to build (one of {choices})")
     try:
         entry = registry.get(name)
     except KeyError as e:
         raise ConfigError(f"{origin}: {path}.name: {e.args[0]}") from None
-    if tag is not None and tag not in entry.tags:
-        raise ConfigError(f"{origin}: {path}.name: {name!r} is not a {tag} {registry.kind} (choose one of {registry.list(tag=tag)})")
+    if tags is not None and not set(tags) & set(entry.tags):
+        raise ConfigError(f"{origin}: {path}.name: {name!r} is not a {', '.join(tags[:-1]) + ' or ' if len(tags) > 1 else ''}{tags[-1]} {registry.kind} (choose one of {choices})")
     kwargs = {k: v for k, v in section.items() if k != "name"}
     taken, _ = accepted_kwargs(entry.fn)
     for key in derived:
@@ -261,13 +264,13 @@ def validate_config(cfg: Mapping[str, Any], origin: str = "<dict>") -> TrainSett
         if "loss" in align:
             _check_section(LOSSES, align["loss"], "align.loss", (), origin, tag="contrastive")
     if "data" in cfg:
-        _check_section(DATASETS, cfg["data"], "data", ("split",), origin)
+        _check_section(DATASETS, cfg["data"], "data", ("split", "fitted"), origin)
     train = TrainSettings.from_dict(_mapping(cfg.get("train") or {}, "train", origin), origin)
     _check_section(OPTIMIZERS, train.optimizer, "train.optimizer", ("params", "lr", "weight_decay"), origin)
     if train.loss is not None:
         if "align" in cfg:
             raise ConfigError(f"{origin}: train.loss: an alignment names its loss in align.loss")
-        _check_section(LOSSES, train.loss, "train.loss", (), origin, tag="classification")
+        _check_section(LOSSES, train.loss, "train.loss", (), origin, tag=SUPERVISED_TAGS)
     return train
 
 
@@ -305,20 +308,24 @@ def build_model(cfg: str | Path | Mapping[str, Any] | ExperimentConfig) -> Multi
     return MultimodalModel(encoders=encoders, fusion=fusion, head=head)
 
 
-def build_loss(cfg: ExperimentConfig) -> nn.Module:
-    """The objective's loss: ``align.loss`` (default ``info_nce``) or ``train.loss`` (default ``cross_entropy``)."""
+def build_loss(cfg: ExperimentConfig, default: str = "cross_entropy") -> nn.Module:
+    """The objective's loss: ``align.loss`` (default ``info_nce``) or ``train.loss`` (default
+    ``default``, the task's: ``cross_entropy``, ``bce`` or ``mse``)."""
     if cfg.kind == "align":
         return build_from_section(LOSSES, cfg.align.get("loss", {"name": "info_nce"}), "align.loss", cfg.origin)
-    return build_from_section(LOSSES, cfg.train.loss or {"name": "cross_entropy"}, "train.loss", cfg.origin)
+    return build_from_section(LOSSES, cfg.train.loss or {"name": default}, "train.loss", cfg.origin)
 
 
-def build_dataset(cfg: ExperimentConfig, split: str) -> Any:
-    """The ``data:`` section built with the derived ``split``."""
+def build_dataset(cfg: ExperimentConfig, split: str, fitted: Mapping[str, Any] | None = None) -> Any:
+    """The ``data:`` section built with the derived ``split`` and, for datasets that fit something on
+    their training split (a vocabulary, a label list), the training split's ``fitted`` state."""
     section = cfg.require("data", "to train or evaluate")
-    return build_from_section(DATASETS, section, "data", cfg.origin, split=split)
+    return build_from_section(DATASETS, section, "data", cfg.origin, split=split, fitted=fitted)
 
 
 def num_classes_of(dataset: Any) -> int:
+    """The number of outputs a head needs: classes (multi-class), labels (multi-label) or targets
+    (regression, ``dataset.num_classes``)."""
     if hasattr(dataset, "num_classes"):
         return int(dataset.num_classes)
     if hasattr(dataset, "labels"):
@@ -331,7 +338,10 @@ def check_model_fits_data(cfg: ExperimentConfig, model: nn.Module, dataset: Any)
     declares ``modalities``), the head and the text vocabularies against it."""
     classes = num_classes_of(dataset)
     if isinstance(model, MultimodalModel) and model.out_dim != classes:
-        raise cfg.error("model.head.out_dim", f"the data has {classes} classes, the head outputs {model.out_dim}")
+        task = getattr(dataset, "task", "multiclass")
+        what = {"regression": "regression targets", "multilabel": "labels"}.get(task, "classes")
+        raise cfg.error("model.head.out_dim", f"the data has {classes} {what} ({task}), the head outputs {model.out_dim}")
+    vocabs = getattr(dataset, "vocabs", None) or {}
     vocab = getattr(dataset, "vocab", None)
     section = "align" if cfg.kind == "align" else "model"
     available = getattr(dataset, "modalities", None)
@@ -342,7 +352,7 @@ def check_model_fits_data(cfg: ExperimentConfig, model: nn.Module, dataset: Any)
             f"the data has no modality {unknown[0]!r}: it has {sorted(available)}, the config's encoders read {sorted(model.encoders)}",
         )
     for m, enc in model.encoders.items():
-        size = getattr(enc, "vocab_size", None)
-        if vocab is not None and size is not None and size < len(vocab):
-            raise cfg.error(f"{section}.encoders.{m}.vocab_size", f"{size} is smaller than the data's vocabulary ({len(vocab)})")
+        size, words = getattr(enc, "vocab_size", None), vocabs.get(m, vocab)
+        if words is not None and size is not None and size < len(words):
+            raise cfg.error(f"{section}.encoders.{m}.vocab_size", f"{size} is smaller than the data's vocabulary ({len(words)})")
     return classes

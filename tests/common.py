@@ -1,9 +1,15 @@
-"""Shared by the tests: the avdigits copy (and a small copy of it) and tiny configs."""
+"""Shared by the tests: the avdigits copy (and a small copy of it), tiny configs, small manifest folders."""
 
 import csv
+import json
 import os
 import shutil
+import wave
 from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import write_png
 
 import pytest
 import yaml
@@ -65,3 +71,77 @@ def config_file(tmp_path, config, name="c.yaml"):
 def subprocess_env():
     """For ``fusionzoo`` child processes: no progress bar, one thread each."""
     return {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
+
+
+# ---------------------------------------------------------------- manifest folders
+
+CLASSES = ["cat", "dog", "owl"]
+WORDS = {"cat": "a small cat", "dog": "the big dog", "owl": "one owl at night"}
+
+
+def write_wav(path, wave_f32, rate=8000, channels=1):
+    data = (np.clip(wave_f32, -1, 1) * 32767).astype("<i2")
+    if channels == 2:
+        data = np.stack([data, data], axis=1)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(data.tobytes())
+
+
+def build_folder(tmp_path, n_per_class=6, blank_every=0, fmt="csv", rates=(8000,), extra_rows=()):
+    """A manifest folder: PNG images, WAV audio, captions, inline and .npy features, a label and a
+    split column. Class ``c`` is a brightness, a tone, a caption and a feature offset."""
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    (root / "wav").mkdir()
+    (root / "npy").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    i = 0
+    for c, name in enumerate(CLASSES):
+        for k in range(n_per_class):
+            split = ["train", "train", "train", "train", "val", "test"][k % 6]
+            img = torch.full((1, 12, 12), 60 + 80 * c, dtype=torch.uint8) + torch.randint(0, 20, (1, 12, 12), dtype=torch.uint8)
+            write_png(img, str(root / "img" / f"{i}.png"))
+            rate = rates[i % len(rates)]
+            t = np.arange(int(0.25 * rate)) / rate
+            write_wav(root / "wav" / f"{i}.wav", 0.5 * np.sin(2 * np.pi * (300 + 400 * c) * t) + 0.05 * rng.standard_normal(len(t)), rate)
+            feats = (np.eye(3)[c] + 0.1 * rng.standard_normal(3)).astype(np.float32)
+            if i % 2:
+                np.save(root / "npy" / f"{i}.npy", feats)
+                feat_cell = f"npy/{i}.npy"
+            else:
+                feat_cell = " ".join(f"{v:.4f}" for v in feats)
+            row = {"image": f"img/{i}.png", "audio": f"wav/{i}.wav", "caption": WORDS[name], "feats": feat_cell, "label": name, "split": split, "score": str(c + 0.5 * rng.random())}
+            if blank_every and i % blank_every == 1:
+                row[["image", "audio", "caption", "feats"][(i // blank_every) % 4]] = ""
+            rows.append(row)
+            i += 1
+    rows += list(extra_rows)
+    write_rows(root / f"items.{fmt}", rows)
+    return root, rows
+
+
+def write_rows(path, rows):
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps({k: (v if v != "" else None) for k, v in r.items()}) + "\n" for r in rows))
+        return
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+MODALITIES = {
+    "visual": {"column": "image", "kind": "image", "channels": 1, "size": [16, 16]},
+    "audio": {"column": "audio", "kind": "audio", "sample_rate": 8000, "max_seconds": 0.25},
+    "text": {"column": "caption", "kind": "text"},
+    "extra": {"column": "feats", "kind": "features"},
+}
+
+
+def data_section(root, fmt="csv", **kw):
+    return {"name": "manifest", "path": str(root / f"items.{fmt}"), "modalities": MODALITIES, "label": {"column": "label"}, **kw}

@@ -20,7 +20,7 @@ from fusionzoo.data.avdigits import (
     verify_checksums,
 )
 
-from common import AVDIGITS, mini_avdigits, needs_avdigits
+from common import AVDIGITS, MODALITIES, build_folder, mini_avdigits, needs_avdigits
 
 # ---------------------------------------------------------------- collate and loader
 
@@ -33,7 +33,7 @@ def test_collate_pads_masks_and_records_lengths():
     ]
     b = collate(samples)
     assert b["visual"].shape == (3, 1, 4, 4) and torch.equal(b["visual"][1], torch.zeros(1, 4, 4))
-    assert b["audio"].shape == (3, 5) and b["audio_lengths"].tolist() == [5, 3, 0]
+    assert b["audio"].shape == (3, 5) and b["audio_lengths"].tolist() == [5, 3, 5]
     assert b["audio"][1, 3:].abs().sum() == 0
     assert b["text"].tolist() == [[3, 4, 0], [5, 6, 7], [0, 0, 0]] and "text_lengths" not in b
     assert b["present"]["visual"].tolist() == [True, False, True]
@@ -68,10 +68,14 @@ def test_loader_is_seeded():
 
 
 @pytest.mark.parametrize("name", fz.list_datasets())
-def test_dataset_samples_follow_the_batch_contract(name):
+def test_dataset_samples_follow_the_batch_contract(name, tmp_path):
     if name == "avdigits" and not (AVDIGITS / "manifest.csv").is_file():
         pytest.skip(f"the avdigits data is not at {AVDIGITS}")
-    ds = fz.create_dataset(name, **({"root": str(AVDIGITS), "split": "test"} if name == "avdigits" else {}))
+    kwargs = {"avdigits": {"root": str(AVDIGITS), "split": "test"}}.get(name, {})
+    if name == "manifest":
+        root, _ = build_folder(tmp_path)
+        kwargs = {"path": str(root / "items.csv"), "modalities": {m: s for m, s in MODALITIES.items() if m != "extra"}, "label": {"column": "label"}}
+    ds = fz.create_dataset(name, **kwargs)
     sample = ds[0]
     assert set(sample) <= {"visual", "audio", "text", "label"} and isinstance(sample["label"], int)
     batch = collate([ds[i] for i in range(4)])

@@ -68,7 +68,7 @@ def test_early_stopping_keeps_the_best_checkpoint_and_tests_it(tmp_path):
     from fusionzoo.training import evaluate
 
     test_set = build_dataset(load_config(cfg(**opts)), "test")
-    again = evaluate(model, make_loader(test_set, 256), 8)
+    again = evaluate(model, make_loader(test_set, 256), "multiclass")
     assert again["accuracy"] == summary["test"]["accuracy"] and again["loss"] == pytest.approx(summary["test"]["loss"])
     resumed = train(cfg(**opts), run_dir=run, resume=True, log=False)  # a stopped run stays stopped
     assert resumed["epochs_run"] == 3 and resumed["test"] == summary["test"]

@@ -187,7 +187,7 @@ def test_loss_and_optimizer_are_chosen_by_name(tmp_path):
         ({"optimizer": {"name": "adam_w"}}, r"train\.optimizer\.name: unknown optimizer 'adam_w'; did you mean 'adamw'"),
         ({"optimizer": {"name": "sgd", "lr": 0.1}}, r"train\.optimizer\.lr: derived by the builder"),
         ({"optimizer": {"name": "sgd", "momentun": 0.9}}, r"train\.optimizer\.momentun: unknown argument; did you mean momentum"),
-        ({"loss": {"name": "info_nce"}}, r"train\.loss\.name: 'info_nce' is not a classification loss"),
+        ({"loss": {"name": "info_nce"}}, r"train\.loss\.name: 'info_nce' is not a classification, multilabel or regression loss"),
         ({"loss": {"name": "focal", "gama": 2}}, r"train\.loss\.gama: unknown argument; did you mean gamma"),
         ({"label_smoothing": 0.1}, r"train\.label_smoothing: moved; write train\.loss: \{name: cross_entropy"),
     ],

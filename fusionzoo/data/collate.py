@@ -7,10 +7,12 @@ absent (or ``None``). The batch follows DESIGN.md's contract:
 
 * fixed-shape modalities (images) are stacked; a missing sample's slot is zeros;
 * 1-D float modalities (waveforms) are right-padded with zeros to the longest, and
-  ``batch["<m>_lengths"]`` holds the true lengths (0 where missing);
+  ``batch["<m>_lengths"]`` holds the true lengths; a missing sample's slot is zeros of the padded
+  length (a well-formed input for the encoder, whose output ``present`` hides);
 * 1-D integer modalities (token ids) are right-padded with the padding id 0;
 * ``batch["present"][m]`` is a bool ``[b]`` for every modality in the batch;
-* ``batch["label"]`` is a ``long [b]``.
+* ``batch["label"]`` is a ``long [b]`` for integer labels (classes), a ``float [b]`` for float
+  labels (regression targets) and a stacked ``[b, ...]`` for tensor labels (multi-label targets).
 
 Nothing is truncated, and shapes or dtypes that disagree within a modality raise naming it.
 """
@@ -49,8 +51,9 @@ def collate(samples: Sequence[dict]) -> dict:
                 )
         present[m] = torch.tensor([x is not None for x in items])
         if ref.dim() == 1:
-            lengths = torch.tensor([0 if x is None else x.shape[0] for x in items])
-            out = ref.new_zeros(len(items), max(int(lengths.max()), 1))
+            width = max(x.shape[0] for x in items if x is not None)
+            lengths = torch.tensor([width if x is None else x.shape[0] for x in items])
+            out = ref.new_zeros(len(items), max(width, 1))
             for i, x in enumerate(items):
                 if x is not None:
                     out[i, : x.shape[0]] = x
@@ -65,11 +68,26 @@ def collate(samples: Sequence[dict]) -> dict:
                         f"an earlier one {list(ref.shape)}"
                     )
             batch[m] = torch.stack([ref.new_zeros(ref.shape) if x is None else x for x in items])
+    batch["label"] = _labels(samples)
+    batch["present"] = present
+    return batch
+
+
+def _labels(samples: Sequence[dict]) -> Tensor:
     labels = []
     for i, s in enumerate(samples):
         if "label" not in s:
             raise ValueError(f"collate: sample {i} has no 'label'")
-        labels.append(int(s["label"]))
-    batch["label"] = torch.tensor(labels, dtype=torch.long)
-    batch["present"] = present
-    return batch
+        labels.append(s["label"])
+    kinds = {"tensor" if isinstance(y, Tensor) else "float" if isinstance(y, float) else "int" for y in labels}
+    if len(kinds) > 1:
+        raise TypeError(f"collate: labels mix {sorted(kinds)}; one kind per dataset")
+    kind = kinds.pop()
+    if kind == "tensor":
+        shapes = {tuple(y.shape) for y in labels}
+        if len(shapes) > 1:
+            raise ValueError(f"collate: label tensors disagree in shape: {sorted(shapes)}")
+        return torch.stack(labels)
+    if kind == "float":
+        return torch.tensor(labels, dtype=torch.float32)
+    return torch.tensor([int(y) for y in labels], dtype=torch.long)

@@ -5,9 +5,12 @@ Legend: ``b`` batch, ``n`` tokens, ``d`` features.
 
 from __future__ import annotations
 
+import inspect
+from functools import cache
+
 from torch import Tensor, nn
 
-__all__ = ["Encoder"]
+__all__ = ["Encoder", "input_kwargs"]
 
 
 class Encoder(nn.Module):
@@ -35,3 +38,16 @@ class Encoder(nn.Module):
 
     def example_input(self, batch_size: int = 2) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement example_input")
+
+
+@cache
+def _takes_lengths(cls: type) -> bool:
+    return "lengths" in inspect.signature(cls.forward).parameters
+
+
+def input_kwargs(encoder: nn.Module, batch: dict, modality: str) -> dict[str, Tensor]:
+    """``{"lengths": batch["<modality>_lengths"]}`` for an encoder whose ``forward`` takes the valid
+    lengths of a padded input (waveforms); ``{}`` otherwise. Collation pads every 1-D float input
+    and records its lengths, also fixed-width feature vectors, which have nothing to mask."""
+    key = f"{modality}_lengths"
+    return {"lengths": batch[key]} if key in batch and _takes_lengths(type(encoder)) else {}

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
+from fusionzoo.encoders.base import input_kwargs
+
 __all__ = ["AlignmentModel"]
 
 
@@ -43,8 +45,7 @@ class AlignmentModel(nn.Module):
         out = {}
         for m in self.modalities:
             if m in batch:
-                lengths = batch.get(f"{m}_lengths")
-                out[m] = self.encoders[m](batch[m]) if lengths is None else self.encoders[m](batch[m], lengths=lengths)
+                out[m] = self.encoders[m](batch[m], **input_kwargs(self.encoders[m], batch, m))
         if not out:
             raise ValueError(f"batch holds none of the model's modalities {list(self.modalities)} (keys: {sorted(batch)})")
         return out

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from fusionzoo.encoders.base import input_kwargs
 from fusionzoo.fusion.base import FusionBlock
 
 __all__ = ["MultimodalModel"]
@@ -55,7 +56,7 @@ class MultimodalModel(nn.Module):
 
         Token-level fusion gets ``forward_tokens`` output; the encoder's padding mask is combined
         with the batch's per-sample presence. ``batch["<modality>_lengths"]`` (valid lengths of a
-        padded input, e.g. ``audio_lengths``) is passed to that encoder as ``lengths=``.
+        padded input, e.g. ``audio_lengths``) is passed to an encoder that takes ``lengths=``.
         """
         if not isinstance(batch, dict):
             raise TypeError(f"batch must be a dict {{modality: Tensor}}, got {type(batch).__name__}")
@@ -67,7 +68,7 @@ class MultimodalModel(nn.Module):
         present: dict[str, Tensor] = {}
         for m in given:
             encoder = self.encoders[m]
-            kwargs = {"lengths": batch[f"{m}_lengths"]} if f"{m}_lengths" in batch else {}
+            kwargs = input_kwargs(encoder, batch, m)
             if self.fusion.input_kind == "tokens":
                 tokens, pad = encoder.forward_tokens(batch[m], **kwargs)
                 features[m] = tokens

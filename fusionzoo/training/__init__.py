@@ -11,7 +11,7 @@ from fusionzoo.training.checkpoint import (
     selected_checkpoint,
 )
 from fusionzoo.training.engine import train
-from fusionzoo.training.evaluate import classification_metrics, evaluate, subsets
+from fusionzoo.training.evaluate import evaluate, subsets
 from fusionzoo.training.objectives import (
     Alignment,
     AuxiliaryHeads,
@@ -23,6 +23,7 @@ from fusionzoo.training.objectives import (
 from fusionzoo.training.robustness import evaluate_run
 from fusionzoo.training.selection import Selection
 from fusionzoo.training.state import TrainState
+from fusionzoo.training.tasks import TASKS, Task, get_task
 
 __all__ = [
     "Alignment",
@@ -30,12 +31,14 @@ __all__ = [
     "Classification",
     "Distillation",
     "Objective",
+    "TASKS",
+    "Task",
     "TrainSettings",
     "TrainState",
     "build_objective",
-    "classification_metrics",
     "evaluate",
     "evaluate_run",
+    "get_task",
     "latest_checkpoint",
     "load_checkpoint",
     "load_run",

@@ -54,9 +54,12 @@ __all__ = [
     "resolve_checkpoint",
     "load_run",
     "load_run_config",
+    "load_data_state",
+    "DATA_STATE",
 ]
 
 MANIFEST = "manifest.json"
+DATA_STATE = "data_state.json"
 FILES = ("model.safetensors", "state.pt")
 EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 
@@ -227,6 +230,17 @@ def load_run_config(run_dir: str | Path) -> ExperimentConfig:
         raise FileNotFoundError(f"{run_dir} has no config.yaml: not a fusionzoo run folder")
     cfg = load_config(yaml.safe_load(path.read_text()))
     return ExperimentConfig(raw=cfg.raw, origin=str(path), train=cfg.train)
+
+
+def load_data_state(run_dir: str | Path) -> dict | None:
+    """What the run's dataset fitted on its training split (vocabulary, label list), or None."""
+    path = Path(run_dir) / DATA_STATE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the run's data state is damaged") from None
 
 
 def load_run(path: str | Path) -> tuple[nn.Module, ExperimentConfig, Path]:

@@ -53,6 +53,8 @@ from fusionzoo.optim import warmup_cosine
 from fusionzoo.errors import TrainingDiverged
 from fusionzoo.registry import OPTIMIZERS
 from fusionzoo.training.checkpoint import (
+    DATA_STATE,
+    load_data_state,
     load_checkpoint,
     load_model_weights,
     load_run_config,
@@ -90,6 +92,7 @@ class _Run:
     selection: Selection
     unfreezer: GradualUnfreezer | None = None
     init_report: str | None = None
+    data_files: dict[str, str] | None = None  # the data's fitted state and skipped-row report, by file name
 
     @property
     def is_main(self) -> bool:
@@ -108,7 +111,7 @@ def train(
     cfg = load_config(config, overrides)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     check_folder(run_dir, resume, overwrite)  # fail fast; checked again under the lock
-    run, state = _set_up(cfg, run_dir, log)  # everything is built and validated before a file changes
+    run, state = _set_up(cfg, run_dir, log, resume)  # everything is built and validated before a file changes
     with claim(run_dir) if run.is_main else nullcontext():
         if run.is_main:
             check_folder(run_dir, resume, overwrite)
@@ -133,18 +136,18 @@ def train(
         return _finish(run, state, time.perf_counter() - started)
 
 
-def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool) -> tuple[_Run, TrainState]:
+def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tuple[_Run, TrainState]:
     """Processes, data, model, transfer, objective, optimizer and schedule."""
     settings = cfg.train
     rank, world, device = _setup_distributed(settings.device)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    datasets = {split: build_dataset(cfg, split) for split in ("train", "val", "test")}
+    datasets, data_files = _datasets(cfg, run_dir if resume else None)
     model = build_model(cfg)
     classes = check_model_fits_data(cfg, model, datasets["train"])
     model.to(device)
     say = print if (log and rank == 0) else (lambda *a, **k: None)
     unfreezer, init_report = _prepare_transfer(cfg, model, say, world)
-    objective = build_objective(cfg, model, classes, device)
+    objective = build_objective(cfg, model, classes, device, task=getattr(datasets["train"], "task", "multiclass"))
     loader = make_loader(
         datasets["train"], settings.batch_size, shuffle=True, num_workers=settings.num_workers, seed=cfg.seed,
         distributed=world > 1, drop_last=objective.drop_last,
@@ -159,9 +162,30 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool) -> tuple[_Run, Trai
     state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, objective=objective, loader=loader, seed=cfg.seed)
     run = _Run(
         cfg=cfg, run_dir=run_dir, rank=rank, world=world, device=device, say=say, loaders=loaders, objective=objective,
-        selection=_selection(cfg, objective), unfreezer=unfreezer, init_report=init_report,
+        selection=_selection(cfg, objective), unfreezer=unfreezer, init_report=init_report, data_files=data_files,
     )
     return run, state
+
+
+def _datasets(cfg: ExperimentConfig, resumed: Path | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The three splits, and the files they leave in the run folder. What a dataset fits on its
+    training split (a vocabulary, a label list: its ``fitted`` state) is handed to ``val`` and
+    ``test`` and saved as ``data_state.json``; a resumed run reads it back, so the same ids mean the
+    same words and classes. Rows a dataset skipped (``on_error: skip``) go to ``data_report.json``."""
+    fitted = load_data_state(resumed) if resumed is not None else None
+    train_set = build_dataset(cfg, "train", fitted)
+    fitted = getattr(train_set, "fitted", None)
+    datasets = {"train": train_set, "val": build_dataset(cfg, "val", fitted), "test": build_dataset(cfg, "test", fitted)}
+    files = {}
+    if fitted is not None:
+        files[DATA_STATE] = json.dumps(fitted, indent=1)
+    skipped = {s: d.skipped for s, d in datasets.items() if getattr(d, "skipped", None)}
+    if skipped:
+        files["data_report.json"] = json.dumps({"skipped_rows": {s: len(rows) for s, rows in skipped.items()}, "rows": skipped}, indent=1)
+    tasks = {s: getattr(d, "task", "multiclass") for s, d in datasets.items()}
+    if len(set(tasks.values())) > 1:
+        raise cfg.error("data", f"the splits disagree on the task: {tasks}")
+    return datasets, files
 
 
 def _selection(cfg: ExperimentConfig, objective: Objective) -> Selection:
@@ -246,6 +270,8 @@ def _write_run_files(run: _Run, state: TrainState) -> None:
     write_text_atomic(run.run_dir / "config.yaml", yaml.safe_dump(run.cfg.to_dict(), sort_keys=False))
     if run.init_report is not None:
         write_text_atomic(run.run_dir / "init_report.txt", run.init_report)
+    for name, text in (run.data_files or {}).items():
+        write_text_atomic(run.run_dir / name, text)
     # The log restarts from what the checkpoint knows, so epochs after it are not duplicated.
     write_text_atomic(run.run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
 

@@ -1,4 +1,5 @@
-"""Evaluation: accuracy, macro-F1 and loss, under any subset of modalities and added noise.
+"""Evaluation: a task's metrics (:mod:`~fusionzoo.training.tasks`) under any subset of modalities and
+added noise.
 
 Legend: ``b`` batch, ``k`` classes.
 """
@@ -9,30 +10,13 @@ from collections.abc import Iterable, Mapping
 from itertools import combinations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["classification_metrics", "evaluate", "subsets", "add_noise", "move_batch", "NOISE_LEVELS"]
+from fusionzoo.training.tasks import Task, get_task
+
+__all__ = ["evaluate", "subsets", "add_noise", "move_batch", "NOISE_LEVELS"]
 
 NOISE_LEVELS = (0.0, 0.25, 0.5, 1.0, 2.0)
-
-
-def classification_metrics(confusion: Tensor, loss_sum: float) -> dict[str, float]:
-    """Accuracy, macro-F1 (over classes that occur or are predicted) and mean loss from a ``[k, k]``
-    confusion matrix (rows: true class)."""
-    confusion = confusion.double()
-    n = confusion.sum().item()
-    tp = confusion.diag()
-    precision = tp / confusion.sum(0).clamp(min=1)
-    recall = tp / confusion.sum(1).clamp(min=1)
-    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    seen = (confusion.sum(0) + confusion.sum(1)) > 0
-    return {
-        "accuracy": tp.sum().item() / max(n, 1),
-        "macro_f1": f1[seen].mean().item() if seen.any() else 0.0,
-        "loss": loss_sum / max(n, 1),
-        "n": int(n),
-    }
 
 
 def move_batch(batch: dict, device: torch.device) -> dict:
@@ -80,21 +64,21 @@ def subsets(modalities: Iterable[str]) -> list[tuple[str, ...]]:
 def evaluate(
     model: nn.Module,
     loader: Iterable[dict],
-    num_classes: int,
+    task: Task | str = "multiclass",
     device: torch.device | str = "cpu",
     keep: Iterable[str] | None = None,
     noise: Mapping[str, float] | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Metrics of ``model`` on ``loader`` seeing only the modalities in ``keep`` (default: all), with
-    ``noise`` (``{modality: level}``) added. Removed modalities are dropped from the batch, which the
-    model treats as missing for the whole batch."""
+    """``task``'s metrics of ``model`` on ``loader`` seeing only the modalities in ``keep`` (default:
+    all), with ``noise`` (``{modality: level}``) added. Removed modalities are dropped from the batch,
+    which the model treats as missing for the whole batch."""
+    task = get_task(task)
     device = torch.device(device)
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     keep = None if keep is None else set(keep)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    loss_sum = 0.0
+    outputs, labels = [], []
     for batch in loader:
         batch = move_batch(batch, device)
         if keep is not None:
@@ -102,9 +86,8 @@ def evaluate(
             batch["present"] = {m: p for m, p in batch.get("present", {}).items() if m in keep}
         for m, level in (noise or {}).items():
             batch = add_noise(batch, m, level, generator)
-        logits = model(batch).float()
-        labels = batch["label"]
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        pred = logits.argmax(dim=1)
-        confusion += torch.bincount((labels * num_classes + pred).cpu(), minlength=num_classes**2).view(num_classes, num_classes)
-    return classification_metrics(confusion, loss_sum)
+        outputs.append(model(batch).float().cpu())
+        labels.append(batch["label"].cpu())
+    if not outputs:
+        raise ValueError("evaluate: the loader yielded no batch")
+    return task.metrics(torch.cat(outputs), torch.cat(labels))

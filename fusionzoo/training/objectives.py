@@ -31,9 +31,11 @@ from fusionzoo.config import ExperimentConfig, build_loss
 from fusionzoo.layers.masking import masked_mean
 from fusionzoo.losses.distillation import DistillationLoss
 from fusionzoo.losses.multitask import MultiTaskLoss
+from fusionzoo.registry import LOSSES
 from fusionzoo.training.checkpoint import load_run
 from fusionzoo.training.evaluate import evaluate
 from fusionzoo.training.retrieval import embed, retrieval_metrics, zero_shot_accuracy
+from fusionzoo.training.tasks import Task, get_task
 
 __all__ = ["Objective", "Classification", "Distillation", "AuxiliaryHeads", "Alignment", "TrainStep", "build_objective"]
 
@@ -59,19 +61,19 @@ class Objective(nn.Module):
 
 
 class Classification(Objective):
-    """A classification loss from ``LOSSES`` (``train.loss``) on the labelled samples (label -1 = none)."""
+    """A supervised loss from ``LOSSES`` (``train.loss``) for the data's task (:mod:`~fusionzoo.training.tasks`:
+    multi-class, multi-label or regression), on the labelled samples."""
 
-    stat_names = ("loss_sum", "correct", "labelled", "samples")
-
-    def __init__(self, criterion: nn.Module, num_classes: int) -> None:
+    def __init__(self, criterion: nn.Module, num_classes: int, task: Task | str = "multiclass") -> None:
         super().__init__()
-        self.criterion, self.num_classes = criterion, num_classes
+        self.criterion, self.num_classes, self.task = criterion, num_classes, get_task(task)
+        self.stat_names = ("loss_sum", *self.task.stat_names, "samples")
+        self.metric_names, self.default_metric = self.task.metric_names, self.task.default_metric
 
     def _stats(self, loss: Tensor, logits: Tensor, labels: Tensor, *extra: Tensor) -> Tensor:
-        labelled = labels >= 0
-        n = labelled.sum()
-        correct = ((logits.argmax(1) == labels) & labelled).sum()
-        return torch.stack([loss.detach() * n, correct, n, n.new_tensor(labels.numel()), *extra]).double()
+        task_stats = self.task.stats(logits, labels)
+        n = task_stats[0]
+        return torch.stack([loss.detach() * n, *task_stats, n.new_tensor(labels.shape[0]), *extra]).double()
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
         logits = model(batch)
@@ -80,29 +82,25 @@ class Classification(Objective):
 
     def summarize(self, totals: Tensor) -> dict[str, Any]:
         stats = dict(zip(self.stat_names, totals.tolist()))
-        seen = max(stats["labelled"], 1.0)
-        return {"loss": stats["loss_sum"] / seen, "accuracy": stats["correct"] / seen}
+        return {"loss": stats["loss_sum"] / max(stats["labelled"], 1.0), **self.task.summarize(stats)}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loaders: Mapping[str, Any], split: str, device: torch.device) -> dict[str, Any]:
-        return evaluate(model, loaders[split], self.num_classes, device)
+        return evaluate(model, loaders[split], self.task, device)
 
     def headline(self, record: Mapping[str, Any]) -> str:
         train, val = record["train"], record["val"]
-        return (
-            f"train loss {train['loss']:.4f} acc {train['accuracy']:.3f}"
-            f"  val loss {val['loss']:.4f} acc {val['accuracy']:.3f} f1 {val['macro_f1']:.3f}"
-        )
+        shown = [m for m in self.metric_names if m != "loss"][:2]
+        return f"train loss {train['loss']:.4f}  val loss {val['loss']:.4f} " + " ".join(f"{m} {val[m]:.3f}" for m in shown)
 
 
 class Distillation(Classification):
     """Classification plus soft targets from a trained teacher run (``train.distill``), mixed by
     :class:`~fusionzoo.losses.DistillationLoss`; the teacher may read other modalities."""
 
-    stat_names = Classification.stat_names + ("batches", "hard", "soft")
-
     def __init__(self, teacher: nn.Module, num_classes: int, temperature: float, alpha: float) -> None:
         super().__init__(nn.Identity(), num_classes)
+        self.stat_names = self.stat_names + ("batches", "hard", "soft")
         for p in teacher.parameters():
             p.requires_grad_(False)
         # A tuple keeps the teacher out of this module's parameters and state: it is loaded from its run.
@@ -134,7 +132,7 @@ class AuxiliaryHeads(Classification):
         self.modalities = tuple(sorted(encoder_dims))
         self.aux = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in sorted(encoder_dims.items())})
         self.multitask = MultiTaskLoss(tasks=["fused", *self.modalities], **multitask)
-        self.stat_names = Classification.stat_names + ("batches", *(f"{t}_loss" for t in self.multitask.tasks))
+        self.stat_names = self.stat_names + ("batches", *(f"{t}_loss" for t in self.multitask.tasks))
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
         labels = batch["label"]
@@ -219,14 +217,24 @@ class TrainStep(nn.Module):
         return self.objective(self.model, batch)
 
 
-def build_objective(cfg: ExperimentConfig, model: nn.Module, num_classes: int, device: torch.device) -> Objective:
+def build_objective(
+    cfg: ExperimentConfig, model: nn.Module, num_classes: int, device: torch.device, task: Task | str = "multiclass"
+) -> Objective:
     """The objective a config asks for (alignment, distillation, auxiliary heads or plain
-    classification), on ``device``."""
-    return _objective(cfg, model, num_classes, device).to(device)
+    supervised training for the data's ``task``), on ``device``."""
+    return _objective(cfg, model, num_classes, device, get_task(task)).to(device)
 
 
-def _objective(cfg: ExperimentConfig, model: nn.Module, num_classes: int, device: torch.device) -> Objective:
+def _objective(cfg: ExperimentConfig, model: nn.Module, num_classes: int, device: torch.device, task: Task) -> Objective:
     settings = cfg.train
+    if task.name != "multiclass":
+        for key, given in (("align", cfg.kind == "align"), ("train.distill", settings.distill is not None), ("train.aux_heads", settings.aux_heads is not None)):
+            if given:
+                raise cfg.error(key, f"needs multi-class labels; the data's task is {task.name}")
+    loss = build_loss(cfg, task.default_loss) if cfg.kind != "align" else None
+    if loss is not None and task.loss_tag not in LOSSES.get((cfg.train.loss or {"name": task.default_loss})["name"]).tags:
+        name = cfg.train.loss["name"]
+        raise cfg.error("train.loss.name", f"{name!r} is not a {task.name} loss; choose one of {LOSSES.list(tag=task.loss_tag)}")
     if cfg.kind == "align":
         return Alignment(build_loss(cfg), model.order, num_classes)
     if settings.distill is not None:
@@ -240,7 +248,7 @@ def _objective(cfg: ExperimentConfig, model: nn.Module, num_classes: int, device
         aux = settings.aux_heads
         dims = {m: enc.out_dim for m, enc in model.encoders.items()}
         return AuxiliaryHeads(
-            build_loss(cfg), num_classes, dims,
+            loss, num_classes, dims,
             weighting=aux.get("weighting", "uncertainty"), weights=aux.get("weights"), temperature=aux.get("temperature", 2.0),
         )
-    return Classification(build_loss(cfg), num_classes)
+    return Classification(loss, num_classes, task)

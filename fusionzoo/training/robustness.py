@@ -15,10 +15,11 @@ from typing import Any
 
 from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
 from fusionzoo.bench.measure import count_flops
-from fusionzoo.config import build_dataset, num_classes_of
+from fusionzoo.config import build_dataset
 from fusionzoo.data.loader import make_loader
-from fusionzoo.training.checkpoint import load_run, resolve_checkpoint
+from fusionzoo.training.checkpoint import load_data_state, load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import NOISE_LEVELS, evaluate, move_batch, subsets
+from fusionzoo.training.tasks import get_task
 
 __all__ = ["evaluate_run", "relative_robustness", "condition_name"]
 
@@ -39,8 +40,9 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Accuracy of a trained model with every subset of its modalities (minus ``missing``, with
-    ``noise`` added), and robustness curves: accuracy as noise grows on each modality alone, each
+    """The task's metrics (accuracy for classes, mAP for labels, MAE for regression) of a trained
+    model with every subset of its modalities (minus ``missing``, with ``noise`` added), and
+    robustness curves: that metric as noise grows on each modality alone, each
     summarised by its relative robustness; with the model's parameter count and forward FLOPs per
     test sample. The condition (``missing``, ``noise``) holds everywhere, curves included: a curve
     adds its noise on top of the condition's, on the modalities still present. Writes
@@ -51,8 +53,9 @@ def evaluate_run(
     model, cfg, checkpoint = load_run(path)
     if cfg.kind == "align":
         raise ValueError(f"{run_dir} is an alignment run: its retrieval and zero-shot results are in metrics.json")
-    test_set = build_dataset(cfg, "test")
-    classes = num_classes_of(test_set)
+    test_set = build_dataset(cfg, "test", load_data_state(run_dir))
+    task = get_task(test_set)
+    metric = task.default_metric
     loader = make_loader(test_set, batch_size)
     missing = set(missing)
     for m in list(missing) + list(noise or {}):
@@ -61,26 +64,28 @@ def evaluate_run(
     available = [m for m in model.modalities if m not in missing]
     rows = []
     for subset in subsets(available):
-        metrics = evaluate(model, loader, classes, keep=subset, noise=noise)
+        metrics = evaluate(model, loader, task, keep=subset, noise=noise)
         rows.append({"modalities": list(subset), **metrics})
     levels = sorted(levels)
     curves = {
-        m: [{"level": level, **evaluate(model, loader, classes, keep=available, noise={**(noise or {}), m: (noise or {}).get(m, 0.0) + level})} for level in levels]
+        m: [{"level": level, **evaluate(model, loader, task, keep=available, noise={**(noise or {}), m: (noise or {}).get(m, 0.0) + level})} for level in levels]
         for m in available
     }
     result = {
         "checkpoint": str(checkpoint),
+        "task": task.name,
+        "metric": metric,
         "missing": sorted(missing),
         "noise": dict(noise or {}),
         "subsets": rows,
         "robustness": curves,
-        "relative_robustness": {m: relative_robustness(levels, [p["accuracy"] for p in pts]) for m, pts in curves.items()} if len(levels) > 1 else {},
+        "relative_robustness": {m: relative_robustness(levels, [p[metric] for p in pts]) for m, pts in curves.items()} if len(levels) > 1 else {},
         "params": sum(p.numel() for p in model.parameters()),
         "flops_per_sample": _flops_per_sample(model, loader),
     }
     out = Path(out_dir) if out_dir is not None else run_dir / "eval" / condition_name(missing, noise)
     write_text_atomic(out / "results.json", json.dumps(result, indent=2))
-    _plot_curves(curves, out / "robustness.png")
+    _plot_curves(curves, metric, out / "robustness.png")
     return result
 
 
@@ -104,12 +109,12 @@ def _flops_per_sample(model, loader) -> float:
     return flops / batch["label"].shape[0]
 
 
-def _plot_curves(curves: Mapping[str, list[dict]], path: Path) -> None:
+def _plot_curves(curves: Mapping[str, list[dict]], metric: str, path: Path) -> None:
     plt = pyplot()
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for m, points in curves.items():
-        ax.plot([p["level"] for p in points], [p["accuracy"] for p in points], marker="o", label=f"noise on {m}")
-    ax.set_xlabel("noise level (x input std; token replacement prob.)"), ax.set_ylabel("test accuracy"), ax.legend()
+        ax.plot([p["level"] for p in points], [p[metric] for p in points], marker="o", label=f"noise on {m}")
+    ax.set_xlabel("noise level (x input std; token replacement prob.)"), ax.set_ylabel(f"test {metric}"), ax.legend()
     save_figure_atomic(fig, path)

@@ -30,7 +30,9 @@ __all__ = ["claim", "is_run_folder", "check_folder", "clear_run", "config_change
 
 MARKER = ".fusionzoo-run"
 LOCK = ".lock"
-RUN_FILES = ("checkpoints", "eval", "metrics.json", "log.jsonl", "curves.png", "init_report.txt", "config.yaml")
+RUN_FILES = (
+    "checkpoints", "eval", "metrics.json", "log.jsonl", "curves.png", "init_report.txt", "config.yaml", "data_state.json", "data_report.json",
+)
 RESUMABLE = ("name", "description", "train.epochs", "train.progress", "train.num_workers", "train.keep_checkpoints", "train.device")
 
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fusionzoo.training.tasks import lower_is_better
+
 __all__ = ["Selection"]
 
 
@@ -27,9 +29,9 @@ class Selection:
 
     @classmethod
     def for_metric(cls, metric: str, early_stopping: Mapping[str, Any] | None = None) -> Selection:
-        """A name ending in ``loss`` is minimised, any other metric maximised."""
+        """Losses and errors (``loss``, ``mae``, ``rmse``) are minimised, any other metric maximised."""
         stop = early_stopping or {}
-        return cls(metric, "min" if metric.endswith("loss") else "max", float(stop.get("min_delta", 0.0)), stop.get("patience"))
+        return cls(metric, "min" if lower_is_better(metric) else "max", float(stop.get("min_delta", 0.0)), stop.get("patience"))
 
     def value(self, record: Mapping[str, Any]) -> float:
         return float(record["val"][self.metric])
