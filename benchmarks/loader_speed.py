@@ -1,5 +1,7 @@
 """Samples/s of the data pipeline (dataset + collate + DataLoader) for the registered datasets, and
-the time to build each dataset.
+the time to build each dataset. With the avdigits data present, it is also written as a manifest
+folder (PNG + WAV + captions, ``fusionzoo data export-avdigits``) and read back through the
+``manifest`` dataset: decoding image, audio and text per sample, and from the decoded memory cache.
 
     python benchmarks/loader_speed.py [--avdigits ../shared/datasets/avdigits] [--out DIR]
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +21,13 @@ import fusionzoo as fz
 from fusionzoo.atomic import write_text_atomic
 from fusionzoo.bench import machine_tag
 from fusionzoo.data import make_loader
+from fusionzoo.data.export import export_avdigits
+
+MANIFEST_MODALITIES = {
+    "visual": {"column": "image", "kind": "image", "channels": 1, "normalize": {"mean": [0.1307], "std": [0.3081]}},
+    "audio": {"column": "audio", "kind": "audio", "sample_rate": 8000},
+    "text": {"column": "caption", "kind": "text"},
+}
 
 
 def time_loader(dataset, batch_size: int, num_workers: int, epochs: int = 2) -> float:
@@ -41,8 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     builds = {"synthetic (n=10000)": lambda: fz.create_dataset("synthetic", n=10000, seed=0)}
     if (Path(args.avdigits) / "manifest.csv").is_file():
-        builds["avdigits train (2500)"] = lambda: fz.create_dataset("avdigits", root=args.avdigits, split="train")
-        builds["avdigits train hard (2500)"] = lambda: fz.create_dataset("avdigits", root=args.avdigits, split="train", difficulty="hard")
+        builds["avdigits train (2000)"] = lambda: fz.create_dataset("avdigits", root=args.avdigits, split="train")
+        builds["avdigits train hard (2000)"] = lambda: fz.create_dataset("avdigits", root=args.avdigits, split="train", difficulty="hard")
+        folder = Path(tempfile.mkdtemp(prefix="fusionzoo-manifest-"))
+        items = export_avdigits(folder / "avdigits", root=args.avdigits)
+        manifest = {"path": items, "modalities": MANIFEST_MODALITIES, "label": {"column": "label"}}
+        builds["manifest png+wav+text train (2000)"] = lambda: fz.create_dataset("manifest", **manifest)
+        builds["manifest png+wav+text, cache: memory"] = lambda: fz.create_dataset("manifest", **manifest, cache="memory")
     for name, build in builds.items():
         start = time.perf_counter()
         ds = build()

@@ -132,7 +132,7 @@ def _train(args: argparse.Namespace) -> int:
     if len(seeds) > 1:
         result = train_seeds(args.config, seeds, run_dir=args.run_dir, overrides=args.set, resume=args.resume, overwrite=args.overwrite)
         stats = result["aggregate"]
-        shown = [k for k in ("test/accuracy", "test/macro_f1", "test/mean_R@1") if k in stats]
+        shown = [k for k in ("test/accuracy", "test/macro_f1", "test/mean_R@1", "test/mAP", "test/mae", "test/pearson_r") if k in stats]
         for key in shown:
             s = stats[key]
             print(f"{key}: {s['mean']:.4f} ± {s['half_width']:.4f} (95% CI over {s['n']} seeds; std {s['std']:.4f})")
@@ -331,7 +331,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_compare)
 
     _add_bench_parser(sub)
+    _add_data_parser(sub)
     return parser
+
+
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="check a config's data; write the avdigits example as a manifest folder")
+    verbs = data.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("check", help="read every row of the three splits: sizes, classes, missing cells, skipped rows")
+    p.add_argument("config", help="a YAML experiment config with a data: section")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.set_defaults(func=_data_check)
+    p = verbs.add_parser("export-avdigits", help="write avdigits as PNG + WAV + a noisy transcript column, with items.csv")
+    p.add_argument("out", help="a new folder")
+    p.add_argument("--root", default=None, help="the avdigits folder (default: $FUSIONZOO_AVDIGITS or ../shared/datasets/avdigits)")
+    p.add_argument("--difficulty", default="clean", choices=["clean", "hard"])
+    p.add_argument("--blank", type=float, default=0.0, help="fraction of rows with one modality blanked (e.g. 0.2)")
+    p.add_argument("--text-noise", type=float, default=0.3, help="probability that the transcript names a wrong digit")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_export_avdigits)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from fusionzoo.config import build_dataset
+
+    cfg = load_config(args.config, args.set)
+    train_set = build_dataset(cfg, "train")
+    fitted = getattr(train_set, "fitted", None)
+    sets = {"train": train_set, "val": build_dataset(cfg, "val", fitted), "test": build_dataset(cfg, "test", fitted)}
+    modalities = list(getattr(train_set, "modalities", ()))
+    rows = []
+    for split, ds in sets.items():
+        records = getattr(ds, "records", None)
+        missing = [f"{sum(r.values[m] is None for r in records) / len(records):.0%}" if records else "-" for m in modalities]
+        rows.append([split, str(len(ds)), *missing, str(len(getattr(ds, "skipped", [])))])
+    print(format_table(["split", "samples", *(f"{m} missing" for m in modalities), "skipped rows"], rows))
+    print(f"task: {getattr(train_set, 'task', 'multiclass')}")
+    if getattr(train_set, "classes", None):
+        print(f"classes ({len(train_set.classes)}): {', '.join(map(str, train_set.classes[:20]))}{' ...' if len(train_set.classes) > 20 else ''}")
+    for m, vocab in getattr(train_set, "vocabs", {}).items():
+        print(f"{m} vocabulary: {len(vocab)} words (fitted on train)")
+    for split, ds in sets.items():
+        for row in getattr(ds, "skipped", [])[:5]:
+            print(f"skipped ({split}): line {row['line']}, column {row['column']!r}: {row['error']}")
+    return 0
+
+
+def _export_avdigits(args: argparse.Namespace) -> int:
+    from fusionzoo.data.export import export_avdigits
+
+    path = export_avdigits(args.out, root=args.root, difficulty=args.difficulty, blank=args.blank, text_noise=args.text_noise, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -344,9 +395,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError, RunFolderError, TrainingDiverged) as e:
         if args.debug or os.environ.get("FUSIONZOO_DEBUG") == "1":
             raise
-        print(f"error: {e}", file=sys.stderr)  # ConfigError and CheckpointError are ValueErrors
+        print(f"error: {_one_line(e)}", file=sys.stderr)  # ConfigError and CheckpointError are ValueErrors
         return 1 if isinstance(e, TrainingDiverged) else 2
 
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
+
+
+def _one_line(error: BaseException) -> str:
+    """The message; for an error re-raised from a ``DataLoader`` worker (which wraps it in the
+    worker's traceback), the original message only."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text

@@ -335,7 +335,8 @@ def num_classes_of(dataset: Any) -> int:
 
 def check_model_fits_data(cfg: ExperimentConfig, model: nn.Module, dataset: Any) -> int:
     """The data's number of classes, after checking the encoders' modalities (when the dataset
-    declares ``modalities``), the head and the text vocabularies against it."""
+    declares ``modalities``), the head, the text vocabularies and the input standardisation (an
+    encoder that standardises its input may not read data that is standardised already) against it."""
     classes = num_classes_of(dataset)
     if isinstance(model, MultimodalModel) and model.out_dim != classes:
         task = getattr(dataset, "task", "multiclass")
@@ -351,7 +352,14 @@ def check_model_fits_data(cfg: ExperimentConfig, model: nn.Module, dataset: Any)
             f"{section}.encoders.{unknown[0]}",
             f"the data has no modality {unknown[0]!r}: it has {sorted(available)}, the config's encoders read {sorted(model.encoders)}",
         )
+    standardized = set(getattr(dataset, "standardized", ()))
     for m, enc in model.encoders.items():
+        if getattr(enc, "normalizes_input", False) and m in standardized:
+            raise cfg.error(
+                f"{section}.encoders.{m}",
+                f"{type(enc).__name__} standardises its input with its weights' mean and std, and the data already "
+                f"standardises {m!r}: turn one off (the data's normalize, or the encoder's normalize: false)",
+            )
         size, words = getattr(enc, "vocab_size", None), vocabs.get(m, vocab)
         if words is not None and size is not None and size < len(words):
             raise cfg.error(f"{section}.encoders.{m}.vocab_size", f"{size} is smaller than the data's vocabulary ({len(words)})")

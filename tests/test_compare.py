@@ -9,6 +9,7 @@ import yaml
 from fusionzoo.cli import main
 from fusionzoo.compare import aggregate, build_leaderboard, expand_grid, mean_ci, parse_seeds, t_quantile
 from fusionzoo.compare.grid import fusion_section
+from fusionzoo.compare.leaderboard import collect_runs, format_markdown
 from fusionzoo.config import ConfigError, load_config
 from fusionzoo.training.robustness import relative_robustness
 
@@ -212,3 +213,17 @@ def test_two_compares_cannot_share_an_output_folder(tiny, tmp_path, capsys):
         assert main(["compare", str(tiny), "--fusions", "gmu", "--seeds", "0", "--out", str(out)]) == 2
     assert f"{out} is in use by another fusionzoo process (PID " in capsys.readouterr().err
     assert not (out / "cells").exists()
+
+
+def test_a_regression_leaderboard_ranks_by_mae_lower_first(tmp_path):
+    for cell, maes in {"good": [0.20, 0.22, 0.21], "bad": [0.50, 0.52, 0.49]}.items():
+        for seed, mae in enumerate(maes):
+            run = tmp_path / cell / f"seed-{seed}"
+            run.mkdir(parents=True)
+            test = {"mae": mae, "rmse": mae * 1.3, "pearson_r": 0.9 - mae, "loss": mae**2, "n": 50}
+            (run / "metrics.json").write_text(json.dumps({"seed": seed, "test": test, "train_seconds": 1.0}))
+    board = build_leaderboard(collect_runs(tmp_path))
+    assert board["metric"] == "mae" and [r["cell"] for r in board["cells"]] == ["good", "bad"]
+    assert board["overlap"] == {"best": "good", "overlapping": []}
+    text = format_markdown(board)
+    assert "test mae" in text and "0.210 ±" in text and "MAE (lower is better)" in text

@@ -3,10 +3,13 @@
 import pytest
 import torch
 import torchvision
+from safetensors.torch import save_file
 
 import fusionzoo as fz
 from fusionzoo.vocab import Vocab, tokenize
+from fusionzoo.config import check_model_fits_data, load_config
 from fusionzoo.encoders import BACKBONES, TorchvisionBackbone
+from fusionzoo.encoders.visual import IMAGENET_MEAN, IMAGENET_STD
 
 # ---------------------------------------------------------------- visual
 
@@ -294,3 +297,37 @@ def test_word_vectors_from_glove_text_and_pt(tmp_path):
     glove.write_text("red 1 2\n")
     with pytest.raises(ValueError, match="2 values, the embedding width is 3"):
         enc.load_word_vectors(glove, vocab)
+
+
+def test_torchvision_backbone_standardises_its_input_for_named_weights_only(tmp_path):
+    enc = TorchvisionBackbone(arch="mobilenet_v3_small", normalize=True).eval()
+    plain = TorchvisionBackbone(arch="mobilenet_v3_small").eval()
+    plain.load_state_dict(enc.state_dict())  # the statistics are not in the state dict
+    assert not plain.normalizes_input and set(enc.state_dict()) == set(plain.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    z = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    torch.testing.assert_close(enc(x), plain(z))
+    grey = TorchvisionBackbone(arch="mobilenet_v3_small", in_channels=1, normalize=True)
+    assert grey.input_mean.flatten().tolist() == pytest.approx([sum(IMAGENET_MEAN) / 3])
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in plain.trunk.state_dict().items()}, str(path))
+    assert not TorchvisionBackbone(arch="mobilenet_v3_small", weights=str(path)).normalizes_input  # a file: say so explicitly
+
+
+def test_a_standardising_encoder_refuses_standardised_data(tmp_path):
+    cfg = load_config({
+        "model": {
+            "encoders": {"visual": {"name": "resnet18", "in_channels": 1, "normalize": True}},
+            "fusion": {"name": "concat_mlp", "out_dim": 8},
+            "head": {"name": "linear", "out_dim": 8},
+        },
+    })
+    model = fz.build_model(cfg)
+
+    class Data:
+        modalities, num_classes, standardized = ("visual",), 8, ("visual",)
+
+    with pytest.raises(fz.ConfigError, match=r"model\.encoders\.visual: TorchvisionBackbone standardises its input .* already standardises 'visual'"):
+        check_model_fits_data(cfg, model, Data())
+    Data.standardized = ()
+    assert check_model_fits_data(cfg, model, Data()) == 8

@@ -15,12 +15,14 @@ from torchvision.transforms.v2.functional import resize
 
 import fusionzoo as fz
 from fusionzoo.data.collate import collate
+from fusionzoo.config import build_dataset, load_config
 from fusionzoo.data.decode import IMAGENET_MEAN, IMAGENET_STD
+from fusionzoo.data.export import export_avdigits
 from fusionzoo.data.manifest import ManifestDataset, draw_splits, read_manifest
 from fusionzoo.training import evaluate_run, load_run, train
 from fusionzoo.training.checkpoint import load_data_state
 
-from common import CLASSES, MODALITIES, build_folder, data_section, write_rows, write_wav
+from common import AVDIGITS, CLASSES, ROOT, MODALITIES, build_folder, data_section, needs_avdigits, write_rows, write_wav
 
 def model_section(out_dim=3):
     return {
@@ -271,3 +273,25 @@ def test_num_workers_decode_in_workers(tmp_path):
     loader = fz.data.make_loader(ds, 4, num_workers=2)
     batches = list(loader)
     assert sum(b["label"].shape[0] for b in batches) == len(ds)
+
+
+@needs_avdigits
+@pytest.mark.slow
+def test_export_avdigits_gives_the_same_samples_through_the_manifest(tmp_path):
+    items = export_avdigits(tmp_path / "avd", root=AVDIGITS, blank=0.2)
+    rows = list(csv.DictReader(items.open()))
+    assert [sum(r["split"] == s for r in rows) for s in ("train", "val", "test")] == [2000, 500, 500]
+    blanked = sum(any(r[c] == "" for c in ("image", "audio", "caption")) for r in rows)
+    assert 0.17 < blanked / len(rows) < 0.23
+    config = load_config(ROOT / "configs/experiments/avdigits_manifest.yaml", [f"data.path={items}", "data.cache=none"])
+    for split in ("val", "test"):
+        manifest, direct = build_dataset(config, split), fz.create_dataset("avdigits", root=str(AVDIGITS), split=split)
+        for i in range(0, len(direct), 50):
+            a, b = manifest[i], direct[i]
+            assert a["label"] == b["label"]
+            if "visual" in a:
+                torch.testing.assert_close(a["visual"], b["visual"], atol=1e-6, rtol=0)
+            if "audio" in a:
+                assert torch.equal(a["audio"], b["audio"])
+    with pytest.raises(FileExistsError, match="exists; choose a new folder"):
+        export_avdigits(tmp_path / "avd", root=AVDIGITS)

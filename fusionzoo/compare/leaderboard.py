@@ -6,10 +6,13 @@ A run folder holds ``metrics.json`` (selection on validation, test at the select
 with one seed. Every number is aggregated over a cell's seeds as mean, std and a 95% t-interval
 (:func:`~fusionzoo.compare.stats.mean_ci`).
 
+The board ranks by the task's headline metric (:mod:`~fusionzoo.training.tasks`): test accuracy for
+multi-class runs, mAP for multi-label, MAE (lower first) for regression; every cell must share it.
+
 *Effective robustness* (MultiBench) is a run's drop under noise, ``relative_robustness - clean
-accuracy`` (mean over the noised modalities), minus the mean drop of a reference cell (late fusion,
-``weighted_late``, when the grid has it): above 0 the method loses less than the reference as
-noise grows.
+accuracy`` (mean over the noised modalities; for an error metric the sign is turned, so a drop is
+negative either way), minus the mean drop of a reference cell (late fusion, ``weighted_late``, when
+the grid has it): above 0 the method loses less than the reference as noise grows.
 """
 
 from __future__ import annotations
@@ -24,11 +27,17 @@ from typing import Any
 
 from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
 from fusionzoo.compare.stats import mean_ci
+from fusionzoo.training.tasks import lower_is_better
 
 __all__ = ["run_numbers", "collect_runs", "aggregate", "build_leaderboard", "write_leaderboard", "format_aggregate"]
 
 SEED_DIR = re.compile(r"^seed-(-?\d+)$")
-HEADLINE = "test/accuracy"
+PERCENT = ("accuracy", "macro_f1", "mAP", "micro_f1", "exact_match")  # shown as %; other metrics as numbers
+
+
+def headline_metric(test: Mapping[str, Any]) -> str:
+    """The task's headline metric, from the names of a run's test metrics."""
+    return "mAP" if "mAP" in test else "mae" if "mae" in test else "mean_R@1" if "mean_R@1" in test else "accuracy"
 
 
 def run_numbers(run_dir: str | Path) -> dict[str, Any]:
@@ -39,6 +48,8 @@ def run_numbers(run_dir: str | Path) -> dict[str, Any]:
     numbers: dict[str, float] = {f"test/{k}": float(v) for k, v in (metrics.get("test") or {}).items() if isinstance(v, (int, float))}
     selection = {"val/best": metrics.get("best_val"), "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs_run")}
     numbers.update({k: v for k, v in selection.items() if v is not None})  # runs of older versions lack them
+    metric = headline_metric(metrics.get("test") or {})
+    sign = -1.0 if lower_is_better(metric) else 1.0
     log = run_dir / "log.jsonl"  # training time of every epoch, also across resumes and engine versions
     epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
     numbers["train_seconds"] = sum(r["epoch_seconds"] for r in epochs) if epochs else metrics["train_seconds"]
@@ -47,17 +58,17 @@ def run_numbers(run_dir: str | Path) -> dict[str, Any]:
     if results.is_file():
         ev = json.loads(results.read_text())
         for row in ev["subsets"]:
-            numbers[f"subset/{'+'.join(row['modalities'])}/accuracy"] = row["accuracy"]
+            numbers[f"subset/{'+'.join(row['modalities'])}/{metric}"] = row[metric]
         numbers.update({"params": ev["params"], "flops_per_sample": ev["flops_per_sample"]})
-        curves = {m: [p["accuracy"] for p in pts] for m, pts in ev["robustness"].items()}
+        curves = {m: [p[metric] for p in pts] for m, pts in ev["robustness"].items()}
         levels = [p["level"] for p in next(iter(ev["robustness"].values()), [])]
         rel = ev.get("relative_robustness") or {}
         for m, value in rel.items():
             numbers[f"robustness/{m}"] = value
         if rel:
             numbers["robustness/mean"] = sum(rel.values()) / len(rel)
-            numbers["robustness/drop"] = sum(rel[m] - curves[m][0] for m in rel) / len(rel)
-    return {"run_dir": str(run_dir), "seed": metrics.get("seed"), "numbers": numbers, "curves": curves, "levels": levels}
+            numbers["robustness/drop"] = sign * sum(rel[m] - curves[m][0] for m in rel) / len(rel)
+    return {"run_dir": str(run_dir), "seed": metrics.get("seed"), "metric": metric, "numbers": numbers, "curves": curves, "levels": levels}
 
 
 def collect_runs(root: str | Path) -> dict[str, list[dict[str, Any]]]:
@@ -102,10 +113,16 @@ def build_leaderboard(
     statuses: Mapping[str, Mapping[str, Any]] | None = None,
     reference: str | None = None,
 ) -> dict[str, Any]:
-    """The leaderboard as data: cells ranked by mean test accuracy, each with its aggregates, seeds
-    and mean curves; skipped, failed and partly failed cells from ``statuses`` (``{cell: {status,
-    reason}}``, what :func:`~fusionzoo.compare.runner.run_grid` returns)."""
+    """The leaderboard as data: cells ranked by the mean of the task's headline test metric (best
+    first), each with its aggregates, seeds and mean curves; skipped, failed and partly failed cells
+    from ``statuses`` (``{cell: {status, reason}}``, what :func:`~fusionzoo.compare.runner.run_grid`
+    returns)."""
     statuses = statuses or {}
+    metrics = {r.get("metric", "accuracy") for runs in cells.values() for r in runs}
+    if len(metrics) > 1:
+        raise ValueError(f"the runs measure different tasks (headline metrics {sorted(metrics)}); compare like with like")
+    metric = metrics.pop() if metrics else "accuracy"
+    headline, lower = f"test/{metric}", lower_is_better(metric)
     fusions = {c: s.get("fusion") for c, s in statuses.items()}
     ref = _reference(cells, fusions, reference)
     ref_drop = None
@@ -121,19 +138,29 @@ def build_leaderboard(
             "cell": name, "fusion": fusions.get(name), "seeds": [r["seed"] for r in runs], "runs": [r["run_dir"] for r in runs],
             "metrics": stats, "levels": levels, "mean_curves": curves, "notes": statuses.get(name, {}).get("notes", []),
         })
-    rows.sort(key=lambda r: -r["metrics"].get(HEADLINE, {}).get("mean", float("-inf")))
+    worst = float("inf") if lower else float("-inf")
+    rows.sort(key=lambda r: (1 if lower else -1) * r["metrics"].get(headline, {}).get("mean", worst))
     problems = {c: dict(s) for c, s in statuses.items() if s.get("status") in ("skipped", "failed", "partial")}
-    return {"reference": ref, "cells": rows, "problems": problems, "overlap": _overlap(rows)}
+    return {"metric": metric, "reference": ref, "cells": rows, "problems": problems, "overlap": _overlap(rows, headline)}
 
 
-def _overlap(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Which cells' 95% intervals of test accuracy overlap the best cell's."""
-    ranked = [r for r in rows if HEADLINE in r["metrics"]]
-    if not ranked or ranked[0]["metrics"][HEADLINE]["ci_low"] is None:
+def _overlap(rows: Sequence[Mapping[str, Any]], headline: str) -> dict[str, Any] | None:
+    """Which cells' 95% intervals of the headline metric overlap the best cell's."""
+    ranked = [r for r in rows if headline in r["metrics"]]
+    if not ranked or ranked[0]["metrics"][headline]["ci_low"] is None:
         return None
-    best = ranked[0]["metrics"][HEADLINE]
-    overlapping = [r["cell"] for r in ranked[1:] if r["metrics"][HEADLINE]["ci_high"] is not None and r["metrics"][HEADLINE]["ci_high"] >= best["ci_low"]]
+    best = ranked[0]["metrics"][headline]
+    overlapping = [
+        r["cell"] for r in ranked[1:]
+        if r["metrics"][headline]["ci_low"] is not None
+        and r["metrics"][headline]["ci_low"] <= best["ci_high"] and r["metrics"][headline]["ci_high"] >= best["ci_low"]
+    ]
     return {"best": ranked[0]["cell"], "overlapping": overlapping}
+
+
+def _shown(metric: str):
+    """Formats a metric's aggregate: percent for rates, three decimals for errors and correlations."""
+    return _pct if metric in PERCENT else (lambda stat: _pct(stat, scale=1.0, digits=3))
 
 
 def _pct(stat: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -150,18 +177,20 @@ def _modalities(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header_lines: Sequence[str] = ()) -> str:
     """The leaderboard as a Markdown table with notes on what it measures and where intervals overlap."""
-    rows = board["cells"]
+    rows, metric = board["cells"], board.get("metric", "accuracy")
+    show, headline = _shown(metric), f"test/{metric}"
     mods = _modalities(rows)
     has_eff = any("robustness/effective" in r["metrics"] for r in rows)
-    head = ["#", "cell", "seeds", "test acc. (%)"] + [f"{m} missing" for m in mods] + ["rel. robustness"]
+    label = "test acc. (%)" if metric == "accuracy" else f"test {metric}" + (" (%)" if metric in PERCENT else "")
+    head = ["#", "cell", "seeds", label] + [f"{m} missing" for m in mods] + ["rel. robustness"]
     head += ["eff. robustness"] if has_eff else []
     head += ["params", "MFLOPs/sample", "train s"]
     lines = [f"# {title}", "", *header_lines, "" if header_lines else "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows, 1):
         m = r["metrics"]
-        without = [_pct(m.get(f"subset/{'+'.join(x for x in mods if x != gone)}/accuracy")) if len(mods) > 1 else "-" for gone in mods]
-        cells = [str(i), r["cell"], str(len(r["seeds"])), _pct(m.get(HEADLINE)), *without, _pct(m.get("robustness/mean"))]
-        cells += [_pct(m.get("robustness/effective"))] if has_eff else []
+        without = [show(m.get(f"subset/{'+'.join(x for x in mods if x != gone)}/{metric}")) if len(mods) > 1 else "-" for gone in mods]
+        cells = [str(i), r["cell"], str(len(r["seeds"])), show(m.get(headline)), *without, show(m.get("robustness/mean"))]
+        cells += [show(m.get("robustness/effective"))] if has_eff else []
         params = m.get("params", {}).get("mean")
         flops = m.get("flops_per_sample", {}).get("mean")
         seconds = m.get("train_seconds", {}).get("mean")
@@ -172,13 +201,15 @@ def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header
 
 
 def _notes(board: Mapping[str, Any]) -> list[str]:
+    metric = board.get("metric", "accuracy")
+    name = {"accuracy": "accuracy", "mae": "MAE (lower is better)"}.get(metric, metric)
     notes = [
-        "Mean ± half-width of the 95% t-interval over seeds. Test accuracy is measured once per run, on the "
-        "checkpoint selected on validation. *m missing*: test accuracy with modality *m* removed. "
-        "*rel. robustness*: area under test accuracy vs noise level, divided by the level range (mean over the noised modalities)."
+        f"Mean ± half-width of the 95% t-interval over seeds. Test {name} is measured once per run, on the "
+        f"checkpoint selected on validation. *m missing*: test {metric} with modality *m* removed. "
+        f"*rel. robustness*: area under test {metric} vs noise level, divided by the level range (mean over the noised modalities)."
     ]
     if board["reference"]:
-        notes.append(f"*eff. robustness*: the run's accuracy drop under noise minus the mean drop of `{board['reference']}` (above 0: loses less).")
+        notes.append(f"*eff. robustness*: the run's {metric} drop under noise minus the mean drop of `{board['reference']}` (above 0: loses less).")
     overlap = board["overlap"]
     if overlap is not None:
         if overlap["overlapping"]:
@@ -217,15 +248,20 @@ def write_leaderboard(board: Mapping[str, Any], out: str | Path, title: str = "L
 
 def _plots(board: Mapping[str, Any], out: Path) -> list[Path]:
     plt = pyplot()
-    rows = [r for r in board["cells"] if HEADLINE in r["metrics"]]
+    metric = board.get("metric", "accuracy")
+    headline, scale = f"test/{metric}", 100.0 if metric in PERCENT else 1.0
+    unit = ", %" if metric in PERCENT else ""
+    rows = [r for r in board["cells"] if headline in r["metrics"]]
     if plt is None or not rows:
         return []
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(rows) + 1.2))
-    stats = [r["metrics"][HEADLINE] for r in rows][::-1]
-    errors = [0 if s["half_width"] is None else 100 * s["half_width"] for s in stats]
-    ax.barh([r["cell"] for r in rows][::-1], [100 * s["mean"] for s in stats], xerr=errors, capsize=3, color="tab:blue")
-    low = min(100 * s["mean"] - e for s, e in zip(stats, errors))
-    ax.set_xlim(max(0, low - 5), 100), ax.set_xlabel("test accuracy, % (mean and 95% CI over seeds)")
+    stats = [r["metrics"][headline] for r in rows][::-1]
+    errors = [0 if s["half_width"] is None else scale * s["half_width"] for s in stats]
+    ax.barh([r["cell"] for r in rows][::-1], [scale * s["mean"] for s in stats], xerr=errors, capsize=3, color="tab:blue")
+    if metric in PERCENT:
+        low = min(100 * s["mean"] - e for s, e in zip(stats, errors))
+        ax.set_xlim(max(0, low - 5), 100)
+    ax.set_xlabel(f"test {metric}{unit} (mean and 95% CI over seeds)")
     save_figure_atomic(fig, out / "leaderboard.png")
     curved = [r for r in rows if r["mean_curves"]]
     if not curved:
@@ -235,8 +271,8 @@ def _plots(board: Mapping[str, Any], out: Path) -> list[Path]:
     for ax, m in zip(axes[0], mods):
         for i, r in enumerate(curved):  # 10 colours, then the next line style
             style = ("-", "--", ":")[i // 10 % 3]
-            ax.plot(r["levels"], [100 * a for a in r["mean_curves"][m]], marker="o", markersize=3, linestyle=style, label=r["cell"])
-        ax.set_title(f"noise on {m}"), ax.set_xlabel("noise level"), ax.set_ylabel("test accuracy, % (mean over seeds)")
+            ax.plot(r["levels"], [scale * a for a in r["mean_curves"][m]], marker="o", markersize=3, linestyle=style, label=r["cell"])
+        ax.set_title(f"noise on {m}"), ax.set_xlabel("noise level"), ax.set_ylabel(f"test {metric}{unit} (mean over seeds)")
     axes[0][-1].legend(fontsize=6)
     save_figure_atomic(fig, out / "robustness.png")
     return [out / "leaderboard.png", out / "robustness.png"]

@@ -235,8 +235,8 @@ def _load_split(root: Path, split: str, clip_samples: int) -> dict:
 class AVDigits(Dataset):
     """Spoken digits paired with MNIST images, speaker-held-out (see module docstring).
 
-    Samples: ``{"visual": float [1, 28, 28] (MNIST-normalised), "audio": float [t] (t <= clip length),
-    "label": int}``. ``root`` defaults to ``$FUSIONZOO_AVDIGITS``, else ``../shared/datasets/avdigits``.
+    Samples: ``{"visual": float [1, 28, 28] (standardised with MNIST's mean and std; in [0, 1] with
+    ``normalize=False``), "audio": float [t] (t <= clip length), "label": int}``. ``root`` defaults to ``$FUSIONZOO_AVDIGITS``, else ``../shared/datasets/avdigits``.
     """
 
     def __init__(
@@ -254,6 +254,7 @@ class AVDigits(Dataset):
         labels_per_class: int | None = None,
         labelled_per_class: int | None = None,
         val_speaker: str = VAL_SPEAKER,
+        normalize: bool = True,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"avdigits: split must be one of {SPLITS}, got {split!r}")
@@ -287,7 +288,8 @@ class AVDigits(Dataset):
         index = self._split_rows(data["rows"], split, val_speaker)
         self.rows = [data["rows"][i] for i in index]
         self.labels, self.mnist_index, self.lengths = data["digits"][index], mnist_index[index], data["lengths"][index]
-        self.images = ((images[index] - MNIST_MEAN) / MNIST_STD)[:, None].astype(np.float32)
+        self.standardized = ("visual",) if normalize else ()
+        self.images = (((images[index] - MNIST_MEAN) / MNIST_STD) if normalize else images[index])[:, None].astype(np.float32)
         self.audio = audio[index]
         if labels_per_class is not None and split == "train":
             index = first_per_class(self.labels, labels_per_class)

@@ -27,7 +27,10 @@ from fusionzoo.weights import (
     load_state_dict_file,
 )
 
-__all__ = ["VisualCNN", "LeNet", "TorchvisionBackbone", "BACKBONES"]
+__all__ = ["VisualCNN", "LeNet", "TorchvisionBackbone", "BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+# The input statistics every torchvision classification weight set here was trained with.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class _VisualEncoder(Encoder):
@@ -181,6 +184,14 @@ class TorchvisionBackbone(_VisualEncoder):
     (timm's ``adapt_input_conv``). The loading report (missing / unexpected / mismatched keys) is kept
     in ``load_report``; the removed classifier's keys are expected to be unused.
 
+    ``normalize`` standardises the input with the weights' ImageNet mean and std inside the encoder,
+    so a pretrained trunk sees what it was trained on from every dataset, in training, evaluation and
+    export alike; the input is then an image in [0, 1]. By default it is on exactly when ``weights``
+    names torchvision weights (a weights file may hold anything: say ``normalize: true`` for
+    ImageNet-trained files). With one input channel the mean of the three channels' statistics is
+    used (as timm does). Datasets that standardise images themselves must not do so too: the
+    training loop refuses that pairing.
+
     Shapes: ``[b, in_channels, h, w] -> [b, out_dim]``.
     """
 
@@ -192,6 +203,7 @@ class TorchvisionBackbone(_VisualEncoder):
         in_channels: int = 3,
         weights: str | Path | None = None,
         progress: bool = True,
+        normalize: bool | None = None,
     ) -> None:
         super().__init__()
         if arch not in BACKBONES:
@@ -213,6 +225,11 @@ class TorchvisionBackbone(_VisualEncoder):
             self._replace_first_conv(in_channels)
         if state is not None:
             self.load_report = self._load(state)
+        named = weights is not None and not isinstance(weights, Path) and Path(str(weights)).suffix not in (".pt", ".pth", ".bin", ".safetensors")
+        self.normalizes_input = named if normalize is None else bool(normalize)
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((sum(IMAGENET_MEAN) / 3,) * in_channels, (sum(IMAGENET_STD) / 3,) * in_channels)
+        self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def _weights_state_dict(self, weights: str | Path | None, progress: bool) -> dict[str, Tensor] | None:
         if weights is None:
@@ -257,6 +274,8 @@ class TorchvisionBackbone(_VisualEncoder):
         return report
 
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.normalizes_input:
+            x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
         t = self.trunk
         if self.arch.startswith("resnet"):
             x = t.maxpool(t.relu(t.bn1(t.conv1(x))))
@@ -266,9 +285,10 @@ class TorchvisionBackbone(_VisualEncoder):
 
 def _backbone(arch: str):
     def build(
-        *, out_dim: int | None = None, in_channels: int = 3, weights: str | Path | None = None, progress: bool = True
+        *, out_dim: int | None = None, in_channels: int = 3, weights: str | Path | None = None, progress: bool = True,
+        normalize: bool | None = None,
     ) -> TorchvisionBackbone:
-        return TorchvisionBackbone(arch=arch, out_dim=out_dim, in_channels=in_channels, weights=weights, progress=progress)
+        return TorchvisionBackbone(arch=arch, out_dim=out_dim, in_channels=in_channels, weights=weights, progress=progress, normalize=normalize)
 
     build.__name__ = build.__qualname__ = arch
     build.__doc__ = (
