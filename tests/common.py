@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.numpy import save_file
 from torchvision.io import write_png
 
 import pytest
@@ -109,7 +110,10 @@ def build_folder(tmp_path, n_per_class=6, blank_every=0, fmt="csv", rates=(8000,
             t = np.arange(int(0.25 * rate)) / rate
             write_wav(root / "wav" / f"{i}.wav", 0.5 * np.sin(2 * np.pi * (300 + 400 * c) * t) + 0.05 * rng.standard_normal(len(t)), rate)
             feats = (np.eye(3)[c] + 0.1 * rng.standard_normal(3)).astype(np.float32)
-            if i % 2:
+            if i % 4 == 3:
+                save_file({"features": feats}, str(root / "npy" / f"{i}.safetensors"))
+                feat_cell = f"npy/{i}.safetensors"
+            elif i % 2:
                 np.save(root / "npy" / f"{i}.npy", feats)
                 feat_cell = f"npy/{i}.npy"
             else:

@@ -3,14 +3,13 @@ the fitted state reused by eval and resume."""
 
 import csv
 import json
-import wave
+import os
+import re
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from safetensors.numpy import save_file
-from torchvision.io import decode_image
+from torchvision.io import decode_image, write_png
 from torchvision.transforms.v2.functional import resize
 
 import fusionzoo as fz
@@ -295,3 +294,52 @@ def test_export_avdigits_gives_the_same_samples_through_the_manifest(tmp_path):
                 assert torch.equal(a["audio"], b["audio"])
     with pytest.raises(FileExistsError, match="exists; choose a new folder"):
         export_avdigits(tmp_path / "avd", root=AVDIGITS)
+
+
+def test_disk_cache_gives_the_same_samples_and_notices_a_changed_file(tmp_path):
+    root, _ = build_folder(tmp_path)
+    kw = {k: v for k, v in data_section(root).items() if k != "name"}
+    plain = ManifestDataset(**kw, split="test")
+    cached = ManifestDataset(**kw, split="test", cache="disk", cache_dir=tmp_path / "cache")
+    first = [cached[i] for i in range(len(cached))]
+    files = sorted((tmp_path / "cache").glob("*.safetensors"))
+    assert len(files) == 2 * len(cached)  # one image and one recording per sample
+    again = ManifestDataset(**kw, split="test", cache="disk", cache_dir=tmp_path / "cache")
+    for i in range(len(plain)):
+        for m in plain.modalities:
+            assert torch.equal(plain[i][m], first[i][m]) and torch.equal(plain[i][m], again[i][m])
+    line = plain.line_of(0)
+    image = root / "img" / f"{line - 2}.png"
+    write_png(torch.zeros(1, 12, 12, dtype=torch.uint8), str(image))  # a new file: decoded again, not read stale
+    os.utime(image, ns=(10**18, 10**18))
+    assert torch.equal(again[0]["visual"], ManifestDataset(**kw, split="test")[0]["visual"])
+    files[0].write_bytes(b"damaged")  # an unreadable cache file is decoded again
+    assert all(torch.equal(again[i]["audio"], plain[i]["audio"]) for i in range(len(plain)))
+
+
+def test_a_row_that_fails_in_a_loader_worker_is_one_line_in_the_cli(tmp_path):
+    from fusionzoo.cli import _one_line
+
+    root, _ = build_folder(tmp_path)
+    (root / "img" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 4)
+    ds = ManifestDataset(**{k: v for k, v in data_section(root).items() if k != "name"})
+    with pytest.raises(ValueError) as caught:
+        list(fz.data.make_loader(ds, 4, num_workers=1))
+    assert "DataLoader worker" in str(caught.value)
+    line = _one_line(caught.value)
+    assert "\n" not in line and re.search(r"items\.csv: line 2: column 'image': cannot decode image .*0\.png", line)
+
+
+def test_feature_files_npy_and_safetensors_with_a_key(tmp_path):
+    from safetensors.numpy import save_file
+
+    from fusionzoo.data.decode import CellError, read_features
+
+    save_file({"a": np.ones(3, np.float32), "b": np.zeros(3, np.float32)}, str(tmp_path / "two.safetensors"))
+    assert read_features("two.safetensors", tmp_path, key="b").tolist() == [0, 0, 0]
+    with pytest.raises(CellError, match=r"holds \['a', 'b'\]; name one with the modality's key"):
+        read_features("two.safetensors", tmp_path)
+    np.save(tmp_path / "m.npy", np.ones((2, 3)))
+    with pytest.raises(CellError, match=r"expected a 1-D numeric vector, got float64 of shape \[2, 3\]"):
+        read_features("m.npy", tmp_path)
+    assert read_features([1, 2.5], tmp_path).tolist() == [1.0, 2.5]  # a JSONL list

@@ -33,7 +33,10 @@ LOCK = ".lock"
 RUN_FILES = (
     "checkpoints", "eval", "metrics.json", "log.jsonl", "curves.png", "init_report.txt", "config.yaml", "data_state.json", "data_report.json",
 )
-RESUMABLE = ("name", "description", "train.epochs", "train.progress", "train.num_workers", "train.keep_checkpoints", "train.device")
+RESUMABLE = (
+    "name", "description", "train.epochs", "train.progress", "train.num_workers", "train.keep_checkpoints", "train.device",
+    "data.cache", "data.cache_dir",
+)
 
 
 def is_run_folder(path: Path) -> bool:
