@@ -444,8 +444,8 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
 
 
 def _plot(history: list[dict], best_epoch: int | None, path: Path) -> None:
-    """Train and validation loss, and every train and validation metric in [0, 1] (accuracy, R@1),
-    with the selected epoch marked."""
+    """Train and validation loss, and the train and validation metrics (accuracy, R@1, mAP, F1, MAE,
+    RMSE, Pearson r), with the selected epoch marked."""
     plt = pyplot()
     if plt is None:
         return
@@ -457,7 +457,7 @@ def _plot(history: list[dict], best_epoch: int | None, path: Path) -> None:
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss")
     if "accuracy" in history[0]["train"]:
         ax2.plot(epochs, [h["train"]["accuracy"] for h in history], label="train accuracy")
-    for key in [k for k in history[0]["val"] if "accuracy" in k or k.endswith("R@1")]:
+    for key in [k for k in history[0]["val"] if "accuracy" in k or k.endswith("R@1") or k in ("mAP", "micro_f1", "mae", "rmse", "pearson_r")]:
         ax2.plot(epochs, [h["val"][key] for h in history], label=f"val {key}")
     for ax in (ax1, ax2):
         if best_epoch is not None:
