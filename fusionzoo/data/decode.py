@@ -1,0 +1,316 @@
+"""Reading one cell of a manifest: images, audio and feature vectors, and their transforms.
+
+Legend: ``c`` channels, ``h`` height, ``w`` width, ``t`` audio samples, ``d`` features.
+
+Each ``kind`` of column has a reader, configured by the modality's options in ``data.modalities``:
+
+* ``image``: ``torchvision.io.decode_image`` (PNG, JPEG, WebP, GIF) to ``uint8 [c, h, w]`` with
+  ``channels`` 1 or 3; then ``transforms.v2``: resize to ``size`` (or, in training with
+  ``augment.crop``, a random resized crop), ``augment.flip`` (probability), ``augment.color_jitter``,
+  ``augment.rotate`` (degrees), to float in [0, 1], and ``normalize`` (``{mean, std}`` or
+  ``imagenet``). Augmentation is training-only; evaluation is deterministic.
+* ``audio``: ``soundfile`` (WAV, FLAC, OGG) to float ``[t]``: channels averaged (mono downmix),
+  resampled to ``sample_rate`` with ``torchaudio.functional.resample`` (``resample: false`` makes a
+  different rate an error), ``normalize: peak`` (DC offset removed, peak scaled to 1), cut to
+  ``max_seconds`` from the start (training with ``augment.crop``: a random window), and
+  ``augment.gain_db`` (a uniform random gain within +-that many dB) in training.
+* ``features``: a ``.npy`` or ``.safetensors`` file (one tensor, or ``key``) or numbers written in
+  the cell (separated by spaces, commas or semicolons; a list in JSONL) to float ``[d]``; every
+  value finite.
+
+Errors are :class:`CellError` with a message that the manifest prefixes with file, line and column.
+
+:class:`DiskCache` keeps decoded images and recordings (before the per-sample transform) as
+safetensors files, keyed by the file's path, size and modification time and by the reader options
+that change the decoding, so a changed file or option is decoded again and never read stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fusionzoo.encoders.visual import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["CellError", "ImageReader", "AudioReader", "DiskCache", "read_features", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"))
+
+
+class CellError(ValueError):
+    """A cell that cannot be read; the manifest adds where it is."""
+
+
+def _options(options: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}: unknown option {unknown[0]!r} (allowed: {', '.join(allowed)})")
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise CellError(f"file not found: {path}")
+    return path
+
+
+class ImageReader:
+    """Decode and transform one image (see the module docstring)."""
+
+    OPTIONS = ("size", "channels", "normalize", "augment")
+    AUGMENT = ("crop", "flip", "color_jitter", "rotate")
+
+    def __init__(self, *, size: list[int] | int | None = None, channels: int = 3, normalize: Any = None, augment: Mapping | None = None, where: str = "image") -> None:
+        from torchvision.io import ImageReadMode
+        from torchvision.transforms import v2
+
+        if channels not in (1, 3):
+            raise ValueError(f"{where}.channels: 1 (grey) or 3 (RGB), got {channels!r}")
+        self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        self.channels = channels
+        self.cache_key = f"image:{channels}"
+        augment = dict(augment or {})
+        _options(augment, self.AUGMENT, f"{where}.augment")
+        if isinstance(size, int):
+            size = [size, size]
+        if size is not None and (len(size) != 2 or any(not isinstance(s, int) or s < 1 for s in size)):
+            raise ValueError(f"{where}.size: [height, width] in pixels, got {size!r}")
+        self.size = None if size is None else list(size)
+        mean_std = self._normalize(normalize, channels, where)
+        self.normalized = mean_std is not None
+        tail = [v2.ToDtype(torch.float32, scale=True)] + ([v2.Normalize(*mean_std)] if mean_std else [])
+        resize = [v2.Resize(self.size, antialias=True)] if self.size else []
+        self.eval_transform = v2.Compose(resize + tail)
+        train: list = []
+        crop = augment.get("crop")
+        if crop:
+            if self.size is None:
+                raise ValueError(f"{where}.augment.crop: needs size (the crop's output)")
+            scale = tuple(crop.get("scale", (0.08, 1.0))) if isinstance(crop, Mapping) else (0.08, 1.0)
+            train.append(v2.RandomResizedCrop(self.size, scale=scale, antialias=True))
+        else:
+            train += resize
+        if augment.get("flip"):
+            train.append(v2.RandomHorizontalFlip(float(augment["flip"])))
+        if augment.get("rotate"):
+            train.append(v2.RandomRotation(float(augment["rotate"])))
+        jitter = augment.get("color_jitter")
+        if jitter:
+            train.append(v2.ColorJitter(**jitter) if isinstance(jitter, Mapping) else v2.ColorJitter(jitter, jitter, jitter if channels == 3 else 0))
+        self.train_transform = v2.Compose(train + tail)
+
+    @staticmethod
+    def _normalize(normalize: Any, channels: int, where: str) -> tuple[list[float], list[float]] | None:
+        if normalize in (None, False, "none"):
+            return None
+        if normalize == "imagenet":
+            mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+            if channels == 1:
+                mean, std = [sum(mean) / 3], [sum(std) / 3]
+            return mean, std
+        if isinstance(normalize, Mapping) and set(normalize) == {"mean", "std"}:
+            mean, std = [float(v) for v in normalize["mean"]], [float(v) for v in normalize["std"]]
+            if len(mean) != channels or len(std) != channels or min(std) <= 0:
+                raise ValueError(f"{where}.normalize: one mean and one positive std per channel ({channels}), got {normalize!r}")
+            return mean, std
+        raise ValueError(f"{where}.normalize: 'imagenet', none, or {{mean: [...], std: [...]}}, got {normalize!r}")
+
+    @staticmethod
+    def check(path: Path) -> None:
+        """Cheap check at start: the file exists and starts like an image torchvision decodes."""
+        with _existing(path).open("rb") as f:
+            head = f.read(16)
+        if any(head.startswith(magic) for magic, _ in IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+            return
+        raise CellError(f"{path} is not a PNG, JPEG, WebP or GIF image (it starts with {head[:8]!r})")
+
+    def decode(self, path: Path) -> Tensor:
+        from torchvision.io import decode_image, read_file
+
+        try:
+            return decode_image(read_file(str(_existing(path))), mode=self.mode)
+        except RuntimeError as e:
+            raise CellError(f"cannot decode image {path}: {str(e).splitlines()[0]}") from None
+
+    def transform(self, image: Tensor, train: bool) -> Tensor:
+        return (self.train_transform if train else self.eval_transform)(image)
+
+
+class AudioReader:
+    """Decode and transform one recording (see the module docstring)."""
+
+    OPTIONS = ("sample_rate", "resample", "max_seconds", "normalize", "augment")
+    AUGMENT = ("crop", "gain_db")
+
+    def __init__(
+        self, *, sample_rate: int, resample: bool = True, max_seconds: float | None = None, normalize: str | None = None,
+        augment: Mapping | None = None, where: str = "audio",
+    ) -> None:
+        if not isinstance(sample_rate, int) or sample_rate < 1:
+            raise ValueError(f"{where}.sample_rate: a positive int (Hz), got {sample_rate!r}")
+        if normalize not in (None, "none", "peak"):
+            raise ValueError(f"{where}.normalize: 'peak' or none, got {normalize!r}")
+        if max_seconds is not None and not max_seconds > 0:
+            raise ValueError(f"{where}.max_seconds: positive, got {max_seconds!r}")
+        augment = dict(augment or {})
+        _options(augment, self.AUGMENT, f"{where}.augment")
+        self.sample_rate, self.resample, self.peak = sample_rate, bool(resample), normalize == "peak"
+        self.max_samples = None if max_seconds is None else max(1, round(max_seconds * sample_rate))
+        self.crop, self.gain_db = bool(augment.get("crop")), float(augment.get("gain_db", 0.0))
+        self.cache_key = f"audio:{sample_rate}:{self.resample}:{self.peak}"
+
+    def check(self, path: Path) -> None:
+        """Cheap check at start: the header is readable, the rate acceptable, the file not empty."""
+        import soundfile
+
+        try:
+            info = soundfile.info(str(_existing(path)))
+        except (RuntimeError, soundfile.LibsndfileError) as e:
+            raise CellError(f"cannot read audio {path}: {e}") from None
+        self._check_rate(info.samplerate, path)
+        if info.frames == 0:
+            raise CellError(f"audio {path} holds no samples")
+
+    def _check_rate(self, rate: int, path: Path) -> None:
+        if rate != self.sample_rate and not self.resample:
+            raise CellError(f"audio {path} is sampled at {rate} Hz, expected {self.sample_rate} Hz (resample: false)")
+
+    def decode(self, path: Path) -> Tensor:
+        """Mono float32 ``[t]`` at ``sample_rate``, before the per-sample transform."""
+        import soundfile
+        import torchaudio.functional as AF
+
+        try:
+            x, rate = soundfile.read(str(_existing(path)), dtype="float32", always_2d=True)
+        except (RuntimeError, soundfile.LibsndfileError) as e:
+            raise CellError(f"cannot read audio {path}: {e}") from None
+        self._check_rate(rate, path)
+        if x.shape[0] == 0:
+            raise CellError(f"audio {path} holds no samples")
+        wave = torch.from_numpy(x).mean(dim=1)
+        if rate != self.sample_rate:
+            wave = AF.resample(wave, rate, self.sample_rate)
+        if not torch.isfinite(wave).all():
+            raise CellError(f"audio {path} holds non-finite samples")
+        if self.peak:
+            wave = wave - wave.mean()
+            wave = wave / wave.abs().max().clamp(min=1e-8)
+        return wave.contiguous()
+
+    def transform(self, wave: Tensor, train: bool) -> Tensor:
+        n = self.max_samples
+        if n is not None and wave.shape[0] > n:
+            start = int(torch.randint(0, wave.shape[0] - n + 1, ())) if (train and self.crop) else 0
+            wave = wave[start : start + n]
+        if train and self.gain_db:
+            gain_db = (torch.rand(()) * 2 - 1) * self.gain_db
+            wave = wave * 10 ** (gain_db / 20)
+        return wave
+
+
+class DiskCache:
+    """Decoded tensors in ``folder``, one safetensors file each, written atomically (safe with
+    several ``DataLoader`` workers or processes: the last identical write wins)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def _file(self, path: Path, reader: ImageReader | AudioReader) -> Path:
+        stat = _existing(path).stat()
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{reader.cache_key}"
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+
+    def load(self, path: Path, reader: ImageReader | AudioReader) -> Tensor:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, save_file
+
+        file = self._file(path, reader)
+        if file.is_file():
+            try:
+                return load_file(str(file))["x"]
+            except (SafetensorError, OSError, KeyError):
+                pass  # damaged (an interrupted disk): decode again and replace it
+        tensor = reader.decode(path)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+        try:
+            save_file({"x": tensor.contiguous()}, tmp)
+            os.replace(tmp, file)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return tensor
+
+
+_NUMBERS = re.compile(r"[\s,;]+")
+
+
+def read_features(cell: Any, root: Path, key: str | None = None) -> Tensor:
+    """A float32 ``[d]`` vector from a file path (``.npy``, ``.safetensors``) or inline numbers."""
+    if isinstance(cell, list):
+        values = cell
+    elif isinstance(cell, (int, float)) and not isinstance(cell, bool):
+        values = [cell]
+    elif isinstance(cell, str) and cell.strip().lower().endswith((".npy", ".safetensors")):
+        return _features_file(root / cell.strip(), key)
+    elif isinstance(cell, str):
+        values = [v for v in _NUMBERS.split(cell.strip().strip("[]")) if v]
+    else:
+        raise CellError(f"expected numbers or a .npy/.safetensors path, got {type(cell).__name__}")
+    try:
+        vector = torch.tensor([float(v) for v in values], dtype=torch.float32)
+    except (TypeError, ValueError):
+        bad = next(v for v in values if not _is_number(v))
+        raise CellError(f"{bad!r} is not a number (features are numbers, or a .npy/.safetensors path)") from None
+    return _finite(vector, "the cell")
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _features_file(path: Path, key: str | None) -> Tensor:
+    _existing(path)
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            from safetensors.numpy import load_file
+
+            tensors = load_file(str(path))
+            if key is None and len(tensors) != 1:
+                raise CellError(f"{path} holds {sorted(tensors)}; name one with the modality's key:")
+            if key is not None and key not in tensors:
+                raise CellError(f"{path} has no tensor {key!r} (it holds {sorted(tensors)})")
+            array = tensors[key] if key is not None else next(iter(tensors.values()))
+    except (OSError, ValueError) as e:
+        if isinstance(e, CellError):
+            raise
+        raise CellError(f"cannot read features {path}: {str(e).splitlines()[0]}") from None
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.number):
+        raise CellError(f"{path}: expected a 1-D numeric vector, got {array.dtype} of shape {list(array.shape)}")
+    return _finite(torch.from_numpy(array.astype(np.float32)), str(path))
+
+
+def _finite(vector: Tensor, what: str) -> Tensor:
+    if vector.numel() == 0:
+        raise CellError(f"{what} holds no values")
+    bad = (~torch.isfinite(vector)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise CellError(f"{what}: value {i} is {vector[i].item()}, features must be finite")
+    return vector
+

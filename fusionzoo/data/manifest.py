@@ -1,0 +1,484 @@
+"""``manifest``: your own data, one row per sample in a CSV or JSONL file, any mix of modalities.
+
+A config names a column per modality and how to read it::
+
+    data:
+      name: manifest
+      path: data/items.csv                # CSV with a header row, or .jsonl (one object per line)
+      root: data/                         # relative file paths resolve here (default: the file's folder)
+      modalities:
+        visual: {column: image, kind: image, size: [224, 224], augment: {crop: {scale: [0.5, 1]}, flip: 0.5}}
+        audio:  {column: audio, kind: audio, sample_rate: 16000, max_seconds: 5}
+        text:   {column: caption, kind: text, min_freq: 2}
+        extra:  {column: feats, kind: features}            # .npy / .safetensors path, or numbers
+      label: {column: label, task: multiclass}               # multiclass | multilabel | regression
+      splits: {column: split}                                # or {val: 0.1, test: 0.1, seed: 0}
+      on_error: raise                                        # or skip: bad rows left out and reported
+
+(``splits``, not ``split``: the builder derives ``split``, the one this dataset object serves.)
+
+* **Missing modalities.** An empty cell (or ``null`` in JSONL) means the sample lacks that modality:
+  the sample leaves it out, and :func:`~fusionzoo.data.collate.collate` marks it absent in
+  ``batch["present"]``, which every fusion block honours. A row needs a label, not every modality.
+* **Fitted on the training split.** A ``text`` column's vocabulary (``min_freq``, ``max_size``,
+  ``lower``; ``max_tokens`` cuts longer texts, explicitly), the label list (``label.classes`` fixes
+  it; otherwise the training split's labels, sorted, numerically when they are all numbers) and each
+  ``features`` column's width (``dim`` fixes it; otherwise the first training row's) are fitted on
+  the ``train`` split only and held in :attr:`fitted`; the training loop passes that to ``val`` and
+  ``test`` and saves it in the run folder (``data_state.json``), so evaluation and ``--resume`` use
+  the same ids.
+* **Tasks.** ``multiclass`` (one label per row), ``multilabel`` (labels joined by ``separator``,
+  default ``;``, or a JSON list; an empty cell is the empty set) and ``regression`` (a number; the
+  head has one output). ``allow_unlabelled: true`` accepts empty label cells (ignored by the loss).
+* **Splits.** ``{column: NAME}`` reads ``train``/``val``/``test`` from a column (the default when the
+  file has a ``split`` column); ``{val: 0.1, test: 0.1, seed: 0}`` draws them, stratified by label
+  for ``multiclass``.
+* **Bad rows.** Every problem found names the file, the line and the column: a missing or
+  undecodable file, a wrong sample rate with ``resample: false``, a label not in the label list, a
+  feature width that differs, a non-number. At start every row of the split is checked (files exist,
+  image signatures, audio headers; features and text are read in full); ``check: decode`` decodes
+  every image and recording too. ``on_error: skip`` leaves bad rows out instead and lists them in
+  :attr:`skipped` (written to the run folder's ``data_report.json``); nothing is dropped silently.
+* **Scale.** Images and audio are decoded in ``__getitem__``, that is in the ``DataLoader`` workers
+  (``train.num_workers``); ``cache: memory`` decodes every file once at start and keeps it (small
+  sets), ``cache: disk`` keeps each decoded file in ``cache_dir`` (default ``.fusionzoo-cache``
+  beside the manifest) for the next epoch and the next run (:class:`~fusionzoo.data.decode.DiskCache`).
+  Augmentation still runs per sample.
+
+How each kind is read and transformed: :mod:`fusionzoo.data.decode`.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fusionzoo.data.decode import AudioReader, CellError, DiskCache, ImageReader, read_features
+from fusionzoo.registry import DATASETS
+from fusionzoo.vocab import Vocab
+
+__all__ = ["ManifestDataset", "read_manifest", "draw_splits", "SPLITS", "KINDS", "TASK_NAMES"]
+
+SPLITS = ("train", "val", "test")
+KINDS = ("image", "audio", "text", "features")
+TASK_NAMES = ("multiclass", "multilabel", "regression")
+TEXT_OPTIONS = ("min_freq", "max_size", "lower", "max_tokens")
+FEATURE_OPTIONS = ("dim", "key")
+LABEL_KEYS = ("column", "task", "separator", "classes", "allow_unlabelled")
+FORMAT = 1
+
+
+class _RowError(Exception):
+    def __init__(self, column: str, message: str) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+def read_manifest(path: str | Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """``(columns, [(line number, row), ...])`` of a CSV (header row) or JSONL file; a malformed
+    line raises naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest: {path} not found")
+    rows: list[tuple[int, dict]] = []
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        columns: dict[str, None] = {}
+        with path.open(encoding="utf-8") as f:
+            for number, text in enumerate(f, 1):
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line {number}: not valid JSON ({e.msg}, column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
+                columns.update(dict.fromkeys(row))
+                rows.append((number, row))
+        return list(columns), rows
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        if len(set(header)) != len(header):
+            raise ValueError(f"{path}: line 1: repeated column names in the header {header}")
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                cells = len(header) + len(row.get(None, [])) - sum(v is None for v in row.values())
+                raise ValueError(f"{path}: line {reader.line_num}: {cells} cells, the header has {len(header)}")
+            rows.append((reader.line_num, row))
+    if not header:
+        raise ValueError(f"{path}: empty file; expected a header row naming the columns")
+    return header, rows
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+@dataclass
+class _Modality:
+    name: str
+    column: str
+    kind: str
+    options: dict
+    reader: ImageReader | AudioReader | None = None
+
+
+@dataclass
+class _Record:
+    line: int
+    label: Any
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@DATASETS.register("manifest", tags=("user", "real"))
+class ManifestDataset(Dataset):
+    """Samples from a CSV or JSONL manifest (see the module docstring).
+
+    Samples: ``{modality: image float [c, h, w] | audio float [t] | text long [l] | features float [d],
+    "label": int | float | float [k]}``; a modality whose cell is empty is left out.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str | Path,
+        modalities: Mapping[str, Mapping[str, Any]],
+        label: Mapping[str, Any],
+        splits: Mapping[str, Any] | None = None,
+        root: str | Path | None = None,
+        on_error: str = "raise",
+        cache: str = "none",
+        cache_dir: str | Path | None = None,
+        check: str = "header",
+        split: str = "train",
+        fitted: Mapping[str, Any] | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"manifest: split must be one of {SPLITS}, got {split!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error: 'raise' or 'skip', got {on_error!r}")
+        if cache not in ("none", "memory", "disk"):
+            raise ValueError(f"cache: 'none', 'memory' or 'disk', got {cache!r}")
+        if cache_dir is not None and cache != "disk":
+            raise ValueError(f"cache_dir: only used with cache: disk (cache is {cache!r})")
+        if check not in ("header", "decode"):
+            raise ValueError(f"check: 'header' or 'decode', got {check!r}")
+        self._args = {"path": path, "modalities": modalities, "label": label, "splits": splits, "root": root, "on_error": on_error, "cache": cache, "cache_dir": cache_dir, "check": check}
+        self.path = Path(path)
+        self.root = Path(root) if root is not None else self.path.parent
+        self.split, self.on_error, self.cache = split, on_error, cache
+        self._disk = DiskCache(cache_dir if cache_dir is not None else self.path.parent / ".fusionzoo-cache") if cache == "disk" else None
+        self.specs = self._modalities(modalities)
+        self.modalities = tuple(sorted(self.specs))
+        self.standardized = tuple(m for m, s in self.specs.items() if s.kind == "image" and s.reader.normalized)
+        self._label(label)
+        columns, rows = read_manifest(self.path)
+        for where, column in [(f"modalities.{m}.column", s.column) for m, s in self.specs.items()] + [("label.column", self.label_column)]:
+            if column not in columns:
+                raise ValueError(f"{where}: {self.path} has no column {column!r} (it has {columns})")
+        assigned = self._assign_splits(splits, columns, rows)
+        mine = [(line, row) for (line, row), s in zip(rows, assigned) if s == split]
+        self.skipped: list[dict[str, Any]] = []
+        records = self._read_rows(mine, decode=check == "decode" or cache == "memory")
+        if fitted is None:
+            fitted = self._fit(records) if split == "train" else ManifestDataset(**self._args, split="train").fitted
+        self._use_fitted(fitted)
+        self.records = self._finish_rows(records)
+        if not self.records:
+            raise ValueError(f"{self.path}: no usable rows in the {split!r} split" + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
+        if self.task == "multiclass":
+            self.labels = np.array([r.label for r in self.records], dtype=np.int64)
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _modalities(modalities: Mapping[str, Mapping[str, Any]]) -> dict[str, _Modality]:
+        if not isinstance(modalities, Mapping) or not modalities:
+            raise ValueError("modalities: a mapping {modality: {column, kind, ...}} with at least one entry")
+        specs = {}
+        for m, spec in modalities.items():
+            where = f"modalities.{m}"
+            if not isinstance(spec, Mapping) or "column" not in spec or "kind" not in spec:
+                raise ValueError(f"{where}: needs column and kind (one of {KINDS}), got {spec!r}")
+            kind, options = spec["kind"], {k: v for k, v in spec.items() if k not in ("column", "kind")}
+            reader: Any = None
+            if kind == "image":
+                allowed = ImageReader.OPTIONS
+            elif kind == "audio":
+                allowed = AudioReader.OPTIONS
+            elif kind == "text":
+                allowed = TEXT_OPTIONS
+            elif kind == "features":
+                allowed = FEATURE_OPTIONS
+            else:
+                raise ValueError(f"{where}.kind: one of {KINDS}, got {kind!r}")
+            unknown = sorted(set(options) - set(allowed))
+            if unknown:
+                raise ValueError(f"{where}.{unknown[0]}: unknown option for kind {kind} (allowed: {', '.join(allowed)})")
+            if kind == "image":
+                reader = ImageReader(**options, where=where)
+            elif kind == "audio":
+                if "sample_rate" not in options:
+                    raise ValueError(f"{where}.sample_rate: required for audio (the rate the encoder expects)")
+                reader = AudioReader(**options, where=where)
+            specs[m] = _Modality(m, str(spec["column"]), kind, options, reader)
+        return specs
+
+    def _label(self, label: Mapping[str, Any]) -> None:
+        if not isinstance(label, Mapping) or "column" not in label:
+            raise ValueError(f"label: needs column (and task, one of {TASK_NAMES}), got {label!r}")
+        unknown = sorted(set(label) - set(LABEL_KEYS))
+        if unknown:
+            raise ValueError(f"label.{unknown[0]}: unknown key (allowed: {', '.join(LABEL_KEYS)})")
+        self.label_column, self.task = str(label["column"]), label.get("task", "multiclass")
+        if self.task not in TASK_NAMES:
+            raise ValueError(f"label.task: one of {TASK_NAMES}, got {self.task!r}")
+        self.separator = label.get("separator", ";")
+        self.allow_unlabelled = bool(label.get("allow_unlabelled", False))
+        classes = label.get("classes")
+        if classes is not None and (self.task == "regression" or not isinstance(classes, list) or len(set(map(str, classes))) != len(classes) or not classes):
+            raise ValueError(f"label.classes: a list of distinct class names for a classification task, got {classes!r}")
+        self.fixed_classes = None if classes is None else [str(c) for c in classes]
+
+    def _assign_splits(self, splits: Mapping[str, Any] | None, columns: list[str], rows: list[tuple[int, dict]]) -> list[str]:
+        if splits is None:
+            if "split" not in columns:
+                raise ValueError(f"splits: {self.path} has no 'split' column; name one ({{column: NAME}}) or draw them ({{val: 0.1, test: 0.1, seed: 0}})")
+            splits = {"column": "split"}
+        if not isinstance(splits, Mapping):
+            raise ValueError(f"splits: {{column: NAME}} or {{val: FRACTION, test: FRACTION, seed: INT}}, got {splits!r}")
+        if "column" in splits:
+            if set(splits) != {"column"}:
+                raise ValueError(f"splits: either a column or fractions, got {dict(splits)}")
+            column = splits["column"]
+            if column not in columns:
+                raise ValueError(f"splits.column: {self.path} has no column {column!r} (it has {columns})")
+            out = []
+            for line, row in rows:
+                value = str(row.get(column) if row.get(column) is not None else "").strip()
+                if value not in SPLITS:
+                    raise ValueError(f"{self.path}: line {line}: column {column!r}: split must be one of {SPLITS}, got {value!r}")
+                out.append(value)
+            return out
+        unknown = sorted(set(splits) - {"val", "test", "seed"})
+        if unknown:
+            raise ValueError(f"splits.{unknown[0]}: unknown key (allowed: column, or val, test, seed)")
+        val, test = float(splits.get("val", 0.0)), float(splits.get("test", 0.0))
+        if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+            raise ValueError(f"splits: val and test are fractions with val + test < 1, got val={val}, test={test}")
+        return draw_splits([str(row.get(self.label_column)) if self.task == "multiclass" else "" for _, row in rows], val, test, int(splits.get("seed", 0)))
+
+    # -- reading rows ----------------------------------------------------------------------------
+
+    def _fail(self, line: int, column: str, message: str) -> None:
+        if self.on_error == "raise":
+            raise ValueError(f"{self.path}: line {line}: column {column!r}: {message}")
+        self.skipped.append({"line": line, "column": column, "error": message})
+
+    def _read_rows(self, rows: list[tuple[int, dict]], decode: bool) -> list[_Record]:
+        """First pass: parse the label and check every cell (decode images and audio with ``decode``)."""
+        records = []
+        self._cache: dict[tuple[int, str], torch.Tensor] = {}
+        for line, row in rows:
+            try:
+                record = _Record(line, self._raw_label(row.get(self.label_column)))
+                for m, spec in self.specs.items():
+                    cell = row.get(spec.column)
+                    try:
+                        record.values[m] = None if _empty(cell) else self._read_cell(spec, cell, decode, len(records))
+                    except CellError as e:
+                        raise _RowError(spec.column, str(e)) from None
+            except _RowError as e:
+                for m in self.specs:
+                    self._cache.pop((len(records), m), None)
+                self._fail(line, e.column, str(e))
+                continue
+            records.append(record)
+        return records
+
+    def _read_cell(self, spec: _Modality, cell: Any, decode: bool, index: int) -> Any:
+        if spec.kind == "text":
+            if not isinstance(cell, str):
+                raise CellError(f"expected text, got {type(cell).__name__} {cell!r}")
+            return cell
+        if spec.kind == "features":
+            return read_features(cell, self.root, spec.options.get("key"))
+        if not isinstance(cell, str):
+            raise CellError(f"expected a file path, got {type(cell).__name__} {cell!r}")
+        path = self.root / cell.strip()
+        spec.reader.check(path)
+        if decode:
+            tensor = spec.reader.decode(path)
+            if self.cache == "memory":
+                self._cache[(index, spec.name)] = tensor
+        return path
+
+    def _raw_label(self, cell: Any) -> Any:
+        column = self.label_column
+        if self.task == "multilabel":
+            if _empty(cell):
+                return []
+            names = cell if isinstance(cell, list) else str(cell).split(self.separator)
+            return sorted({str(n).strip() for n in names if str(n).strip()})
+        if _empty(cell):
+            if not self.allow_unlabelled:
+                raise _RowError(column, "no label (label.allow_unlabelled: true accepts unlabelled rows)")
+            return None
+        if self.task == "regression":
+            try:
+                value = float(cell)
+            except (TypeError, ValueError):
+                raise _RowError(column, f"regression target {cell!r} is not a number") from None
+            if not math.isfinite(value):
+                raise _RowError(column, f"regression target {cell!r} is not finite")
+            return value
+        return str(cell).strip()
+
+    # -- fitting on the training split -----------------------------------------------------------
+
+    def _fit(self, records: list[_Record]) -> dict[str, Any]:
+        """Label list, vocabularies and feature widths from the (kept) training rows."""
+        fitted: dict[str, Any] = {"format": FORMAT, "task": self.task, "classes": None, "vocabs": {}, "feature_dims": {}}
+        if self.task != "regression":
+            if self.fixed_classes is not None:
+                fitted["classes"] = self.fixed_classes
+            else:
+                seen = {c for r in records for c in (r.label if self.task == "multilabel" else [r.label]) if c is not None}
+                fitted["classes"] = sorted(seen, key=_natural)
+                if not fitted["classes"]:
+                    raise ValueError(f"{self.path}: the training split has no labels")
+        for m, spec in self.specs.items():
+            present = [r.values[m] for r in records if r.values[m] is not None]
+            if spec.kind == "text":
+                o = spec.options
+                vocab = Vocab.build(present, min_freq=o.get("min_freq", 1), max_size=o.get("max_size"), lower=o.get("lower", True))
+                fitted["vocabs"][m] = {"lower": vocab.lower, "itos": vocab.itos}
+            elif spec.kind == "features":
+                dim = spec.options.get("dim", present[0].numel() if present else None)
+                if dim is None:
+                    raise ValueError(f"modalities.{m}: no training row has features; give dim")
+                fitted["feature_dims"][m] = int(dim)
+        return fitted
+
+    def _use_fitted(self, fitted: Mapping[str, Any]) -> None:
+        if fitted.get("task") != self.task:
+            raise ValueError(f"label.task: {self.task!r}, but the training split's saved state says {fitted.get('task')!r}")
+        self.fitted = copy.deepcopy(dict(fitted))
+        self.classes = fitted["classes"]
+        self.class_index = {c: i for i, c in enumerate(self.classes or [])}
+        self.num_classes = 1 if self.task == "regression" else len(self.classes)
+        self.vocabs = {m: Vocab(v["itos"], lower=v["lower"]) for m, v in fitted["vocabs"].items()}
+        self.feature_dims = dict(fitted["feature_dims"])
+        for m, spec in self.specs.items():
+            if spec.kind == "text" and m not in self.vocabs or spec.kind == "features" and m not in self.feature_dims:
+                raise ValueError(f"modalities.{m}: the training split's saved state has nothing for it")
+        if len(self.vocabs) == 1:
+            self.vocab = next(iter(self.vocabs.values()))
+
+    def _finish_rows(self, records: list[_Record]) -> list[_Record]:
+        """Second pass: labels to indices, texts to ids, feature widths checked."""
+        done, cache = [], {}
+        for index, record in enumerate(records):
+            try:
+                record.label = self._label_value(record.label)
+                for m, spec in self.specs.items():
+                    value = record.values[m]
+                    if value is None:
+                        continue
+                    if spec.kind == "text":
+                        ids = self.vocabs[m].ids(value)
+                        if spec.options.get("max_tokens") is not None:
+                            ids = ids[: int(spec.options["max_tokens"])]
+                        record.values[m] = torch.tensor(ids, dtype=torch.long)
+                    elif spec.kind == "features" and value.numel() != self.feature_dims[m]:
+                        raise _RowError(spec.column, f"{value.numel()} features, expected {self.feature_dims[m]} (the training split's width)")
+            except _RowError as e:
+                self._fail(record.line, e.column, str(e))
+                continue
+            for m in self.specs:
+                if (index, m) in self._cache:
+                    cache[(len(done), m)] = self._cache[(index, m)]
+            done.append(record)
+        self._cache = cache
+        return done
+
+    def _label_value(self, raw: Any) -> Any:
+        column = self.label_column
+        if self.task == "regression":
+            return float("nan") if raw is None else raw
+        if self.task == "multiclass":
+            if raw is None:
+                return -1
+            if raw not in self.class_index:
+                raise _RowError(column, f"label {raw!r} is not in the label list {self.classes} (from the training split)")
+            return self.class_index[raw]
+        target = torch.zeros(len(self.classes))
+        for name in raw:
+            if name not in self.class_index:
+                raise _RowError(column, f"label {name!r} is not in the label list {self.classes} (from the training split)")
+            target[self.class_index[name]] = 1.0
+        return target
+
+    # -- samples ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.records[i]
+        sample: dict[str, Any] = {"label": record.label}
+        train = self.split == "train"
+        for m, spec in self.specs.items():
+            value = record.values[m]
+            if value is None:
+                continue
+            if spec.reader is None:
+                sample[m] = value
+                continue
+            decoded = self._cache.get((i, m))
+            if decoded is None:
+                try:
+                    decoded = self._disk.load(value, spec.reader) if self._disk is not None else spec.reader.decode(value)
+                except CellError as e:
+                    raise ValueError(f"{self.path}: line {record.line}: column {spec.column!r}: {e}") from None
+            sample[m] = spec.reader.transform(decoded, train)
+        return sample
+
+    def line_of(self, i: int) -> int:
+        """The manifest line sample ``i`` came from."""
+        return self.records[i].line
+
+
+def _natural(name: str) -> tuple:
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
+def draw_splits(groups: list[str], val: float, test: float, seed: int) -> list[str]:
+    """``train``/``val``/``test`` for each row: within each group (a class; one group when not
+    stratified), a seeded permutation's first ``round(n * test)`` rows are test, the next
+    ``round(n * val)`` val."""
+    rng = np.random.default_rng(seed)
+    out = ["train"] * len(groups)
+    for g in sorted(set(groups)):
+        index = np.flatnonzero(np.array(groups) == g)
+        index = index[rng.permutation(len(index))]
+        n_test, n_val = round(len(index) * test), round(len(index) * val)
+        for i in index[:n_test]:
+            out[i] = "test"
+        for i in index[n_test : n_test + n_val]:
+            out[i] = "val"
+    return out
