@@ -17,8 +17,9 @@ FLOAT_KEYS = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "modality_drop
 BOOL_KEYS = ("decay_norms_and_biases", "amp", "compile", "progress")
 NULLABLE = ("grad_clip", "progress")
 SUBSECTIONS = {
-    "init_from": ("path", "key_map", "freeze", "strict_shapes", "allow_empty"),
-    "distill": ("teacher", "temperature", "alpha"),
+    "init_from": ("path", "key_map", "include", "exclude", "freeze", "strict_shapes", "allow_empty"),
+    "regularize": ("l2sp",),
+    "distill": ("teacher", "temperature", "alpha", "beta"),
     "aux_heads": ("weighting", "weights", "temperature"),
     "early_stopping": ("patience", "min_delta"),
 }
@@ -38,12 +39,17 @@ class TrainSettings:
     ``warmup_epochs`` may be fractional (linear warm-up over that many epochs of steps, then cosine
     decay to 0). ``amp`` means bf16 autocast on CUDA; on the CPU training is always float32.
     ``progress`` ``None`` shows a progress bar only on a terminal and never under CI.
-    ``init_from`` (``{path, key_map, freeze, strict_shapes, allow_empty}``) loads weights before
-    training (a run directory or a weights file; loading no tensor at all is an error unless
-    ``allow_empty: true``), ``lr_mult`` maps parameter-name patterns to learning-rate
-    multipliers, and ``strategy`` is ``finetune``, ``linear_probe`` or ``gradual``.
-    ``distill`` (``{teacher, temperature, alpha}``) adds a soft-target term from a trained teacher run
-    (any modalities) on every sample, labelled or not; ``aux_heads`` (``{weighting, weights}``) adds
+    ``init_from`` (``{path, key_map, include, exclude, freeze, strict_shapes, allow_empty}``) loads
+    weights before training (a run directory or a weights file; ``include`` / ``exclude`` are name
+    patterns that pick what is transferred, e.g. the lower layers only; loading no tensor at all is an
+    error unless ``allow_empty: true``), ``regularize: {l2sp: ALPHA}`` adds L2-SP (Li et al. 2018),
+    ``ALPHA / 2 * ||w - w_source||^2`` over the loaded parameters, which then get no weight decay
+    towards zero; ``lr_mult`` maps parameter-name patterns to learning-rate multipliers, and
+    ``strategy`` is ``finetune``, ``linear_probe`` or ``gradual``.
+    ``distill`` (``{teacher, temperature, alpha, beta}``) adds a soft-target term from a trained teacher
+    run (any modalities) on every sample, labelled or not, and with ``beta > 0`` a feature term:
+    ``beta * MSE(proj(student fused features), teacher fused features)`` through a learned
+    projection; ``aux_heads`` (``{weighting, weights}``) adds
     one classifier per modality on its encoder's features and combines the fused and per-modality
     losses with the ``multitask`` loss (``fixed``, ``uncertainty`` or ``dwa``).
 
@@ -78,6 +84,7 @@ class TrainSettings:
     progress: bool | None = None
     keep_checkpoints: int = 2
     init_from: dict | None = None
+    regularize: dict | None = None
     lr_mult: dict | None = None
     strategy: str = "finetune"
     distill: dict | None = None
@@ -147,6 +154,16 @@ class TrainSettings:
                 raise ConfigError(f"{origin}: train.early_stopping.patience: expected an int >= 1, got {patience!r}")
             if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
                 raise ConfigError(f"{origin}: train.early_stopping.min_delta: expected a number >= 0, got {min_delta!r}")
+        if self.regularize is not None:
+            l2sp = self.regularize.get("l2sp")
+            if isinstance(l2sp, bool) or not isinstance(l2sp, (int, float)) or l2sp < 0:
+                raise ConfigError(f"{origin}: train.regularize.l2sp: expected a number >= 0, got {l2sp!r}")
+            if self.init_from is None:
+                raise ConfigError(f"{origin}: train.regularize.l2sp: needs train.init_from (the source weights it pulls towards)")
+        for key in ("include", "exclude"):
+            value = (self.init_from or {}).get(key)
+            if value is not None and (not isinstance(value, list) or not all(isinstance(p, str) for p in value)):
+                raise ConfigError(f"{origin}: train.init_from.{key}: expected a list of name patterns, got {value!r}")
         if self.distill is not None and "teacher" not in self.distill:
             raise ConfigError(f"{origin}: train.distill.teacher: required (a trained run directory)")
         if self.distill is not None and self.aux_heads is not None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from fusionzoo.weights import LoadReport, adapt_input_conv, load_partial, load_state_dict_file
 
@@ -23,6 +24,7 @@ __all__ = [
     "GradualUnfreezer",
     "apply_strategy",
     "STRATEGIES",
+    "L2SP",
 ]
 
 
@@ -84,16 +86,19 @@ def param_groups(
     lr_mult: Mapping[str, float] | None = None,
     weight_decay: float = 0.0,
     decay_norms_and_biases: bool = True,
+    no_decay: Iterable[str] = (),
 ) -> list[dict]:
     """Optimizer parameter groups with discriminative learning rates: each parameter takes the
     multiplier of the first pattern of ``lr_mult`` its name matches (1.0 when none does). Frozen
     parameters are included (they have no gradient, so the optimizer skips them) so that unfreezing
     later needs no change to the optimizer. With ``decay_norms_and_biases=False``, parameters with
-    fewer than 2 dimensions (biases, norm weights, scales) get no weight decay, as timm does."""
+    fewer than 2 dimensions (biases, norm weights, scales) get no weight decay, as timm does; nor do
+    the parameters named in ``no_decay`` (those :class:`L2SP` pulls towards their source values)."""
     groups: dict[tuple[float, float], list] = {}
+    no_decay = set(no_decay)
     for name, p in model.named_parameters():
         mult = next((m for pattern, m in (lr_mult or {}).items() if fnmatch.fnmatchcase(name, pattern)), 1.0)
-        decay = weight_decay if decay_norms_and_biases or p.ndim >= 2 else 0.0
+        decay = weight_decay if (decay_norms_and_biases or p.ndim >= 2) and name not in no_decay else 0.0
         groups.setdefault((float(mult), float(decay)), []).append(p)
     return [{"params": ps, "lr": base_lr * mult, "lr_mult": mult, "weight_decay": wd} for (mult, wd), ps in groups.items()]
 
@@ -131,3 +136,27 @@ def apply_strategy(model: nn.Module, strategy: str) -> GradualUnfreezer | None:
         return None
     modalities = sorted({n.split(".")[1] for n, _ in model.named_parameters() if n.startswith("encoders.")})
     return GradualUnfreezer(model, [[f"encoders.{m}.*"] for m in modalities])
+
+
+class L2SP(nn.Module):
+    """The L2-SP transfer regulariser (Li et al. 2018, https://arxiv.org/abs/1802.01483):
+    ``alpha / 2 * sum ||w - w0||^2`` over the named parameters, ``w0`` their values at construction
+    (the source weights just loaded; kept as non-persistent buffers). Unlike weight decay, it pulls
+    towards what was learned on the source task, not towards zero.
+
+    ``forward(model) -> scalar``; the model is passed in, so the regulariser holds no reference to it.
+    """
+
+    def __init__(self, model: nn.Module, names: Iterable[str], alpha: float) -> None:
+        super().__init__()
+        if alpha < 0:
+            raise ValueError(f"l2sp: alpha must be >= 0, got {alpha}")
+        self.alpha, self.names = float(alpha), sorted(names)
+        for i, name in enumerate(self.names):
+            self.register_buffer(f"source_{i}", model.get_parameter(name).detach().clone(), persistent=False)
+
+    def forward(self, model: nn.Module) -> Tensor:
+        if not self.names:
+            return torch.zeros((), device=next(iter(model.parameters())).device)
+        total = sum((model.get_parameter(n) - getattr(self, f"source_{i}")).pow(2).sum() for i, n in enumerate(self.names))
+        return 0.5 * self.alpha * total

@@ -5,9 +5,10 @@ Files are read with safetensors or ``torch.load(weights_only=True)``, never plai
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import fnmatch
 import pickle
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,17 +52,20 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
 
 @dataclass
 class LoadReport:
-    """What :func:`load_partial` did: keys loaded, missing from the file, unexpected in the file, and
-    present in both with different shapes (``key -> (model shape, file shape)``)."""
+    """What :func:`load_partial` did: keys loaded, left out by the ``include`` / ``exclude`` patterns,
+    missing from the file, unexpected in the file, and present in both with different shapes
+    (``key -> (model shape, file shape)``)."""
 
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         rows = [
             f"loaded      {len(self.loaded):5d}",
+            f"by pattern  {len(self.skipped):5d}" + _sample(self.skipped),
             f"missing     {len(self.missing):5d}" + _sample(self.missing),
             f"unexpected  {len(self.unexpected):5d}" + _sample(self.unexpected),
             f"mismatched  {len(self.mismatched):5d}"
@@ -82,12 +86,18 @@ def load_partial(
     state_dict_or_path: Mapping[str, Tensor] | str | Path,
     key_map: Mapping[str, str] | None = None,
     strict_shapes: bool = True,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
 ) -> LoadReport:
     """Load every tensor whose (prefix-mapped) name and shape match ``module``'s state dict.
 
     ``key_map`` maps file prefixes to module prefixes, e.g. ``{"backbone.": "encoders.visual.trunk."}``
-    (the longest matching prefix wins). With ``strict_shapes`` a shape mismatch raises ``ValueError``
-    listing every mismatch; without, mismatched tensors are skipped and reported.
+    (the longest matching prefix wins). ``include`` and ``exclude`` are fnmatch patterns over the
+    module's names (after the map): only names matching an ``include`` pattern (all, without one)
+    and no ``exclude`` pattern are loaded, the others reported as skipped by pattern, so the lower
+    layers alone can be transferred (``include: ["encoders.visual.trunk.layer1*"]``). With
+    ``strict_shapes`` a shape mismatch raises ``ValueError`` listing every mismatch; without,
+    mismatched tensors are skipped and reported.
     """
     source = (
         load_state_dict_file(state_dict_or_path)
@@ -105,14 +115,18 @@ def load_partial(
     target = module.state_dict()
     report = LoadReport()
     to_load: dict[str, Tensor] = {}
+    include, exclude = (None if include is None else list(include)), list(exclude)
     for key, value in mapped.items():
-        if key not in target:
+        if (include is not None and not any(fnmatch.fnmatchcase(key, p) for p in include)) or any(fnmatch.fnmatchcase(key, p) for p in exclude):
+            report.skipped.append(key)
+        elif key not in target:
             report.unexpected.append(key)
         elif target[key].shape != value.shape:
             report.mismatched[key] = (tuple(target[key].shape), tuple(value.shape))
         else:
             to_load[key] = value
-    report.missing = [k for k in target if k not in to_load and k not in report.mismatched]
+    skipped = set(report.skipped)
+    report.missing = [k for k in target if k not in to_load and k not in report.mismatched and k not in skipped]
     report.loaded = sorted(to_load)
     if strict_shapes and report.mismatched:
         raise ValueError(f"shape mismatch loading into {type(module).__name__} (nothing was loaded):\n{report}")

@@ -5,7 +5,9 @@ import torch
 from torch import nn
 
 import fusionzoo as fz
+from fusionzoo.training import load_run, train
 from fusionzoo.transfer import (
+    L2SP,
     GradualUnfreezer,
     apply_strategy,
     freeze,
@@ -13,6 +15,8 @@ from fusionzoo.transfer import (
     param_groups,
     unfreeze,
 )
+
+from common import tiny_config
 
 
 def small_model():
@@ -100,3 +104,54 @@ def test_a_different_architecture_gives_a_report_not_a_crash():
     other = nn.Sequential(nn.Linear(3, 4))
     report = load_partial(small_model(), other.state_dict())
     assert report.loaded == [] and report.unexpected == ["0.weight", "0.bias"]
+
+
+def test_load_partial_include_exclude_patterns_and_report(tmp_path):
+    src, dst = small_model(), small_model()
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    report = load_partial(dst, src.state_dict(), include=["encoders.visual.features.0.*"], exclude=["*.bias"])
+    assert report.loaded and all(k.startswith("encoders.visual.features.0.") and not k.endswith(".bias") for k in report.loaded)
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, src.state_dict()[k] if k in report.loaded else before[k])
+    assert set(report.skipped) == set(src.state_dict()) - set(report.loaded) and not report.missing
+    assert "by pattern" in str(report)
+
+
+def test_l2sp_is_half_alpha_squared_distance_to_the_source_and_its_gradient():
+    model = small_model()
+    names = [n for n, _ in model.named_parameters() if n.startswith("encoders.visual")]
+    reg = L2SP(model, names, alpha=0.1)
+    assert reg(model).item() == 0.0
+    with torch.no_grad():
+        for n in names:
+            model.get_parameter(n).add_(0.5)
+    expected = 0.5 * 0.1 * sum(model.get_parameter(n).numel() * 0.25 for n in names)
+    assert reg(model).item() == pytest.approx(expected, rel=1e-5)
+    reg(model).backward()
+    p = model.get_parameter(names[0])
+    torch.testing.assert_close(p.grad, torch.full_like(p, 0.1 * 0.5))
+    groups = param_groups(model, 1e-3, weight_decay=0.01, no_decay=names)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert all(id(model.get_parameter(n)) not in decayed for n in names)
+    assert id(model.head.fc.weight) in decayed
+
+
+def test_l2sp_and_include_from_config_keep_the_trunk_near_the_source(tmp_path):
+    source = tmp_path / "source"
+    train(tiny_config(epochs=1), run_dir=source, log=False)
+    init = {"path": str(source), "include": ["encoders.visual.*"]}
+    runs = {}
+    for name, extra in {"plain": {}, "l2sp": {"regularize": {"l2sp": 10.0}}}.items():
+        run = tmp_path / name
+        train(tiny_config(epochs=2, lr=0.05, init_from=init, **extra), run_dir=run, log=False)
+        runs[name] = run
+        report = (run / "init_report.txt").read_text()
+        assert "by pattern" in report
+    src = load_run(source)[0].encoders["visual"].state_dict()
+
+    def distance(run):
+        enc = load_run(run)[0].encoders["visual"].state_dict()
+        return sum((enc[k].float() - src[k].float()).pow(2).sum().item() for k in src if k.endswith("weight"))
+    assert distance(runs["l2sp"]) < distance(runs["plain"])
+    with pytest.raises(fz.ConfigError, match=r"train.regularize.l2sp: needs train.init_from"):
+        train(tiny_config(regularize={"l2sp": 0.1}), run_dir=tmp_path / "bad", log=False)

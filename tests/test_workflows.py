@@ -108,6 +108,13 @@ def test_cross_modal_distillation_and_unlabelled_samples(tmp_path):
     bad = dict(student, train={**student["train"], "distill": {"temperature": 2.0}})
     with pytest.raises(ConfigError, match=r"train\.distill\.teacher: required"):
         train(bad, run_dir=tmp_path / "bad", log=False)
+    # beta > 0: the student's fused features also regress the teacher's through a learned projection
+    features = dict(student, train={**student["train"], "distill": {**student["train"]["distill"], "beta": 0.5}})
+    train(features, run_dir=tmp_path / "features", log=False)
+    log = [json.loads(line) for line in (tmp_path / "features" / "log.jsonl").read_text().splitlines()]
+    assert 0 < log[-1]["train"]["feature_loss"] < log[0]["train"]["feature_loss"]  # the regression is learned
+    state = torch.load(latest_checkpoint(tmp_path / "features") / "state.pt", weights_only=True)
+    assert any("distill.proj.weight" in k for k in state["objective"])  # the projection is trained and saved
 
 
 @pytest.mark.parametrize("weighting", ["uncertainty", "fixed", "dwa"])

@@ -68,7 +68,7 @@ from fusionzoo.training.evaluate import move_batch
 from fusionzoo.training.objectives import Objective, TrainStep, build_objective
 from fusionzoo.training.selection import Selection
 from fusionzoo.training.state import TrainState
-from fusionzoo.transfer import GradualUnfreezer, apply_strategy, freeze, load_partial, param_groups
+from fusionzoo.transfer import L2SP, GradualUnfreezer, apply_strategy, freeze, load_partial, param_groups
 
 __all__ = ["train", "default_run_dir"]
 
@@ -93,6 +93,7 @@ class _Run:
     unfreezer: GradualUnfreezer | None = None
     init_report: str | None = None
     data_files: dict[str, str] | None = None  # the data's fitted state and skipped-row report, by file name
+    regularizer: L2SP | None = None
 
     @property
     def is_main(self) -> bool:
@@ -146,7 +147,7 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tu
     classes = check_model_fits_data(cfg, model, datasets["train"])
     model.to(device)
     say = print if (log and rank == 0) else (lambda *a, **k: None)
-    unfreezer, init_report = _prepare_transfer(cfg, model, say, world)
+    unfreezer, init_report, regularizer = _prepare_transfer(cfg, model, say, world)
     objective = build_objective(cfg, model, classes, device, task=getattr(datasets["train"], "task", "multiclass"))
     loader = make_loader(
         datasets["train"], settings.batch_size, shuffle=True, num_workers=settings.num_workers, seed=cfg.seed,
@@ -155,7 +156,7 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tu
     eval_batch = max(settings.batch_size, 256)
     splits = ("train", "val", "test") if objective.needs_train_split else ("val", "test")
     loaders = {s: make_loader(datasets[s], eval_batch, num_workers=settings.num_workers, distributed=False) for s in splits}
-    optimizer = _build_optimizer(cfg, model, objective)
+    optimizer = _build_optimizer(cfg, model, objective, regularizer)
     steps = len(loader)
     schedule = warmup_cosine(round(settings.warmup_epochs * steps), settings.epochs * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -163,6 +164,7 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tu
     run = _Run(
         cfg=cfg, run_dir=run_dir, rank=rank, world=world, device=device, say=say, loaders=loaders, objective=objective,
         selection=_selection(cfg, objective), unfreezer=unfreezer, init_report=init_report, data_files=data_files,
+        regularizer=regularizer,
     )
     return run, state
 
@@ -208,11 +210,12 @@ def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def _prepare_transfer(cfg: ExperimentConfig, model: nn.Module, say, world: int) -> tuple[GradualUnfreezer | None, str | None]:
-    """``train.init_from`` (load, then freeze) and ``train.strategy``; returns a gradual unfreezer
-    (or None) and the load report for ``init_report.txt`` (or None)."""
+def _prepare_transfer(cfg: ExperimentConfig, model: nn.Module, say, world: int) -> tuple[GradualUnfreezer | None, str | None, L2SP | None]:
+    """``train.init_from`` (load what ``include`` / ``exclude`` select, then freeze), ``train.regularize``
+    and ``train.strategy``; returns a gradual unfreezer (or None), the load report for
+    ``init_report.txt`` (or None) and the L2-SP regulariser over the loaded parameters (or None)."""
     settings = cfg.train
-    init, report_text = settings.init_from, None
+    init, report_text, regularizer = settings.init_from, None, None
     if init is not None:
         path = Path(init["path"])
         try:
@@ -220,27 +223,35 @@ def _prepare_transfer(cfg: ExperimentConfig, model: nn.Module, say, world: int) 
                 checkpoint = resolve_checkpoint(path)[1]
                 verify_checkpoint(checkpoint)
                 path = checkpoint / "model.safetensors"
-            report = load_partial(model, path, key_map=init.get("key_map"), strict_shapes=init.get("strict_shapes", False))
+            report = load_partial(
+                model, path, key_map=init.get("key_map"), strict_shapes=init.get("strict_shapes", False),
+                include=init.get("include"), exclude=init.get("exclude", ()),
+            )
         except (FileNotFoundError, ValueError) as e:
             raise cfg.error("train.init_from", str(e)) from e
         if not report.loaded and not init.get("allow_empty", False):
             raise cfg.error(
-                "train.init_from", f"no tensor of {path} matches the model (check key_map; allow_empty: true to accept):\n{report}"
+                "train.init_from", f"no tensor of {path} matches the model (check key_map, include, exclude; allow_empty: true to accept):\n{report}"
             )
         say(f"init_from {path}:\n{report}")
         report_text = f"{path}\n{report}\n"
         if init.get("freeze"):
             freeze(model, init["freeze"])
+        if settings.regularize and settings.regularize.get("l2sp"):
+            parameters = {n for n, _ in model.named_parameters()}
+            regularizer = L2SP(model, [k for k in report.loaded if k in parameters], settings.regularize["l2sp"])
     if settings.strategy == "gradual" and world > 1:
         raise cfg.error("train.strategy", "gradual unfreezing is not supported under torchrun (DDP fixes its parameter set at start)")
-    return (apply_strategy(model, settings.strategy) if settings.strategy != "finetune" else None), report_text
+    return (apply_strategy(model, settings.strategy) if settings.strategy != "finetune" else None), report_text, regularizer
 
 
-def _build_optimizer(cfg: ExperimentConfig, model: nn.Module, objective: Objective) -> torch.optim.Optimizer:
-    """``train.optimizer`` over the model's groups (``lr_mult``, weight-decay exclusions) plus the
-    objective's own parameters (no weight decay: heads of the objective, task weights, logit scales)."""
+def _build_optimizer(cfg: ExperimentConfig, model: nn.Module, objective: Objective, regularizer: L2SP | None) -> torch.optim.Optimizer:
+    """``train.optimizer`` over the model's groups (``lr_mult``, weight-decay exclusions: also the
+    parameters L2-SP holds near their source values) plus the objective's own parameters (no weight
+    decay: heads of the objective, task weights, logit scales)."""
     s = cfg.train
-    groups = param_groups(model, s.lr, s.lr_mult, s.weight_decay, decay_norms_and_biases=s.decay_norms_and_biases)
+    no_decay = regularizer.names if regularizer is not None else ()
+    groups = param_groups(model, s.lr, s.lr_mult, s.weight_decay, decay_norms_and_biases=s.decay_norms_and_biases, no_decay=no_decay)
     extra = [p for p in objective.parameters() if p.requires_grad]
     if extra:
         groups.append({"params": extra, "lr": s.lr, "lr_mult": 1.0, "weight_decay": 0.0})
@@ -278,7 +289,7 @@ def _write_run_files(run: _Run, state: TrainState) -> None:
 
 def _wrap(run: _Run, state: TrainState) -> nn.Module:
     """Model and objective as one module, under DDP and ``torch.compile`` when asked."""
-    step: nn.Module = TrainStep(state.model, run.objective)
+    step: nn.Module = TrainStep(state.model, run.objective, run.regularizer)
     if run.world > 1:
         device_ids = [run.device.index] if run.device.type == "cuda" else None
         step = nn.parallel.DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=True)

@@ -96,30 +96,46 @@ class Classification(Objective):
 
 class Distillation(Classification):
     """Classification plus soft targets from a trained teacher run (``train.distill``), mixed by
-    :class:`~fusionzoo.losses.DistillationLoss`; the teacher may read other modalities."""
+    :class:`~fusionzoo.losses.DistillationLoss`; the teacher may read other modalities. With
+    ``beta > 0`` the student's fused features also regress the teacher's through a learned
+    projection (trained with the model; saved with the objective's state)."""
 
-    def __init__(self, teacher: nn.Module, num_classes: int, temperature: float, alpha: float) -> None:
+    def __init__(self, teacher: nn.Module, num_classes: int, temperature: float, alpha: float, beta: float = 0.0, student_dim: int | None = None) -> None:
         super().__init__(nn.Identity(), num_classes)
-        self.stat_names = self.stat_names + ("batches", "hard", "soft")
+        self.stat_names = self.stat_names + ("batches", "hard", "soft", "feature")
         for p in teacher.parameters():
             p.requires_grad_(False)
         # A tuple keeps the teacher out of this module's parameters and state: it is loaded from its run.
         self._teacher = (teacher.eval(),)
-        self.distill = DistillationLoss(temperature=temperature, alpha=alpha)
+        dims = {"student_dim": student_dim, "teacher_dim": teacher.fusion.out_dim} if beta > 0 else {}
+        self.distill = DistillationLoss(temperature=temperature, alpha=alpha, beta=beta, **dims)
+
+    @staticmethod
+    def _outputs(model: nn.Module, batch: dict, features: bool) -> tuple[Tensor, Tensor | None]:
+        if not features:
+            return model(batch), None
+        fused = model.fuse(*model.encode(batch))
+        return model.head(fused), fused
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
-        logits = model(batch)
+        want = self.distill.beta > 0
+        logits, fused = self._outputs(model, batch, want)
         with torch.no_grad():
-            teacher = self._teacher[0](batch)
-        terms = self.distill.terms(logits.float(), teacher.float(), batch["label"])
+            teacher, teacher_fused = self._outputs(self._teacher[0], batch, want)
+        terms = self.distill.terms(
+            logits.float(), teacher.float(), batch["label"],
+            None if fused is None else fused.float(), None if teacher_fused is None else teacher_fused.float(),
+        )
         loss = self.distill.combine(terms)
-        hard = terms.get("hard", loss.new_zeros(())).detach()
-        return loss, self._stats(loss, logits, batch["label"], loss.new_ones(()), hard, terms["soft"].detach())
+        zero = loss.new_zeros(())
+        extra = (loss.new_ones(()), terms.get("hard", zero).detach(), terms["soft"].detach(), terms.get("feature", zero).detach())
+        return loss, self._stats(loss, logits, batch["label"], *extra)
 
     def summarize(self, totals: Tensor) -> dict[str, Any]:
         stats = dict(zip(self.stat_names, totals.tolist()))
         batches = max(stats["batches"], 1.0)
-        return {**super().summarize(totals), "hard_loss": stats["hard"] / batches, "soft_loss": stats["soft"] / batches}
+        out = {**super().summarize(totals), "hard_loss": stats["hard"] / batches, "soft_loss": stats["soft"] / batches}
+        return out | ({"feature_loss": stats["feature"] / batches} if self.distill.beta > 0 else {})
 
 
 class AuxiliaryHeads(Classification):
@@ -206,15 +222,19 @@ class Alignment(Objective):
 
 
 class TrainStep(nn.Module):
-    """Model and objective as one module: ``forward(batch) -> (loss, stats)``. This is what the loop
+    """Model and objective (and an optional weight regulariser, ``regularizer(model) -> scalar``, added
+    to the loss: L2-SP) as one module: ``forward(batch) -> (loss, stats)``. This is what the loop
     compiles and wraps in ``DistributedDataParallel``."""
 
-    def __init__(self, model: nn.Module, objective: Objective) -> None:
+    def __init__(self, model: nn.Module, objective: Objective, regularizer: nn.Module | None = None) -> None:
         super().__init__()
-        self.model, self.objective = model, objective
+        self.model, self.objective, self.regularizer = model, objective, regularizer
 
     def forward(self, batch: dict) -> tuple[Tensor, Tensor]:
-        return self.objective(self.model, batch)
+        loss, stats = self.objective(self.model, batch)
+        if self.regularizer is not None:
+            loss = loss + self.regularizer(self.model)
+        return loss, stats
 
 
 def build_objective(
@@ -241,8 +261,12 @@ def _objective(cfg: ExperimentConfig, model: nn.Module, num_classes: int, device
         teacher = load_run(settings.distill["teacher"])[0].to(device)
         if teacher.out_dim != num_classes:
             raise cfg.error("train.distill.teacher", f"it predicts {teacher.out_dim} classes, the data has {num_classes}")
+        d = settings.distill
+        if float(d.get("beta", 0.0)) > 0 and not (hasattr(model, "fusion") and hasattr(teacher, "fusion")):
+            raise cfg.error("train.distill.beta", "the feature term needs a fused student and teacher (model: configs)")
         return Distillation(
-            teacher, num_classes, float(settings.distill.get("temperature", 4.0)), float(settings.distill.get("alpha", 0.5))
+            teacher, num_classes, float(d.get("temperature", 4.0)), float(d.get("alpha", 0.5)), float(d.get("beta", 0.0)),
+            student_dim=model.fusion.out_dim,
         )
     if settings.aux_heads is not None:
         aux = settings.aux_heads
