@@ -330,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, metavar="CELL", help="reference of effective robustness (default: weighted_late)")
     p.set_defaults(func=_compare)
 
+    p = sub.add_parser("embed", help="write a run's encoder features of each split (safetensors) for feature transfer")
+    p.add_argument("run", help="a run directory (its selected checkpoint) or a checkpoint folder")
+    p.add_argument("--split", default="train,val,test", help="comma-separated splits (default: all three)")
+    p.add_argument("--out", default=None, help="default: RUN/features")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=_embed)
+
     _add_bench_parser(sub)
     _add_data_parser(sub)
     return parser
@@ -374,6 +381,14 @@ def _data_check(args: argparse.Namespace) -> int:
     for split, ds in sets.items():
         for row in getattr(ds, "skipped", [])[:5]:
             print(f"skipped ({split}): line {row['line']}, column {row['column']!r}: {row['error']}")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from fusionzoo.training import embed_run
+
+    for path in embed_run(args.run, _csv(args.split), args.out, args.batch_size):
+        print(f"wrote {path}")
     return 0
 
 

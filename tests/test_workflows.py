@@ -143,3 +143,36 @@ def test_multitask_aux_heads_log_their_weights_and_resume(tmp_path, weighting):
 
 def weights_of(run):
     return load_file(str(selected_checkpoint(run) / "model.safetensors"))
+
+
+def test_feature_transfer_matches_a_linear_probe_of_the_same_run(tmp_path):
+    """Features exported by `fusionzoo embed` train a linear model as good as a linear probe of the
+    frozen encoders: the same function class on the same features."""
+    from fusionzoo.cli import main
+    from fusionzoo.data import FeatureDataset
+
+    data = {"name": "synthetic", "n": 600, "val_n": 200, "test_n": 400, "num_classes": 8, "seed": 0}
+    source = cfg(8, 0, epochs=6)
+    source["data"] = {**data, "seed": 1}  # another draw of the same task
+    train(source, run_dir=tmp_path / "source", log=False)
+    probe = cfg(8, 0, strategy="linear_probe", init_from={"path": str(tmp_path / "source")}, epochs=8)
+    probe["data"] = data
+    probe["model"]["fusion"]["hidden_dims"] = []
+    probe_summary = train(probe, run_dir=tmp_path / "probe", log=False)
+    # The probe's encoders are the source's: export them on the probe's data splits.
+    assert main(["embed", str(tmp_path / "probe"), "--out", str(tmp_path / "feats")]) == 0
+    train_set = FeatureDataset(path=tmp_path / "feats", split="train")
+    assert train_set.dims == {"text": 8, "visual": 8} and len(train_set) == 600 and train_set.source.endswith("probe")
+    linear = {
+        "seed": 0,
+        "data": {"name": "features", "path": str(tmp_path / "feats")},
+        "model": {
+            "encoders": {m: {"name": "feature_mlp", "in_dim": 8, "out_dim": 8} for m in ("text", "visual")},
+            "fusion": {"name": "concat_mlp", "out_dim": 16, "hidden_dims": []},
+            "head": {"name": "linear", "out_dim": 8},
+        },
+        "train": {"epochs": 8, "batch_size": 16, "lr": 0.01},
+    }
+    feature_summary = train(linear, run_dir=tmp_path / "linear", log=False)
+    a, b = probe_summary["test"]["accuracy"], feature_summary["test"]["accuracy"]
+    assert a > 0.3 and abs(a - b) < 0.06, (a, b)  # chance 12.5%, Bayes 50% from these two; 400 test samples: +-5 points

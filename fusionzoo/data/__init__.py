@@ -1,11 +1,12 @@
 """Data: datasets (registered in ``DATASETS``), collation, the loader recipe and the text vocabulary."""
 
-from fusionzoo.data import avdigits, manifest, synthetic
+from fusionzoo.data import avdigits, features, manifest, synthetic
 from fusionzoo.data.avdigits import AVDigits
 from fusionzoo.data.collate import collate
+from fusionzoo.data.features import FeatureDataset
 from fusionzoo.data.loader import make_loader
 from fusionzoo.data.manifest import ManifestDataset
 from fusionzoo.data.synthetic import SyntheticTrimodal
 from fusionzoo.vocab import PAD_ID, UNK_ID, Vocab, tokenize
 
-__all__ = ["AVDigits", "ManifestDataset", "avdigits", "manifest", "PAD_ID", "UNK_ID", "SyntheticTrimodal", "Vocab", "collate", "make_loader", "synthetic", "tokenize"]
+__all__ = ["AVDigits", "FeatureDataset", "ManifestDataset", "features", "avdigits", "manifest", "PAD_ID", "UNK_ID", "SyntheticTrimodal", "Vocab", "collate", "make_loader", "synthetic", "tokenize"]

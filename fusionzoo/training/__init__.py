@@ -10,6 +10,7 @@ from fusionzoo.training.checkpoint import (
     save_checkpoint,
     selected_checkpoint,
 )
+from fusionzoo.training.embed import embed_run
 from fusionzoo.training.engine import train
 from fusionzoo.training.evaluate import evaluate, subsets
 from fusionzoo.training.objectives import (
@@ -36,6 +37,7 @@ __all__ = [
     "TrainSettings",
     "TrainState",
     "build_objective",
+    "embed_run",
     "evaluate",
     "evaluate_run",
     "get_task",
