@@ -337,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=_embed)
 
+    p = sub.add_parser("ensemble", help="evaluate the weighted average of separately trained runs' predictions")
+    p.add_argument("runs", nargs="+", help="run directories; the first one's data is used (it must hold every run's modalities)")
+    p.add_argument("--weights", default=None, metavar="0.5,0.5", help="one weight per run (default: equal)")
+    p.add_argument("--fit-weights", default=None, choices=["val"], help="fit the weights on the validation split")
+    p.add_argument("--combine", default="probs", choices=["probs", "logits"], help="average probabilities or logits")
+    p.add_argument("--out", default=None, help="default: FIRST_RUN/ensemble")
+    p.set_defaults(func=_ensemble)
+
     _add_bench_parser(sub)
     _add_data_parser(sub)
     return parser
@@ -389,6 +397,20 @@ def _embed(args: argparse.Namespace) -> int:
 
     for path in embed_run(args.run, _csv(args.split), args.out, args.batch_size):
         print(f"wrote {path}")
+    return 0
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from fusionzoo.training import ensemble_runs
+
+    weights = _csv(args.weights, float) if args.weights else None
+    result = ensemble_runs(args.runs, weights=weights, combine=args.combine, fit=args.fit_weights, out=args.out)
+    print(f"weights: {', '.join(f'{w:.2f}' for w in result['weights'])}" + (" (fitted on val)" if result["fitted_on"] else ""))
+    head = ["modalities seen", "ensemble", *(f"run {i + 1}" for i in range(len(args.runs)))]
+    show = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    rows = [[" + ".join(r["modalities"]), show(r["accuracy"]), *(show(a) for a in r["runs"])] for r in result["test"]]
+    print("test accuracy:")
+    print(format_table(head, rows))
     return 0
 
 

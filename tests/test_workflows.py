@@ -176,3 +176,36 @@ def test_feature_transfer_matches_a_linear_probe_of_the_same_run(tmp_path):
     feature_summary = train(linear, run_dir=tmp_path / "linear", log=False)
     a, b = probe_summary["test"]["accuracy"], feature_summary["test"]["accuracy"]
     assert a > 0.3 and abs(a - b) < 0.06, (a, b)  # chance 12.5%, Bayes 50% from these two; 400 test samples: +-5 points
+
+
+def test_ensemble_of_separately_trained_unimodal_runs(tmp_path, capsys):
+    """An image-only and a text-only run, trained on their own, combined afterwards: the ensemble
+    sees both, falls back to the one that sees a sample, and fits its weights on validation."""
+    from fusionzoo.cli import main
+    from fusionzoo.training import ensemble_runs
+    from fusionzoo.training.ensemble import combine_predictions
+
+    data = {"name": "synthetic", "n": 400, "val_n": 200, "test_n": 200, "num_classes": 8, "seed": 0}
+    runs = {}
+    for m in ("visual", "text"):
+        c = cfg(8, 0, epochs=4)
+        c["data"] = data
+        c["model"]["encoders"] = {m: c["model"]["encoders"][m]}
+        runs[m] = tmp_path / m
+        train(c, run_dir=runs[m], log=False)
+    result = ensemble_runs([runs["visual"], runs["text"]], out=tmp_path / "ens")
+    rows = {"+".join(r["modalities"]): r for r in result["test"]}
+    both = rows["text+visual"]
+    assert both["runs"][0] is not None and both["runs"][1] is not None
+    assert both["accuracy"] > max(both["runs"]) - 0.02  # two attributes beat one (Bayes 50% vs 25-30%)
+    assert rows["visual"]["runs"][1] is None and rows["visual"]["accuracy"] == rows["visual"]["runs"][0]  # the other falls out
+    fitted = ensemble_runs([runs["visual"], runs["text"]], fit="val", out=tmp_path / "fit")
+    assert abs(sum(fitted["weights"]) - 1) < 1e-9 and (tmp_path / "fit" / "ensemble.json").is_file()
+    # per sample: a run that does not see the sample has no say
+    a, b = torch.tensor([[4.0, 0.0]]), torch.tensor([[0.0, 4.0]])
+    out = combine_predictions([a, b], [torch.tensor([True]), torch.tensor([False])], [0.5, 0.5])
+    torch.testing.assert_close(out.exp(), torch.softmax(a.double(), 1))
+    assert main(["ensemble", str(runs["visual"]), str(runs["text"]), "--weights", "0.3,0.7", "--out", str(tmp_path / "cli")]) == 0
+    assert "weights: 0.30, 0.70" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not both"):
+        ensemble_runs([runs["visual"], runs["text"]], weights=[0.5, 0.5], fit="val")

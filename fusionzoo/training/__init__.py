@@ -12,6 +12,7 @@ from fusionzoo.training.checkpoint import (
 )
 from fusionzoo.training.embed import embed_run
 from fusionzoo.training.engine import train
+from fusionzoo.training.ensemble import ensemble_runs
 from fusionzoo.training.evaluate import evaluate, subsets
 from fusionzoo.training.objectives import (
     Alignment,
@@ -38,6 +39,7 @@ __all__ = [
     "TrainState",
     "build_objective",
     "embed_run",
+    "ensemble_runs",
     "evaluate",
     "evaluate_run",
     "get_task",

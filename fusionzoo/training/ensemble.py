@@ -1,0 +1,158 @@
+"""Result fusion of separately trained runs: the weighted average of their predictions.
+
+``fusionzoo ensemble RUN_A RUN_B [--weights 0.7,0.3 | --fit-weights val] [--combine probs|logits]``
+(or :func:`ensemble_runs`) evaluates, on the data of the first run's config (every run's modalities
+must be in it), the weighted average of the runs' class probabilities (``probs``, the default) or
+logits, under every subset of the modalities, on ``val`` and ``test``. Each run sees only its own
+modalities. A run that sees none of a sample's modalities (not in the subset, or missing in that
+sample) has no say for that sample: the weights of the others are renormalised, so an image model
+and a speech model fall back to one another per sample, as late fusion does.
+
+Weights are fixed (``weights``; default equal) or fitted on validation: a grid over the simplex
+(steps of 1/20 for up to three runs, 1/10 beyond) maximising validation accuracy, ties broken by
+validation loss; ``test`` is never looked at to choose them. Writes ``ensemble.json``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fusionzoo.atomic import write_text_atomic
+from fusionzoo.config import build_dataset
+from fusionzoo.data.loader import make_loader
+from fusionzoo.training.checkpoint import load_data_state, load_run, resolve_checkpoint
+from fusionzoo.training.evaluate import move_batch, subsets
+from fusionzoo.training.tasks import get_task
+
+__all__ = ["ensemble_runs", "combine_predictions", "fit_weights"]
+
+
+def combine_predictions(logits: Sequence[Tensor | None], available: Sequence[Tensor], weights: Sequence[float], combine: str = "probs") -> Tensor:
+    """Per-sample weighted average of the runs' probabilities (returned as log-probabilities) or
+    logits; runs unavailable for a sample (``available[r]`` False, or ``logits[r]`` None) are left
+    out of its average, and a sample no run sees gets uniform probabilities (zero logits)."""
+    if combine not in ("probs", "logits"):
+        raise ValueError(f"ensemble: combine must be 'probs' or 'logits', got {combine!r}")
+    ref = next(x for x in logits if x is not None)
+    total = torch.zeros_like(ref, dtype=torch.float64)
+    mass = torch.zeros(ref.shape[0], dtype=torch.float64)
+    for x, ok, w in zip(logits, available, weights):
+        if x is None or w == 0:
+            continue
+        part = F.softmax(x.double(), dim=1) if combine == "probs" else x.double()
+        wk = w * ok.double()
+        total += wk[:, None] * part
+        mass += wk
+    seen = mass > 0
+    out = torch.where(seen[:, None], total / mass.clamp(min=1e-12)[:, None], 1.0 / ref.shape[1] if combine == "probs" else 0.0)
+    return out.clamp(min=1e-12).log() if combine == "probs" else out
+
+
+def _grid(runs: int) -> list[tuple[float, ...]]:
+    steps = 20 if runs <= 3 else 10
+    return [tuple(c / steps for c in combo) for combo in itertools.product(range(steps + 1), repeat=runs) if sum(combo) == steps]
+
+
+def fit_weights(logits: Sequence[Tensor | None], available: Sequence[Tensor], labels: Tensor, combine: str = "probs") -> tuple[float, ...]:
+    """The weights on the simplex grid with the best accuracy on these (validation) predictions,
+    ties broken by loss, then by closeness to equal weights."""
+    task = get_task("multiclass")
+    best, best_key = None, None
+    n = len(logits)
+    for w in _grid(n):
+        m = task.metrics(combine_predictions(logits, available, w, combine), labels)
+        key = (m["accuracy"], -m["loss"], -sum((x - 1 / n) ** 2 for x in w))
+        if best_key is None or key > best_key:
+            best, best_key = w, key
+    return best
+
+
+@torch.no_grad()
+def _predictions(models: Sequence, loader, keep: set[str]) -> tuple[list[Tensor | None], list[Tensor], Tensor]:
+    outputs: list[list[Tensor] | None] = [[] if keep & set(m.modalities) else None for m in models]
+    available: list[list[Tensor]] = [[] for _ in models]
+    labels = []
+    for batch in loader:
+        batch = move_batch(batch, next(models[0].parameters()).device)
+        batch = {k: v for k, v in batch.items() if k in keep or k == "label" or k.removesuffix("_lengths") in keep or k == "present"}
+        present = {m: p for m, p in batch.get("present", {}).items() if m in keep}
+        batch["present"] = present
+        n = batch["label"].shape[0]
+        for r, model in enumerate(models):
+            seen = [m for m in model.modalities if m in keep and m in batch]
+            if not seen:
+                available[r].append(torch.zeros(n, dtype=torch.bool))
+                continue
+            outputs[r].append(model(batch).float().cpu())
+            ok = torch.zeros(n, dtype=torch.bool)
+            for m in seen:
+                ok |= present[m].cpu() if m in present else torch.ones(n, dtype=torch.bool)
+            available[r].append(ok)
+        labels.append(batch["label"].cpu())
+    return [None if o is None else torch.cat(o) for o in outputs], [torch.cat(a) for a in available], torch.cat(labels)
+
+
+def ensemble_runs(
+    runs: Sequence[str | Path],
+    weights: Sequence[float] | None = None,
+    combine: str = "probs",
+    fit: str | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Evaluate the weighted-average ensemble of ``runs`` (see the module docstring); writes
+    ``ensemble.json`` to ``out`` (default: ``<first run>/ensemble``) and returns its content."""
+    if len(runs) < 2:
+        raise ValueError("ensemble: give at least two runs")
+    if weights is not None and fit is not None:
+        raise ValueError("ensemble: give weights or fit them on validation, not both")
+    if fit not in (None, "val"):
+        raise ValueError(f"ensemble: weights are fitted on 'val' only (never on test), got {fit!r}")
+    loaded = [load_run(r) for r in runs]
+    models = [m for m, _, _ in loaded]
+    for (model, cfg, _), run in zip(loaded, runs):
+        if cfg.kind != "model":
+            raise ValueError(f"ensemble: {run} is not a classifier run")
+    classes = {m.out_dim for m in models}
+    if len(classes) != 1:
+        raise ValueError(f"ensemble: the runs predict different numbers of classes: {[m.out_dim for m in models]}")
+    if weights is None:
+        weights = [1.0 / len(runs)] * len(runs)
+    if len(weights) != len(runs) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"ensemble: one weight >= 0 per run ({len(runs)}), not all 0; got {list(weights)}")
+    run_dir, _ = resolve_checkpoint(runs[0])
+    cfg = loaded[0][1]
+    fitted = load_data_state(run_dir)
+    union = sorted({m for model in models for m in model.modalities})
+    sets = {s: build_dataset(cfg, s, fitted) for s in ("val", "test")}
+    have = getattr(sets["test"], "modalities", union)
+    if get_task(sets["test"]).name != "multiclass":
+        raise ValueError("ensemble: multi-class runs only")
+    lacking = [m for m in union if m not in have]
+    if lacking:
+        raise ValueError(f"ensemble: the data of {runs[0]} has no {lacking[0]!r}, which a run reads; put the run with every modality first")
+    loaders = {s: make_loader(d, batch_size) for s, d in sets.items()}
+    task = get_task("multiclass")
+    if fit == "val":
+        weights = list(fit_weights(*_predictions(models, loaders["val"], set(union)), combine))
+    weights = [float(w) / sum(weights) for w in weights]
+    result: dict[str, Any] = {"runs": [str(r) for r in runs], "weights": weights, "fitted_on": fit, "combine": combine, "modalities": union}
+    for split, loader in loaders.items():
+        rows = []
+        for subset in subsets(union):
+            logits, available, labels = _predictions(models, loader, set(subset))
+            row = {"modalities": list(subset), **task.metrics(combine_predictions(logits, available, weights, combine), labels)}
+            row["runs"] = [None if x is None else task.metrics(x, labels)["accuracy"] for x in logits]
+            rows.append(row)
+        result[split] = rows
+    out = Path(out) if out is not None else run_dir / "ensemble"
+    write_text_atomic(out / "ensemble.json", json.dumps(result, indent=2))
+    return result
