@@ -45,7 +45,8 @@ class TrainSettings:
     error unless ``allow_empty: true``), ``regularize: {l2sp: ALPHA}`` adds L2-SP (Li et al. 2018),
     ``ALPHA / 2 * ||w - w_source||^2`` over the loaded parameters, which then get no weight decay
     towards zero; ``lr_mult`` maps parameter-name patterns to learning-rate multipliers, and
-    ``strategy`` is ``finetune``, ``linear_probe`` or ``gradual``.
+    ``strategy`` is ``finetune``, ``linear_probe`` or ``gradual`` (one modality's encoder unfrozen per
+    epoch, or one group of ``gradual_groups`` per epoch: lists of name patterns, top layers first).
     ``distill`` (``{teacher, temperature, alpha, beta}``) adds a soft-target term from a trained teacher
     run (any modalities) on every sample, labelled or not, and with ``beta > 0`` a feature term:
     ``beta * MSE(proj(student fused features), teacher fused features)`` through a learned
@@ -85,6 +86,7 @@ class TrainSettings:
     keep_checkpoints: int = 2
     init_from: dict | None = None
     regularize: dict | None = None
+    gradual_groups: list | None = None
     lr_mult: dict | None = None
     strategy: str = "finetune"
     distill: dict | None = None
@@ -160,6 +162,12 @@ class TrainSettings:
                 raise ConfigError(f"{origin}: train.regularize.l2sp: expected a number >= 0, got {l2sp!r}")
             if self.init_from is None:
                 raise ConfigError(f"{origin}: train.regularize.l2sp: needs train.init_from (the source weights it pulls towards)")
+        groups = self.gradual_groups
+        if groups is not None:
+            if self.strategy != "gradual":
+                raise ConfigError(f"{origin}: train.gradual_groups: only used with strategy: gradual")
+            if not isinstance(groups, list) or not groups or not all(isinstance(g, list) and g and all(isinstance(p, str) for p in g) for g in groups):
+                raise ConfigError(f"{origin}: train.gradual_groups: expected a list of lists of name patterns, got {groups!r}")
         for key in ("include", "exclude"):
             value = (self.init_from or {}).get(key)
             if value is not None and (not isinstance(value, list) or not all(isinstance(p, str) for p in value)):

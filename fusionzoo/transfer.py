@@ -123,9 +123,11 @@ class GradualUnfreezer:
 STRATEGIES = ("finetune", "linear_probe", "gradual")
 
 
-def apply_strategy(model: nn.Module, strategy: str) -> GradualUnfreezer | None:
+def apply_strategy(model: nn.Module, strategy: str, groups: list[list[str]] | None = None) -> GradualUnfreezer | None:
     """``finetune``: everything trains. ``linear_probe``: every encoder frozen (fusion and head train).
-    ``gradual``: encoders frozen, then unfrozen one modality per epoch (returns the unfreezer)."""
+    ``gradual``: encoders frozen, then unfrozen one modality per epoch, or, with ``groups`` (lists of
+    name patterns, the top of the network first), one group per epoch: for a single encoder, layer
+    by layer (returns the unfreezer)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     if strategy == "finetune":
@@ -134,6 +136,8 @@ def apply_strategy(model: nn.Module, strategy: str) -> GradualUnfreezer | None:
     if strategy == "linear_probe":
         freeze(model, "encoders.*")
         return None
+    if groups is not None:
+        return GradualUnfreezer(model, groups)
     modalities = sorted({n.split(".")[1] for n, _ in model.named_parameters() if n.startswith("encoders.")})
     return GradualUnfreezer(model, [[f"encoders.{m}.*"] for m in modalities])
 

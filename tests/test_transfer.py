@@ -98,6 +98,11 @@ def test_strategies_and_gradual_unfreezing():
     assert all(n.startswith("encoders.visual.") for n in unfreezer.step(1))
     with pytest.raises(ValueError, match="unknown strategy"):
         apply_strategy(model, "surgery")
+    apply_strategy(model, "finetune")
+    layers = apply_strategy(model, "gradual", [["encoders.visual.features.1.*"], ["encoders.visual.*"]])  # layer by layer
+    assert all(n.startswith("encoders.visual.features.1.") for n in layers.step(0))
+    assert layers.step(1) and all(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoders.visual."))
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoders.text."))  # never grouped
 
 
 def test_a_different_architecture_gives_a_report_not_a_crash():

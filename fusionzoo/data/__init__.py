@@ -1,12 +1,13 @@
 """Data: datasets (registered in ``DATASETS``), collation, the loader recipe and the text vocabulary."""
 
-from fusionzoo.data import avdigits, features, manifest, synthetic
+from fusionzoo.data import avdigits, features, manifest, mnist, synthetic
 from fusionzoo.data.avdigits import AVDigits
 from fusionzoo.data.collate import collate
 from fusionzoo.data.features import FeatureDataset
 from fusionzoo.data.loader import make_loader
 from fusionzoo.data.manifest import ManifestDataset
+from fusionzoo.data.mnist import MNIST
 from fusionzoo.data.synthetic import SyntheticTrimodal
 from fusionzoo.vocab import PAD_ID, UNK_ID, Vocab, tokenize
 
-__all__ = ["AVDigits", "FeatureDataset", "ManifestDataset", "features", "avdigits", "manifest", "PAD_ID", "UNK_ID", "SyntheticTrimodal", "Vocab", "collate", "make_loader", "synthetic", "tokenize"]
+__all__ = ["AVDigits", "FeatureDataset", "MNIST", "ManifestDataset", "mnist", "features", "avdigits", "manifest", "PAD_ID", "UNK_ID", "SyntheticTrimodal", "Vocab", "collate", "make_loader", "synthetic", "tokenize"]

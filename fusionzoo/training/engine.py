@@ -242,7 +242,8 @@ def _prepare_transfer(cfg: ExperimentConfig, model: nn.Module, say, world: int) 
             regularizer = L2SP(model, [k for k in report.loaded if k in parameters], settings.regularize["l2sp"])
     if settings.strategy == "gradual" and world > 1:
         raise cfg.error("train.strategy", "gradual unfreezing is not supported under torchrun (DDP fixes its parameter set at start)")
-    return (apply_strategy(model, settings.strategy) if settings.strategy != "finetune" else None), report_text, regularizer
+    unfreezer = apply_strategy(model, settings.strategy, settings.gradual_groups) if settings.strategy != "finetune" else None
+    return unfreezer, report_text, regularizer
 
 
 def _build_optimizer(cfg: ExperimentConfig, model: nn.Module, objective: Objective, regularizer: L2SP | None) -> torch.optim.Optimizer:
