@@ -86,6 +86,17 @@ def test_cross_modal_alignment_runs_and_reports_retrieval(tmp_path):
     from fusionzoo.cli import main
 
     assert main(["eval", str(tmp_path / "align")]) == 2  # an alignment run has no classifier to evaluate
+    # From alignment to classification: the aligned encoders initialise a classifier.
+    classifier = {
+        "seed": 0, "data": {"name": "synthetic", "n": 64, "labels_per_class": 2},
+        "model": {"encoders": align_cfg["align"]["encoders"], "fusion": {"name": "concat_mlp", "out_dim": 8}, "head": {"name": "linear", "out_dim": 8}},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 0.01, "strategy": "linear_probe", "init_from": {"path": str(tmp_path / "align"), "include": ["encoders.*"]}},
+    }
+    train(classifier, run_dir=tmp_path / "from_align", log=False)
+    aligned, probe = weights(tmp_path / "align"), weights(tmp_path / "from_align")
+    encoder_keys = [k for k in aligned if k.startswith("encoders.")]
+    assert encoder_keys and all(torch.equal(aligned[k], probe[k]) for k in encoder_keys)  # loaded, then kept frozen
+    assert f"loaded      {len(aligned):5d}" in (tmp_path / "from_align" / "init_report.txt").read_text()  # every aligned tensor
     bad = dict(align_cfg, model={})
     with pytest.raises(ConfigError, match="either a model"):
         train(bad, run_dir=tmp_path / "bad", log=False)

@@ -13,7 +13,6 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
