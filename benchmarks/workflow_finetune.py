@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = [{"budget": b, "strategy": s, **mean_ci(v)} for (b, s), v in table.items()]
     info = {
         "machine": machine_tag(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "command": "python benchmarks/workflow_finetune.py " + " ".join(argv or []),
+        "command": "python benchmarks/workflow_finetune.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "source_test_accuracy": source_metrics["test"]["accuracy"], "wall_seconds": time.perf_counter() - started,
     }
     write_text_atomic(out / "workflow_finetune.json", json.dumps({"info": info, "summary": summary, "records": records}, indent=2))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     results["cca"] = {name: {k: r[k] for k in keys} for name, r in rows.items()}
     results["info"] = {
         "machine": machine_tag(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "command": "python benchmarks/workflow_recipes.py " + " ".join(argv or []), "seeds": seeds,
+        "command": "python benchmarks/workflow_recipes.py " + " ".join(sys.argv[1:] if argv is None else argv), "seeds": seeds,
         "wall_seconds": time.perf_counter() - started,
     }
     write_text_atomic(out / "workflow_recipes.json", json.dumps(results, indent=2))

@@ -7,6 +7,8 @@ from safetensors.torch import load_file
 from fusionzoo.config import ConfigError
 from fusionzoo.training import latest_checkpoint, selected_checkpoint, train
 
+from common import AVDIGITS, ROOT, needs_avdigits
+
 
 def cfg(num_classes, seed, **train_opts):
     return {
@@ -220,3 +222,47 @@ def test_ensemble_of_separately_trained_unimodal_runs(tmp_path, capsys):
     assert "weights: 0.30, 0.70" in capsys.readouterr().out
     with pytest.raises(ValueError, match="not both"):
         ensemble_runs([runs["visual"], runs["text"]], weights=[0.5, 0.5], fit="val")
+
+
+@needs_avdigits
+@pytest.mark.slow
+def test_finetuning_a_torchvision_cnn_on_split_mnist_replaces_its_classifier(tmp_path):
+    """The recipe of configs/experiments/mnist_{source,target}.yaml at a tiny size: a ResNet-18
+    trained on digits 0-4, its classifier replaced, fine-tuned on digits 5-9 with SGD + momentum and
+    the trunk at a tenth of the learning rate."""
+    from fusionzoo.config import load_config
+
+    small = {"root": str(AVDIGITS), "labels_per_class": 8, "val_per_class": 8}
+    source = load_config(ROOT / "configs/experiments/mnist_source.yaml").to_dict()
+    source["data"].update(small)
+    source["train"].update(epochs=1, batch_size=8)
+    train(source, run_dir=tmp_path / "source", log=False)
+    target = load_config(ROOT / "configs/experiments/mnist_target.yaml").to_dict()
+    target["data"].update(small)
+    target["train"].update(epochs=2, batch_size=8, init_from={**target["train"]["init_from"], "path": str(tmp_path / "source")})
+    summary = train(target, run_dir=tmp_path / "target", log=False)
+    assert summary["test"]["n"] == 4861  # every test image of digits 5-9
+    src, dst = weights(tmp_path / "source"), weights(tmp_path / "target")
+    conv = "encoders.visual.trunk.conv1.weight"
+    assert not torch.equal(src[conv], dst[conv]) and torch.allclose(src[conv], dst[conv], atol=0.05)  # fine-tuned, gently
+    assert not torch.equal(src["head.fc.weight"], dst["head.fc.weight"])
+    report = (tmp_path / "target" / "init_report.txt").read_text()
+    classifier = [k for k in src if k.startswith(("fusion.", "head."))]
+    assert f"by pattern  {len(classifier):5d}  fusion." in report and "missing         0" in report  # the classifier is not transferred
+
+
+@needs_avdigits
+def test_mnist_digits_are_relabelled_and_val_is_held_out_of_train():
+    import numpy as np
+
+    from fusionzoo.data import MNIST
+
+    train_set = MNIST(root=AVDIGITS, split="train", digits=[7, 3], labels_per_class=5, val_per_class=20)
+    val, test = MNIST(root=AVDIGITS, split="val", digits=[7, 3], val_per_class=20), MNIST(root=AVDIGITS, split="test", digits=[7, 3])
+    assert len(train_set) == 10 and len(val) == 40 and sorted(set(train_set.labels.tolist())) == [0, 1]
+    assert len(test) == 1028 + 1010  # every t10k 7 and 3
+    full = MNIST(root=AVDIGITS, split="train", digits=[7, 3], val_per_class=20, normalize=False)
+    assert not set(full.index.tolist()) & set(val.index.tolist()) and len(full) + len(val) == 6265 + 6131  # every 7 and 3
+    assert np.isclose(full.images.max(), 1.0) and set(train_set.index.tolist()) <= set(full.index.tolist())
+    with pytest.raises(ValueError, match="distinct digits"):
+        MNIST(root=AVDIGITS, digits=[3, 3])

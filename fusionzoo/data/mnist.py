@@ -69,7 +69,7 @@ class MNIST(Dataset):
             keep.append(index)
         index = np.sort(np.concatenate(keep))
         relabel = {d: i for i, d in enumerate(digits)}
-        self.split, self.digits, self.modalities = split, digits, ("visual",)
+        self.split, self.digits, self.modalities, self.index = split, digits, ("visual",), index  # index: rows of the idx file
         self.standardized = ("visual",) if normalize else ()
         pixels = images[index].astype(np.float32) / 255.0
         self.images = (((pixels - MNIST_MEAN) / MNIST_STD) if normalize else pixels)[:, None].astype(np.float32)
