@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import fusionzoo as fz
 from fusionzoo.data import collate, make_loader
@@ -67,22 +68,36 @@ def test_loader_is_seeded():
 # ---------------------------------------------------------------- datasets, registry-wide
 
 
-@pytest.mark.parametrize("name", fz.list_datasets())
-def test_dataset_samples_follow_the_batch_contract(name, tmp_path):
-    if name == "avdigits" and not (AVDIGITS / "manifest.csv").is_file():
-        pytest.skip(f"the avdigits data is not at {AVDIGITS}")
-    kwargs = {"avdigits": {"root": str(AVDIGITS), "split": "test"}}.get(name, {})
+def _dataset_kwargs(name, tmp_path):
+    """How the registry-wide contract test builds each dataset (a small folder where it needs files)."""
+    if name in ("avdigits", "mnist"):
+        if not (AVDIGITS / "manifest.csv").is_file():
+            pytest.skip(f"the avdigits data is not at {AVDIGITS}")
+        return {"root": str(AVDIGITS), "split": "test"}
     if name == "manifest":
         root, _ = build_folder(tmp_path)
-        kwargs = {"path": str(root / "items.csv"), "modalities": {m: s for m, s in MODALITIES.items() if m != "extra"}, "label": {"column": "label"}}
-    ds = fz.create_dataset(name, **kwargs)
+        return {"path": str(root / "items.csv"), "modalities": {m: s for m, s in MODALITIES.items() if m != "extra"}, "label": {"column": "label"}}
+    if name == "features":  # what `fusionzoo embed` writes: visual features, one of them missing
+        tensors = {"features.visual": torch.randn(6, 5), "present.visual": torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.uint8),
+                   "label": torch.arange(6) % 3, "index": torch.arange(6)}
+        save_file(tensors, str(tmp_path / "train.safetensors"), metadata={"dims": '{"visual": 5}', "task": "multiclass", "num_classes": "3"})
+        return {"path": str(tmp_path)}
+    return {}
+
+
+@pytest.mark.parametrize("name", fz.list_datasets())
+def test_dataset_samples_follow_the_batch_contract(name, tmp_path):
+    ds = fz.create_dataset(name, **_dataset_kwargs(name, tmp_path))
     sample = ds[0]
     assert set(sample) <= {"visual", "audio", "text", "label"} and isinstance(sample["label"], int)
+    assert set(ds.modalities) <= {"visual", "audio", "text"}
     batch = collate([ds[i] for i in range(4)])
-    for m in ("visual", "audio", "text"):
-        if m in batch:
-            assert batch["present"][m].shape == (4,)
-    assert batch["visual"].dtype == torch.float32 and batch["visual"].dim() == 4
+    for m in ds.modalities:
+        assert batch["present"][m].shape == (4,)
+    features = name == "features"
+    assert batch["visual"].dtype == torch.float32 and batch["visual"].dim() == (2 if features else 4)
+    if features:
+        assert batch["present"]["visual"].tolist() == [True, True, False, True]
 
 
 # ---------------------------------------------------------------- synthetic
