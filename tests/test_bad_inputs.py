@@ -451,3 +451,17 @@ def test_a_feature_dtype_other_than_the_blocks_is_named(name, dtype):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts per op: allowed
         if dtype == torch.bfloat16:
             assert block(feats).shape == (2, block.out_dim)
+
+
+def test_a_permission_error_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    """Root ignores file modes, so the refusal is injected where the run folder is first written."""
+    from fusionzoo.training import runfolder
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(runfolder.Path, "mkdir", denied)
+    path = config_file(tmp_path, cfg(1))
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "locked" / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Permission denied" in err and "locked" in err
