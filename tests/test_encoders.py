@@ -154,6 +154,97 @@ def test_audio_padding_with_lengths_matches_unpadded(name):
         assert torch.isfinite(out).all()
 
 
+def _rezero_every_block(enc, spec, frames):
+    """The masked CNN as first written: padded frames zeroed after every block and every pool."""
+    def zero(x, n):
+        return torch.where(torch.arange(x.shape[-1]) < n[:, None, None, None], x, 0.0)
+
+    x = spec
+    for i, block in enumerate(enc.blocks):
+        if i > 0:
+            x, frames = enc.pool(x), frames // 2
+            x = zero(x, frames)
+        x = zero(block(x), frames)
+    return x
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_audio_spec_cnn_masks_once_per_stage_exactly(channels_last):
+    """Zeroing the padding once per stage (after the pool) is the per-block re-zeroing, bit for bit,
+    in training mode (batch statistics) and for odd frame counts at every stage."""
+    torch.manual_seed(0)
+    enc = fz.create_encoder("audio_spec_cnn", sample_rate=8000, n_fft=256, hop_length=128, n_mels=16,
+                            channels=(4, 8, 8), out_dim=8, channels_last=channels_last).train()
+    spec = torch.randn(5, 1, 16, 37)
+    frames = torch.tensor([37, 35, 23, 9, 4])  # odd and even at every stage
+    results = []
+    for fn in (lambda: _rezero_every_block(enc, spec.contiguous(memory_format=enc.memory_format), frames),
+               lambda: enc.forward_features(spec, frames)[0]):
+        enc.zero_grad()
+        out = fn()
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in enc.blocks.parameters()]))
+    (ref, ref_grads), (out, out_grads) = results
+    assert torch.equal(out, ref) and torch.equal(enc.forward_features(spec, frames)[1], frames // 4)
+    assert all(torch.equal(a, b) for a, b in zip(out_grads, ref_grads))
+
+
+def test_audio_without_lengths_skips_masking_with_the_same_result():
+    torch.manual_seed(0)
+    enc = fz.create_encoder("audio_spec_cnn", sample_rate=8000, n_fft=256, hop_length=128, n_mels=16,
+                            channels=(4, 8, 8), out_dim=8).train()
+    wave = torch.randn(3, 4000)
+    full = torch.full((3,), 4000)
+    torch.manual_seed(1)
+    a = enc(wave)
+    torch.manual_seed(1)
+    b = enc(wave, lengths=full)
+    assert torch.equal(a, b)
+    tokens, mask = enc.forward_tokens(wave)
+    assert mask.all() and mask.shape == tokens.shape[:2]
+
+
+def test_audio_spec_cnn_padding_invariance_three_stages():
+    enc = fz.create_encoder("audio_spec_cnn", sample_rate=8000, n_fft=256, hop_length=128, n_mels=16,
+                            channels=(4, 8, 8), out_dim=8).eval()
+    lengths = torch.tensor([6000, 2600, 4700, 1800])
+    padded = torch.randn(4, 6000)  # junk in the padding
+    out = enc(padded, lengths=lengths)
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(out[i], enc(padded[i : i + 1, :n])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_lenet_pool_before_relu_is_multibench_order_bit_for_bit():
+    """conv-BN-pool-ReLU computes conv-BN-ReLU-pool's outputs and gradients exactly."""
+    torch.manual_seed(0)
+    enc = fz.create_encoder("lenet", channels=6, additional_layers=3, out_dim=8).train()
+    x = torch.randn(8, 1, 28, 28)
+
+    def multibench_order(x):
+        layers = list(enc.features)
+        for i in range(0, len(layers), 4):
+            conv, norm, pool, relu = layers[i : i + 4]
+            x = pool(relu(norm(conv(x))))
+        return enc.proj(x.mean(dim=(2, 3)))
+
+    grads = []
+    for fn in (enc, multibench_order):
+        enc.zero_grad()
+        out = fn(x)
+        out.square().sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in enc.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))
+
+
+def test_front_end_power_spectrum_matches_torchaudio():
+    from fusionzoo.encoders.audio import LogMelFrontEnd
+
+    fe = LogMelFrontEnd(sample_rate=8000, n_fft=256, hop_length=128, n_mels=40)
+    wave = torch.randn(4, 5000)
+    torch.testing.assert_close(fe.mel_power(wave), fe.mel(wave), rtol=1e-5, atol=1e-6)
+
+
 def test_spec_augment_changes_output_only_in_training():
     torch.manual_seed(0)
     aug = fz.create_encoder("audio_spec_cnn", freq_mask=8, time_mask=10, norm="group")

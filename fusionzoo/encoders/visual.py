@@ -151,8 +151,9 @@ class LeNet(_VisualEncoder):
         c_in, c = in_channels, channels
         for i in range(additional_layers + 1):
             kernel = 5 if i == 0 else 3
-            layers += [nn.Conv2d(c_in, c, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
-            layers.append(nn.MaxPool2d(2))
+            # ReLU after the max-pool: the two commute (both take maxima), and the ReLU then touches a
+            # quarter of the values. Same outputs and gradients as MultiBench's conv-BN-ReLU-pool.
+            layers += [nn.Conv2d(c_in, c, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(c), nn.MaxPool2d(2), nn.ReLU()]
             c_in, c = c, c * 2
         self.features = nn.Sequential(*layers)
         self.feature_dim = c_in

@@ -22,11 +22,14 @@ def zero_missing(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.unsqueeze(-1), x, x.new_zeros(()))
 
 
-def masked_mean(x: Tensor, mask: Tensor, dim: int) -> Tensor:
+def masked_mean(x: Tensor, mask: Tensor | None, dim: int) -> Tensor:
     """Mean of ``x`` over ``dim`` counting only slots where ``mask`` is True; 0 where none is.
+    ``mask=None`` (every slot present) gives the same values as an all-true mask, bit for bit.
 
     Shapes: x ``[..., n, d]``, mask ``[..., n]``; ``dim`` indexes ``n`` in the mask.
     """
+    if mask is None:
+        return x.sum(dim=_feature_dim(dim)) / x.shape[_feature_dim(dim)]
     x = zero_missing(x, mask)
     count = mask.sum(dim=dim).clamp(min=1).to(x.dtype).unsqueeze(-1)
     return x.sum(dim=_feature_dim(dim)) / count
