@@ -73,7 +73,10 @@ def measure(code: Path, config: str, run_dir: Path, threads: int, epochs: int | 
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{code}: {shlex.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if not Path(result["code"]).resolve().is_relative_to(code.resolve()):
+        raise SystemExit(f"the worker imported {result['code']}, not the code under {code}")
+    return result
 
 
 def weight_distance(a: str, b: str) -> float:
