@@ -4,9 +4,10 @@
     python benchmarks/train_speed.py --baseline HEAD~3 --rounds 5 --configs configs/experiments/avdigits_late_clean.yaml
     python benchmarks/train_speed.py --seeds 0,1,2           # also: full trainings, test accuracy per seed
 
-The baseline's package is extracted with ``git archive`` into a temporary folder; every measurement
-is its own process (``PYTHONPATH`` picks the code), and the two codes alternate round by round, so
-drift of the machine hits both alike. A measurement trains ``--epochs`` epochs through the public
+The baseline's package and configs are extracted with ``git archive`` into a temporary folder; each
+code trains its own revision of the config (what a user running the same command gets); every
+measurement is its own process (``PYTHONPATH`` picks the code), and the two codes alternate round by
+round, so drift of the machine hits both alike. A measurement trains ``--epochs`` epochs through the public
 ``fusionzoo.training.train`` (loader, modality dropout, optimizer and all) and reports the median
 samples/s of the epochs after the first (the first warms the allocator up). Both codes start from the
 same seed, and the script reports how far their weights are apart after those epochs.
@@ -34,8 +35,8 @@ DEFAULT_CONFIGS = ["configs/experiments/avdigits_concat_hard.yaml"]
 
 
 def extract(rev: str, dest: Path) -> Path:
-    """The ``fusionzoo`` package of ``rev`` under ``dest``."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "fusionzoo"], check=True, capture_output=True).stdout
+    """The ``fusionzoo`` package and the ``configs`` of ``rev`` under ``dest``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "fusionzoo", "configs"], check=True, capture_output=True).stdout
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
         tar.extractall(dest, filter="data")
@@ -52,7 +53,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     overrides = [f"seed={args.seed}", "train.progress=false"] + ([f"train.epochs={args.epochs}"] if args.epochs else [])
     run_dir = Path(args.run_dir)
-    summary = train(ROOT / args.config, run_dir, overwrite=True, overrides=overrides, log=False)
+    summary = train(Path(args.code) / args.config, run_dir, overwrite=True, overrides=overrides, log=False)
     history = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     from safetensors.torch import load_file
 
@@ -68,7 +69,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def measure(code: Path, config: str, run_dir: Path, threads: int, epochs: int | None, seed: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--worker", "--config", config, "--run-dir", str(run_dir),
+    cmd = [sys.executable, __file__, "--worker", "--code", str(code), "--config", config, "--run-dir", str(run_dir),
            "--threads", str(threads), "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--code", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

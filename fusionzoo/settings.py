@@ -14,7 +14,7 @@ __all__ = ["TrainSettings"]
 
 INT_KEYS = ("epochs", "batch_size", "min_present", "num_workers", "keep_checkpoints")
 FLOAT_KEYS = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "modality_dropout")
-BOOL_KEYS = ("decay_norms_and_biases", "amp", "compile", "progress")
+BOOL_KEYS = ("decay_norms_and_biases", "amp", "compile", "progress", "cache_frontend")
 NULLABLE = ("grad_clip", "progress")
 SUBSECTIONS = {
     "init_from": ("path", "key_map", "include", "exclude", "freeze", "strict_shapes", "allow_empty"),
@@ -38,6 +38,9 @@ class TrainSettings:
     biases and normalisation weights (every parameter with fewer than 2 dimensions) from weight decay.
     ``warmup_epochs`` may be fractional (linear warm-up over that many epochs of steps, then cosine
     decay to 0). ``amp`` means bf16 autocast on CUDA; on the CPU training is always float32.
+    ``cache_frontend: true`` computes every audio encoder's log-mel front end once per sample and
+    keeps it (:class:`~fusionzoo.data.FrontendCache`; the data must give the same waveform on every
+    read of a sample, which is checked).
     ``progress`` ``None`` shows a progress bar only on a terminal and never under CI.
     ``init_from`` (``{path, key_map, include, exclude, freeze, strict_shapes, allow_empty}``) loads
     weights before training (a run directory or a weights file; ``include`` / ``exclude`` are name
@@ -80,6 +83,7 @@ class TrainSettings:
     min_present: int = 1
     amp: bool = True
     compile: bool = False
+    cache_frontend: bool = False
     num_workers: int = 0
     device: str = "auto"
     progress: bool | None = None

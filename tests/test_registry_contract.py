@@ -133,6 +133,35 @@ def test_fusion_shape_and_gradients(name):
         assert (row_grad[~sample_present] == 0).all(), f"{name}: a missing {m} slot gets a gradient"
 
 
+@pytest.mark.parametrize("given", ["none", "all_true", "all_true_tokens"])
+@pytest.mark.parametrize("name", FUSIONS)
+def test_fusion_fast_path_equals_masked_path_bit_for_bit(name, given):
+    """Nothing missing (``present`` None or all true): the fast path gives the masked path's outputs
+    and gradients (to the inputs and every parameter) exactly."""
+    block = _build(name).train()
+    feats, _ = _inputs(block)
+    tokens = block.input_kind == "tokens" and given == "all_true_tokens"
+    if given == "all_true_tokens" and not tokens:
+        pytest.skip("pooled block: no token masks")
+    shape = {m: x.shape[:2] if tokens else x.shape[:1] for m, x in feats.items()}
+    present = None if given == "none" else {m: torch.ones(shape[m], dtype=torch.bool) for m in feats}
+    assert block.prepare(feats, present)[1] is None
+    results = []
+    for fast in (True, False):
+        block.fast_path = fast
+        block.zero_grad(set_to_none=True)
+        x = {m: v.clone().requires_grad_() for m, v in feats.items()}
+        torch.manual_seed(1)
+        out = block(x, present)
+        _loss(out).backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in block.parameters()]
+        results.append((out.detach(), grads, [x[m].grad for m in sorted(x)]))
+    (out_fast, params_fast, inputs_fast), (out_masked, params_masked, inputs_masked) = results
+    assert torch.equal(out_fast, out_masked)
+    assert all(torch.equal(a, b) for a, b in zip(inputs_fast, inputs_masked))
+    assert all(torch.equal(a, b) for a, b in zip(params_fast, params_masked))
+
+
 @pytest.mark.parametrize("value", ["random", float("nan"), float("inf")], ids=["random", "nan", "inf"])
 @pytest.mark.parametrize("name", FUSIONS)
 def test_fusion_ignores_values_in_missing_slots(name, value):

@@ -10,6 +10,9 @@ absent (or ``None``). The batch follows DESIGN.md's contract:
   ``batch["<m>_lengths"]`` holds the true lengths; a missing sample's slot is zeros of the padded
   length (a well-formed input for the encoder, whose output ``present`` hides);
 * 1-D integer modalities (token ids) are right-padded with the padding id 0;
+* :class:`Frames` samples (variable-length ``[..., t]``, e.g. cached spectrograms ``[1, f, t]``) are
+  right-padded with zeros along their last dim, with ``batch["<m>_lengths"]``; a dataset opts in by
+  wrapping them, so a plain N-D tensor of another shape (an image of another size) stays an error;
 * ``batch["present"][m]`` is a bool ``[b]`` for every modality in the batch;
 * ``batch["label"]`` is a ``long [b]`` for integer labels (classes), a ``float [b]`` for float
   labels (regression targets) and a stacked ``[b, ...]`` for tensor labels (multi-label targets).
@@ -20,11 +23,19 @@ Nothing is truncated, and shapes or dtypes that disagree within a modality raise
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["collate", "RESERVED"]
+__all__ = ["collate", "Frames", "RESERVED"]
+
+
+@dataclass(frozen=True)
+class Frames:
+    """A variable-length sample ``data [..., t]``: collate pads it along ``t`` and records its length."""
+
+    data: Tensor
 
 RESERVED = ("label", "present")
 
@@ -38,6 +49,10 @@ def collate(samples: Sequence[dict]) -> dict:
     present: dict[str, Tensor] = {}
     for m in modalities:
         items = [s.get(m) for s in samples]
+        if any(isinstance(x, Frames) for x in items):
+            batch[m], batch[f"{m}_lengths"] = _pad_frames(m, items)
+            present[m] = torch.tensor([x is not None for x in items])
+            continue
         ref = next(x for x in items if x is not None)
         for i, x in enumerate(items):
             if x is None:
@@ -71,6 +86,28 @@ def collate(samples: Sequence[dict]) -> dict:
     batch["label"] = _labels(samples)
     batch["present"] = present
     return batch
+
+
+def _pad_frames(m: str, items: list) -> tuple[Tensor, Tensor]:
+    """``(zero-padded [b, ..., t_max], lengths long [b])``; a missing sample gets ``t_max`` zeros."""
+    ref = next(x for x in items if x is not None)
+    for i, x in enumerate(items):
+        if x is None:
+            continue
+        if not isinstance(x, Frames):
+            raise TypeError(f"collate: {m!r} mixes Frames and {type(x).__name__} samples (sample {i})")
+        if x.data.dtype != ref.data.dtype or x.data.shape[:-1] != ref.data.shape[:-1]:
+            raise ValueError(
+                f"collate: {m!r} frames disagree: sample {i} is {x.data.dtype} {list(x.data.shape)}, "
+                f"an earlier one {ref.data.dtype} {list(ref.data.shape)} (only the last dim may differ)"
+            )
+    width = max(x.data.shape[-1] for x in items if x is not None)
+    out = ref.data.new_zeros(len(items), *ref.data.shape[:-1], width)
+    for i, x in enumerate(items):
+        if x is not None:
+            out[i, ..., : x.data.shape[-1]] = x.data
+    lengths = torch.tensor([width if x is None else x.data.shape[-1] for x in items])
+    return out, lengths
 
 
 def _labels(samples: Sequence[dict]) -> Tensor:

@@ -103,8 +103,11 @@ class LogMelFrontEnd(nn.Module):
             raise ValueError(f"audio: waveform has {t} samples, fewer than n_fft={self.n_fft}")
         if lengths is not None:
             wave = torch.where(torch.arange(t, device=wave.device) < lengths.unsqueeze(1), wave, 0.0)
-        spec = self.to_db(self.mel_power(wave))  # [b, f, frames]
-        return self.postprocess(spec.unsqueeze(1), None if lengths is None else self.num_frames(lengths))
+        return self.postprocess(self.log_mel(wave), None if lengths is None else self.num_frames(lengths))
+
+    def log_mel(self, wave: Tensor) -> Tensor:
+        """The deterministic part: ``[b, t]`` waveform -> ``[b, 1, n_mels, frames]`` log-mel in dB."""
+        return self.to_db(self.mel_power(wave)).unsqueeze(1)
 
     def postprocess(self, spec: Tensor, frames: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Clamp, normalise and augment a ``[b, 1, f, t]`` dB spectrogram using only valid frames
@@ -150,10 +153,9 @@ class _AudioEncoder(Encoder):
 
     min_frames: int = 1  # spectrogram frames the network needs
 
-    def _check_length(self, x: Tensor, lengths: Tensor | None) -> None:
+    def _check_length(self, x: Tensor, lengths: Tensor | None, waveform: bool) -> None:
         """The padded length is long enough for the network; every length is in ``[1, T]``."""
         t = x.shape[-1]
-        waveform = self.input == "waveform"
         need = self.frontend.n_fft + self.frontend.hop_length * (self.min_frames - 1) if waveform else self.min_frames
         unit = "samples" if waveform else "frames"
         if t < need:
@@ -163,8 +165,14 @@ class _AudioEncoder(Encoder):
 
     def spectrogram(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Validate the input and return ``(log-mel [b, 1, f, t], valid frames [b] or None)``; None
-        (for ``lengths=None``) means every frame is valid, and nothing downstream masks."""
-        if self.input == "waveform":
+        (for ``lengths=None``) means every frame is valid, and nothing downstream masks.
+
+        A waveform encoder also takes what its front end computes from waveforms, the log-mel
+        spectrogram in dB ``[b, 1, n_mels, frames]`` with ``lengths`` in frames (what
+        ``train.cache_frontend`` feeds it, :class:`~fusionzoo.data.FrontendCache`): clamping,
+        normalisation and SpecAugment still run here."""
+        waveform = self.input == "waveform" and not (isinstance(x, Tensor) and x.dim() == 4)
+        if waveform:
             if isinstance(x, Tensor) and x.dim() == 3 and x.shape[1] == 1:
                 x = x.squeeze(1)
             check_tensor(x, name="audio", shape=("B", "T"), what="waveform")
@@ -172,8 +180,8 @@ class _AudioEncoder(Encoder):
             check_tensor(x, name="audio", shape=("B", 1, self.frontend.n_mels, "T"), what="spectrogram")
         if lengths is not None:
             check_tensor(lengths, name="audio", shape=(x.shape[0],), dtype="int", what="lengths")
-        self._check_length(x, lengths)
-        if self.input == "waveform":
+        self._check_length(x, lengths, waveform)
+        if waveform:
             return self.frontend(x, lengths)
         return self.frontend.postprocess(x, None if lengths is None else lengths.clamp(max=x.shape[-1]))
 
@@ -230,6 +238,10 @@ class AudioSpecCNN(_AudioEncoder):
         for c in channels:
             self.blocks.append(ConvNormAct(c_in, c, 3, norm=norm, activation="relu"))  # forward_features relies on ReLU
             c_in = c
+        if channels_last:
+            # The weights too: a 1-channel input is contiguous in both formats, and only channels-last
+            # weights make the convolution pick the channels-last kernels for it.
+            self.blocks.to(memory_format=torch.channels_last)
         self.pool = nn.MaxPool2d(2)
         self.proj = nn.Linear(c_in, out_dim)
 

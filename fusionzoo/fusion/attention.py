@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
-from fusionzoo.layers.masking import masked_softmax
+from fusionzoo.layers.masking import masked_softmax, stack_masks, unless_empty
 from fusionzoo.registry import FUSIONS
 
 __all__ = ["AttentionFusion"]
@@ -43,10 +43,12 @@ class AttentionFusion(FusionBlock):
         self.proj = nn.ModuleDict({m: nn.Linear(d, out_dim) for m, d in self.in_dims.items()})
         self.empty = nn.Parameter(torch.zeros(out_dim))
 
-    def attention_weights(self, features: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    def attention_weights(self, features: dict[str, Tensor], present: dict[str, Tensor] | None) -> Tensor:
         """Softmax weights over modalities, 0 for missing ones; expects ``prepare``d inputs."""
-        mask = torch.stack([present[m] for m in self.modalities], dim=1)
-        x = torch.cat([features[m] for m in self.modalities] + [mask.to(features[self.modalities[0]].dtype)], dim=-1)
+        mask = stack_masks(present, self.modalities)
+        first = features[self.modalities[0]]
+        flags = first.new_ones(first.shape[0], len(self.modalities)) if mask is None else mask.to(first.dtype)
+        x = torch.cat([features[m] for m in self.modalities] + [flags], dim=-1)
         return masked_softmax(self.score(x), mask, dim=-1)
 
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
@@ -55,5 +57,4 @@ class AttentionFusion(FusionBlock):
         projected = torch.stack([self.proj[m](features[m]) for m in self.modalities], dim=1)
         fused = torch.einsum("bm,bmo->bo", weights, projected)
         # "anything present" comes from the mask, never from the weights: NaN weights must stay NaN
-        anything = torch.stack([present[m] for m in self.modalities], dim=1).any(dim=1, keepdim=True)
-        return torch.where(anything, fused, self.empty)
+        return unless_empty(fused, stack_masks(present, self.modalities), self.empty)

@@ -18,6 +18,13 @@ Blocks then only have to decide what a missing slot *means* (a learned embedding
 softmax, a renormalised weight), never how to find it. Whether a sample has anything present is
 read from ``present``, never from computed weights.
 
+The fast path: when nothing is missing (every modality passed, and ``present`` is ``None`` or all
+true; the all-true check runs only for CPU masks outside ``torch.compile`` and export, where it
+costs no device sync and no graph break), ``prepare`` returns ``present=None`` and the block skips
+its masking. The masking helpers of :mod:`fusionzoo.layers.masking` take ``None`` as "all present"
+and give the masked path's values bit for bit, which a registry-wide test holds every block to
+(``block.fast_path = False`` forces the masked path).
+
 Non-finite values in a *present* slot are not hidden: they propagate to that sample's output row,
 and only to it (the other rows are bitwise unchanged). A registry-wide test holds every block to
 this, as to the independence from missing slots.
@@ -48,6 +55,8 @@ class FusionBlock(nn.Module):
     """
 
     input_kind: ClassVar[str] = "pooled"
+    #: Whether ``prepare`` may return ``present=None`` when nothing is missing (see the module docstring).
+    fast_path: bool = True
 
     def __init__(self, *, in_dims: Mapping[str, int], out_dim: int) -> None:
         super().__init__()
@@ -58,8 +67,9 @@ class FusionBlock(nn.Module):
 
     def prepare(
         self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Validate the inputs and complete them to every modality; see the module docstring."""
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+        """Validate the inputs and complete them to every modality; ``present`` comes back ``None``
+        when nothing is missing (the fast path). See the module docstring."""
         where = type(self).__name__
         if not isinstance(features, dict):
             raise TypeError(f"{where}: features must be a dict {{modality: Tensor}}, got {type(features).__name__}")
@@ -100,17 +110,33 @@ class FusionBlock(nn.Module):
                 raise ValueError(
                     f"{where}: features[{m!r}] has batch size {x.shape[0]}, but earlier modalities have {batch}"
                 )
-            mask = self._presence(present, m, x, where)
-            out_f[m] = zero_missing(x, mask) if present is not None and m in present else x
-            out_p[m] = mask
+            out_f[m] = x
+            out_p[m] = self._presence(present, m, x, where)
 
+        if self._nothing_missing(out_f, out_p):
+            return out_f, None
+        for m, mask in list(out_p.items()):
+            if mask is None:
+                out_p[m] = torch.ones(out_f[m].shape[:-1], dtype=torch.bool, device=out_f[m].device)
+            else:
+                out_f[m] = zero_missing(out_f[m], mask)
         # features is non-empty and holds only our modalities, so ref and batch are set here.
         for m in self.modalities:
             if m not in out_f:
                 shape = (batch, 1, self.in_dims[m]) if tokens else (batch, self.in_dims[m])
                 out_f[m] = ref.new_zeros(shape)  # type: ignore[union-attr]
                 out_p[m] = torch.zeros(shape[:-1], dtype=torch.bool, device=ref.device)  # type: ignore[union-attr]
-        return out_f, out_p
+        return out_f, out_p  # type: ignore[return-value]
+
+    def _nothing_missing(self, features: dict[str, Tensor], present: dict[str, Tensor | None]) -> bool:
+        if not self.fast_path or len(features) < len(self.modalities):
+            return False
+        masks = [p for p in present.values() if p is not None]
+        if not masks:
+            return True
+        if torch.compiler.is_compiling() or any(p.device.type != "cpu" for p in masks):
+            return False  # reading the masks would sync a GPU or break the graph
+        return all(bool(p.all()) for p in masks)
 
     def _check_dtype_device(self, features: dict[str, Tensor], where: str) -> None:
         """Features on the parameters' device, in their dtype (a lower precision is fine under
@@ -129,10 +155,11 @@ class FusionBlock(nn.Module):
                     f"{str(param.dtype).removeprefix('torch.')}; cast the features, the block (.to(dtype)), or run under torch.autocast"
                 )
 
-    def _presence(self, present: dict[str, Tensor] | None, m: str, x: Tensor, where: str) -> Tensor:
+    def _presence(self, present: dict[str, Tensor] | None, m: str, x: Tensor, where: str) -> Tensor | None:
+        """The validated mask of ``m`` shaped as ``x`` without its last dim; ``None`` when not given."""
         shape = x.shape[:-1]
         if present is None or m not in present:
-            return torch.ones(shape, dtype=torch.bool, device=x.device)
+            return None
         mask = present[m]
         name = f"{where} present[{m!r}]"
         if self.input_kind == "tokens" and isinstance(mask, Tensor) and mask.dim() == 2:

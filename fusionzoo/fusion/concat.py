@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
+from fusionzoo.layers.masking import fill_missing
 from fusionzoo.layers.mlp import MLP
 from fusionzoo.registry import FUSIONS
 
@@ -52,7 +53,7 @@ class ConcatMLPFusion(FusionBlock):
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
         parts = [
-            torch.where(present[m].unsqueeze(-1), self.norms[m](features[m]), self.missing[m])
+            fill_missing(self.norms[m](features[m]), None if present is None else present[m], self.missing[m])
             for m in self.modalities
         ]
         return self.mlp(torch.cat(parts, dim=-1))

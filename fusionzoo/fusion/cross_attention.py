@@ -82,7 +82,10 @@ class CrossAttentionFusion(FusionBlock):
         b = x[self.modalities[0]].shape[0]
         null = self.null.expand(b, -1, -1)
         always = torch.ones(b, 1, dtype=torch.bool, device=null.device)
-        context = {m: (torch.cat([null, x[m]], dim=1), torch.cat([always, present[m]], dim=1)) for m in self.modalities}
+        context = {
+            m: (torch.cat([null, x[m]], dim=1), None if present is None else torch.cat([always, present[m]], dim=1))
+            for m in self.modalities
+        }
         pooled = []
         for t in self.modalities:
             streams = []
@@ -94,6 +97,7 @@ class CrossAttentionFusion(FusionBlock):
                 for block in self.streams[f"{t}__{s}"]:
                     q = block(q, ctx, ctx_mask)
                 streams.append(q)
-            z = masked_mean(torch.cat(streams, dim=-1), present[t], dim=1)
-            pooled.append(torch.where(present[t].any(dim=1, keepdim=True), z, self.missing[t]))
+            mask = None if present is None else present[t]
+            z = masked_mean(torch.cat(streams, dim=-1), mask, dim=1)
+            pooled.append(z if mask is None else torch.where(mask.any(dim=1, keepdim=True), z, self.missing[t]))
         return self.out(torch.cat(pooled, dim=-1))

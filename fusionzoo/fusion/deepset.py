@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
-from fusionzoo.layers.masking import masked_max, masked_mean, zero_missing
+from fusionzoo.layers.masking import masked_max, masked_mean, stack_masks, unless_empty, zero_missing
 from fusionzoo.layers.mlp import MLP, get_activation
 from fusionzoo.registry import FUSIONS
 
@@ -58,12 +58,12 @@ class DeepSetFusion(FusionBlock):
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
         h = torch.stack([self.act(self.phi[m](features[m])) for m in self.modalities], dim=1)
-        mask = torch.stack([present[m] for m in self.modalities], dim=1)
+        mask = stack_masks(present, self.modalities)
         if self.pool == "mean":
             pooled = masked_mean(h, mask, dim=1)
         elif self.pool == "max":
             pooled = masked_max(h, mask, dim=1)
         else:
             pooled = zero_missing(h, mask).sum(dim=1)
-        pooled = torch.where(mask.any(dim=1, keepdim=True), pooled, self.empty)
+        pooled = unless_empty(pooled, mask, self.empty)
         return self.rho(pooled)

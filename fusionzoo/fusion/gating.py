@@ -12,7 +12,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
-from fusionzoo.layers.masking import masked_softmax
+from fusionzoo.layers.masking import fill_missing, masked_softmax, stack_masks, unless_empty
 from fusionzoo.layers.mlp import get_activation
 from fusionzoo.registry import FUSIONS
 
@@ -64,20 +64,21 @@ class GatedMultimodalUnit(FusionBlock):
         self.gate = nn.Linear(sum(self.in_dims.values()) + num, num * out_dim)
         self.empty = nn.Parameter(torch.zeros(out_dim))
 
-    def gates(self, features: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    def gates(self, features: dict[str, Tensor], present: dict[str, Tensor] | None) -> Tensor:
         """Per-feature softmax gates over modalities (0 for missing ones); expects ``prepare``d inputs."""
-        mask = torch.stack([present[m] for m in self.modalities], dim=1)
-        x = torch.cat([features[m] for m in self.modalities] + [mask.to(features[self.modalities[0]].dtype)], dim=-1)
+        mask = stack_masks(present, self.modalities)
+        first = features[self.modalities[0]]
+        flags = first.new_ones(first.shape[0], len(self.modalities)) if mask is None else mask.to(first.dtype)
+        x = torch.cat([features[m] for m in self.modalities] + [flags], dim=-1)
         logits = rearrange(self.gate(x), "b (m o) -> b m o", m=len(self.modalities))
-        return masked_softmax(logits, rearrange(mask, "b m -> b m 1").expand_as(logits), dim=1)
+        return masked_softmax(logits, None if mask is None else rearrange(mask, "b m -> b m 1").expand_as(logits), dim=1)
 
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
         h = torch.stack([torch.tanh(self.proj[m](features[m])) for m in self.modalities], dim=1)
         gates = self.gates(features, present)
         fused = (gates * h).sum(dim=1)
-        anything = torch.stack([present[m] for m in self.modalities], dim=1).any(dim=1, keepdim=True)  # from the mask, not the gates
-        return torch.where(anything, fused, self.empty)
+        return unless_empty(fused, stack_masks(present, self.modalities), self.empty)  # from the mask, not the gates
 
 
 @FUSIONS.register(
@@ -121,9 +122,10 @@ class FiLMFusion(FusionBlock):
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
         t = self.target
-        h = torch.where(present[t].unsqueeze(-1), self.target_proj(features[t]), self.missing_target)
-        flags = torch.stack([present[c] for c in self.conditioners], dim=1)
-        cond = torch.cat([features[c] for c in self.conditioners] + [flags.to(h.dtype)], dim=-1)
+        h = fill_missing(self.target_proj(features[t]), None if present is None else present[t], self.missing_target)
+        flags = stack_masks(present, self.conditioners)
+        ones = h.new_ones(h.shape[0], len(self.conditioners))
+        cond = torch.cat([features[c] for c in self.conditioners] + [ones if flags is None else flags.to(h.dtype)], dim=-1)
         gamma, beta = self.film(cond).chunk(2, dim=-1)
-        h = torch.where(flags.any(dim=1, keepdim=True), (1 + gamma) * h + beta, h)
+        h = unless_empty((1 + gamma) * h + beta, flags, h)
         return self.out(self.act(h))

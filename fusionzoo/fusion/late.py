@@ -13,7 +13,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
-from fusionzoo.layers.masking import masked_softmax
+from fusionzoo.layers.masking import masked_softmax, stack_masks, unless_empty
 from fusionzoo.layers.mlp import MLP
 from fusionzoo.registry import FUSIONS
 
@@ -81,18 +81,20 @@ class WeightedLateFusion(FusionBlock):
             self.gate = MLP(gate_in, [gate_hidden_dim], len(self.modalities))
         self.empty = nn.Parameter(torch.zeros(out_dim))
 
-    def modality_weights(self, features: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    def modality_weights(self, features: dict[str, Tensor], present: dict[str, Tensor] | None) -> Tensor:
         """Per-sample weights over the block's modalities, summing to 1 over those present (0 if none).
 
-        Expects ``prepare``d inputs.
+        Expects ``prepare``d inputs (``present=None``: everything present).
         """
-        mask = torch.stack([present[m] for m in self.modalities], dim=1)
+        mask = stack_masks(present, self.modalities)
+        first = features[self.modalities[0]]
+        shape = (first.shape[0], len(self.modalities))
         if self.weighting == "fixed":
-            scores = self.log_weights.expand(mask.shape)
+            scores = self.log_weights.expand(shape)
         elif self.weighting == "learned":
-            scores = self.weight_logits.expand(mask.shape)
+            scores = self.weight_logits.expand(shape)
         else:
-            flags = mask.to(features[self.modalities[0]].dtype)
+            flags = first.new_ones(shape) if mask is None else mask.to(first.dtype)
             scores = self.gate(torch.cat([features[m] for m in self.modalities] + [flags], dim=-1))
         return masked_softmax(scores, mask, dim=-1)
 
@@ -100,13 +102,13 @@ class WeightedLateFusion(FusionBlock):
         features, present = self.prepare(features, present)
         weights = self.modality_weights(features, present)
         outputs = torch.stack([self.heads[m](features[m]) for m in self.modalities], dim=1)
-        mask = torch.stack([present[m] for m in self.modalities], dim=1)
-        anything = mask.any(dim=1, keepdim=True)  # from the mask, not the weights (NaN weights stay NaN)
+        mask = stack_masks(present, self.modalities)
+        # "anything present" comes from the mask, not the weights (NaN weights stay NaN)
         if self.combine == "logits":
-            fused = torch.einsum("bm,bmo->bo", weights, outputs)
-            return torch.where(anything, fused, self.empty)
+            return unless_empty(torch.einsum("bm,bmo->bo", weights, outputs), mask, self.empty)
         # log sum_m w_m softmax(z_m): a logsumexp of finite terms, so neither value nor gradient is NaN.
-        neg = torch.finfo(outputs.dtype).min
-        log_w = torch.where(mask, weights.clamp_min(torch.finfo(weights.dtype).tiny).log(), neg)
+        log_w = weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
+        if mask is not None:
+            log_w = torch.where(mask, log_w, torch.finfo(outputs.dtype).min)
         fused = torch.logsumexp(rearrange(log_w, "b m -> b m 1") + F.log_softmax(outputs, dim=-1), dim=1)
-        return torch.where(anything, fused, F.log_softmax(self.empty, dim=-1))
+        return unless_empty(fused, mask, F.log_softmax(self.empty, dim=-1))

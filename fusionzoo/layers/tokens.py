@@ -28,11 +28,14 @@ class ModalityTokens(nn.Module):
         self.type_embed = nn.Parameter(0.02 * torch.randn(len(self.modalities), hidden_dim))
         self.special = nn.Parameter(0.02 * torch.randn(1, num_special, hidden_dim))
 
-    def forward(self, features: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None) -> tuple[Tensor, Tensor | None]:
+        """``present=None`` (nothing missing) gives a ``None`` mask: attention without a mask."""
         b = features[self.modalities[0]].shape[0]
         tokens = [self.special.expand(b, -1, -1)]
-        masks = [torch.ones(b, self.special.shape[1], dtype=torch.bool, device=self.special.device)]
         for i, m in enumerate(self.modalities):
             tokens.append(self.proj[m](features[m]) + self.type_embed[i])
-            masks.append(present[m])
+        if present is None:
+            return torch.cat(tokens, dim=1), None
+        masks = [torch.ones(b, self.special.shape[1], dtype=torch.bool, device=self.special.device)]
+        masks += [present[m] for m in self.modalities]
         return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)

@@ -47,7 +47,9 @@ from fusionzoo.config import (
     check_model_fits_data,
     load_config,
 )
+from fusionzoo.data.frontend_cache import FrontendCache
 from fusionzoo.data.loader import make_loader
+from fusionzoo.encoders.audio import LogMelFrontEnd
 from fusionzoo.fusion.dropout import ModalityDropout
 from fusionzoo.optim import warmup_cosine
 from fusionzoo.errors import TrainingDiverged
@@ -145,6 +147,8 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tu
     datasets, data_files = _datasets(cfg, run_dir if resume else None)
     model = build_model(cfg)
     classes = check_model_fits_data(cfg, model, datasets["train"])
+    if settings.cache_frontend:
+        datasets = cache_frontends(cfg, model, datasets)
     model.to(device)
     say = print if (log and rank == 0) else (lambda *a, **k: None)
     unfreezer, init_report, regularizer = _prepare_transfer(cfg, model, say, world)
@@ -188,6 +192,17 @@ def _datasets(cfg: ExperimentConfig, resumed: Path | None) -> tuple[dict[str, An
     if len(set(tasks.values())) > 1:
         raise cfg.error("data", f"the splits disagree on the task: {tasks}")
     return datasets, files
+
+
+def cache_frontends(cfg: ExperimentConfig, model: nn.Module, datasets: dict[str, Any]) -> dict[str, Any]:
+    """Every split wrapped in a :class:`FrontendCache` per waveform encoder with a log-mel front end."""
+    audio = {m: enc.frontend for m, enc in getattr(model, "encoders", {}).items()
+             if isinstance(getattr(enc, "frontend", None), LogMelFrontEnd) and getattr(enc, "input", None) == "waveform"}
+    if not audio:
+        raise cfg.error("train.cache_frontend", "no encoder of this model reads waveforms through a log-mel front end")
+    for m, frontend in audio.items():
+        datasets = {split: FrontendCache(d, m, frontend) for split, d in datasets.items()}
+    return datasets
 
 
 def _selection(cfg: ExperimentConfig, objective: Objective) -> Selection:
