@@ -85,12 +85,16 @@ def bench_fusion(name: str, batch: int, min_time: float) -> dict:
     }
 
 
-TARGET_PCT = 70.0
+def target_pct(r: dict) -> float:
+    """The share of the matmul rate a block should reach: 75% pooled, 85% token blocks, 60% for
+    ``cross_attention`` (M(M-1) narrow streams)."""
+    return 60.0 if r["name"] == "cross_attention" else 85.0 if r["input_kind"] == "tokens" else 75.0
 
 
 def diagnose(r: dict) -> str:
-    """Why a block runs below the target, read off its own measurements."""
-    if r["pct_of_peak"] >= TARGET_PCT:
+    """Why a block runs below its target, read off its own measurements."""
+    target = target_pct(r)
+    if r["pct_of_peak"] >= target:
         return ""
     reasons = []
     outside = 100 * (1 - r["matmul_time_share"])
@@ -100,7 +104,7 @@ def diagnose(r: dict) -> str:
             "(norms, activations, masking, cat/stack)"
         )
     kernel = r["pct_of_peak"] / max(r["matmul_time_share"], 1e-9)
-    if kernel < TARGET_PCT:
+    if kernel < target:
         reasons.append(f"the counted kernels themselves run at {kernel:.0f}% of peak (narrow matmuls, short-sequence SDPA)")
     return "; ".join(reasons)
 
@@ -116,14 +120,14 @@ def to_markdown(records: list[dict], peak: float, info: dict) -> str:
         "`matmul time` is the share of fwd+bwd CPU time spent in the kernels whose FLOPs are counted",
         "(mm, addmm, bmm, SDPA); the rest is elementwise work (norms, activations, masks) and overhead.",
         "",
-        "| block | kind | params | GFLOP fwd+bwd | fwd ms | fwd+bwd ms (IQR) | GFLOP/s | % of peak | matmul time | below 70% because |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| block | kind | params | GFLOP fwd+bwd | fwd ms | fwd+bwd ms (IQR) | GFLOP/s | % of peak | target | matmul time | below target because |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in records:
         lines.append(
             f"| {r['name']} | {r['input_kind']} | {r['params']:,} | {r['fwd_bwd_flops'] / 1e9:.2f} | "
             f"{r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} ({r['fwd_bwd_iqr_ms']:.2f}) | "
-            f"{r['fwd_bwd_gflops']:.1f} | {100 * r['fwd_bwd_gflops'] * 1e9 / peak:.0f}% | {100 * r['matmul_time_share']:.0f}% | {diagnose(r)} |"
+            f"{r['fwd_bwd_gflops']:.1f} | {100 * r['fwd_bwd_gflops'] * 1e9 / peak:.0f}% | {target_pct(r):.0f}% | {100 * r['matmul_time_share']:.0f}% | {diagnose(r)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -273,6 +273,54 @@ def test_token_blocks_padding_equals_removing_the_tokens(name):
     torch.testing.assert_close(block(padded, present), block({"audio": audio, "text": text}), rtol=1e-5, atol=1e-6)
 
 
+def test_cross_attention_grouped_streams_equal_one_stream_at_a_time():
+    """The grouped computation (padded tokens, batched weights, one SDPA) against MulT's streams
+    computed one by one, unpadded, from each group's slice of the weights."""
+    torch.manual_seed(0)
+    dims = {"audio": 6, "text": 10, "visual": 8}
+    block = fz.create_fusion("cross_attention", in_dims=dims, out_dim=5, hidden_dim=16, depth=2, num_heads=2).eval()
+    feats = {"audio": torch.randn(3, 4, 6), "text": torch.randn(3, 7, 10), "visual": torch.randn(3, 2, 8)}
+    present = {
+        "audio": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool),
+        "text": torch.ones(3, 7, dtype=torch.bool),
+        "visual": torch.tensor([[1, 0], [0, 0], [1, 1]], dtype=torch.bool),
+    }
+
+    def ln(x, norm, g):
+        return F.layer_norm(x, x.shape[-1:], norm.weight[g], norm.bias[g], norm.eps)
+
+    def lin(x, layer, g):
+        return x @ layer.weight[g] + layer.bias[g]
+
+    def heads(x):
+        return x.unflatten(-1, (2, 8)).transpose(1, 2)
+
+    x = {m: block.proj[m](torch.where(present[m][..., None], feats[m], 0.0)) for m in dims}
+    pooled = []
+    for t in sorted(dims):
+        streams = []
+        for s in sorted(dims):
+            if s == t:
+                continue
+            g = block.pairs.index((t, s))
+            q = x[t]
+            ctx = torch.cat([block.null.expand(3, -1, -1), x[s]], dim=1)
+            keep = torch.cat([torch.ones(3, 1, dtype=torch.bool), present[s]], dim=1)
+            for blk in block.blocks:
+                kv = lin(ln(ctx, blk.norm_kv, g), blk.to_kv, g)
+                att = F.scaled_dot_product_attention(
+                    heads(lin(ln(q, blk.norm_q, g), blk.to_q, g)), heads(kv[..., :16]), heads(kv[..., 16:]), attn_mask=keep[:, None, None, :]
+                )
+                q = q + lin(att.transpose(1, 2).flatten(2), blk.to_out, g)
+                q = q + lin(F.gelu(lin(ln(q, blk.norm2, g), blk.fc1, g)), blk.fc2, g)
+            streams.append(q)
+        z = torch.cat(streams, dim=-1)
+        mean = (z * present[t][..., None]).sum(1) / present[t].sum(1, keepdim=True).clamp(min=1)
+        pooled.append(torch.where(present[t].any(1, keepdim=True), mean, block.missing[t]))
+    expected = block.out(torch.cat(pooled, dim=-1))
+    torch.testing.assert_close(block(feats, present), expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["transformer", "cross_attention", "bottleneck"])
 def test_token_blocks_accept_pooled_inputs_as_one_token(name):
     dims = {"audio": 6, "text": 10}

@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
-from fusionzoo.layers.attention import CrossAttentionBlock
+from fusionzoo.layers.attention import GroupedCrossAttentionBlock
 from fusionzoo.layers.masking import masked_mean
 from fusionzoo.registry import FUSIONS
 
@@ -34,6 +36,10 @@ class CrossAttentionFusion(FusionBlock):
     so a missing source gives a learned (not NaN) attention result; a missing target pools to a
     learned vector.
 
+    The ``M(M-1)`` streams have their own weights but run as one grouped computation
+    (:class:`~fusionzoo.layers.attention.GroupedCrossAttentionBlock`: batched matmuls, one SDPA
+    call), every modality's tokens padded to the longest (masked; no cost when all have as many).
+
     Shapes: ``{m: [b, n_m, d_m]} -> [b, out_dim]``.
     """
 
@@ -54,22 +60,15 @@ class CrossAttentionFusion(FusionBlock):
         num = len(self.modalities)
         if num < 2:
             raise ValueError(f"CrossAttentionFusion needs at least 2 modalities, got {list(self.modalities)}")
+        #: (target, source) of every stream, targets in modality order: group ``i`` of the blocks.
+        self.pairs = tuple((t, s) for t in self.modalities for s in self.modalities if s != t)
         self.proj = nn.ModuleDict({m: nn.Linear(d, hidden_dim) for m, d in self.in_dims.items()})
         self.null = nn.Parameter(0.02 * torch.randn(1, 1, hidden_dim))
-        self.streams = nn.ModuleDict(
-            {
-                f"{t}__{s}": nn.ModuleList(
-                    [
-                        CrossAttentionBlock(
-                            hidden_dim, context_dim=hidden_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout
-                        )
-                        for _ in range(depth)
-                    ]
-                )
-                for t in self.modalities
-                for s in self.modalities
-                if s != t
-            }
+        self.blocks = nn.ModuleList(
+            [
+                GroupedCrossAttentionBlock(len(self.pairs), hidden_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
+                for _ in range(depth)
+            ]
         )
         self.missing = nn.ParameterDict(
             {m: nn.Parameter(0.02 * torch.randn((num - 1) * hidden_dim)) for m in self.modalities}
@@ -80,24 +79,33 @@ class CrossAttentionFusion(FusionBlock):
         features, present = self.prepare(features, present)
         x = {m: self.proj[m](features[m]) for m in self.modalities}
         b = x[self.modalities[0]].shape[0]
+        n = max(t.shape[1] for t in x.values())
+        masks = _padded_masks(x, present, n)  # None: every token of every modality is there
+        x = {m: F.pad(t, (0, 0, 0, n - t.shape[1])) for m, t in x.items()}
         null = self.null.expand(b, -1, -1)
-        always = torch.ones(b, 1, dtype=torch.bool, device=null.device)
-        context = {
-            m: (torch.cat([null, x[m]], dim=1), None if present is None else torch.cat([always, present[m]], dim=1))
-            for m in self.modalities
-        }
+        queries = torch.stack([x[t] for t, _ in self.pairs])  # [g, b, n, h]
+        context = torch.stack([torch.cat([null, x[s]], dim=1) for _, s in self.pairs])  # [g, b, 1 + n, h]
+        context_mask = None
+        if masks is not None:
+            always = torch.ones(b, 1, dtype=torch.bool, device=null.device)
+            context_mask = torch.stack([torch.cat([always, masks[s]], dim=1) for _, s in self.pairs])
+        for block in self.blocks:
+            queries = block(queries, context, context_mask)
+        streams = rearrange(queries, "(t s) b n h -> t b n (s h)", t=len(self.modalities))
         pooled = []
-        for t in self.modalities:
-            streams = []
-            for s in self.modalities:
-                if s == t:
-                    continue
-                q = x[t]
-                ctx, ctx_mask = context[s]
-                for block in self.streams[f"{t}__{s}"]:
-                    q = block(q, ctx, ctx_mask)
-                streams.append(q)
-            mask = None if present is None else present[t]
-            z = masked_mean(torch.cat(streams, dim=-1), mask, dim=1)
-            pooled.append(z if mask is None else torch.where(mask.any(dim=1, keepdim=True), z, self.missing[t]))
+        for i, t in enumerate(self.modalities):
+            mask = None if masks is None else masks[t]
+            z = masked_mean(streams[i], mask, dim=1)
+            pooled.append(z if present is None else torch.where(present[t].any(dim=1, keepdim=True), z, self.missing[t]))
         return self.out(torch.cat(pooled, dim=-1))
+
+
+def _padded_masks(x: dict[str, Tensor], present: dict[str, Tensor] | None, n: int) -> dict[str, Tensor] | None:
+    """Token masks padded (False) to ``n`` tokens; ``None`` when nothing is missing or padded."""
+    if present is None and all(t.shape[1] == n for t in x.values()):
+        return None
+    masks = {}
+    for m, t in x.items():
+        mask = torch.ones(t.shape[:2], dtype=torch.bool, device=t.device) if present is None else present[m]
+        masks[m] = F.pad(mask, (0, n - t.shape[1]), value=False)
+    return masks

@@ -1,0 +1,124 @@
+"""Batch-1 inference latency (the serving case): eager, ``torch.compile`` and ``torch.export``.
+
+    python benchmarks/latency.py                      # quickstart + avdigits_concat_hard, writes benchmarks/results/<tag>/
+    python benchmarks/latency.py --configs configs/experiments/quickstart.yaml --threads 1
+
+Each model is built from its config (random weights: latency does not depend on them) in eval mode
+and called on one real sample of its dataset's test split (the avdigits one needs the shared data),
+collated as the loader does, with every modality present and with one missing. Modes:
+
+* ``eager``: ``torch.no_grad()`` forward;
+* ``compile``: ``torch.compile(model)`` (inductor), timed after its first call; the compile time is
+  reported on its own;
+* ``export``: ``torch.export.export(model, (batch,))``, its ``.module()`` called as the model.
+
+Time is the median of ``torch.utils.benchmark.Timer`` blocked runs at ``--threads`` threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fusionzoo.atomic import write_text_atomic  # noqa: E402
+from fusionzoo.bench import machine_info, machine_tag, time_callable  # noqa: E402
+from fusionzoo.config import build_dataset, build_model, load_config  # noqa: E402
+from fusionzoo.data import collate  # noqa: E402
+
+DEFAULT_CONFIGS = ["configs/experiments/quickstart.yaml", "configs/experiments/avdigits_concat_hard.yaml"]
+
+
+def one_sample(cfg) -> dict:
+    dataset = build_dataset(cfg, "test")
+    return collate([dataset[0]])
+
+
+def without(batch: dict, modality: str) -> dict:
+    """``batch`` with ``modality`` marked missing (its input kept, as a loader would deliver it)."""
+    present = dict(batch["present"])
+    present[modality] = torch.zeros_like(present[modality])
+    return {**batch, "present": present}
+
+
+def measure(model, batch: dict, min_time: float) -> dict:
+    out = {}
+    with torch.no_grad():
+        reference = model(batch)
+        out["eager_ms"] = time_callable(lambda: model(batch), "cpu", min_time)[0] * 1e3
+
+        start = time.perf_counter()
+        compiled = torch.compile(model)
+        compiled(batch)
+        out["compile_s"] = time.perf_counter() - start
+        out["compile_ms"] = time_callable(lambda: compiled(batch), "cpu", min_time)[0] * 1e3
+        out["compile_max_abs_diff"] = float((compiled(batch) - reference).abs().max())
+
+    start = time.perf_counter()
+    exported = torch.export.export(model, (batch,)).module()
+    out["export_s"] = time.perf_counter() - start
+    with torch.no_grad():
+        out["export_ms"] = time_callable(lambda: exported(batch), "cpu", min_time)[0] * 1e3
+        out["export_max_abs_diff"] = float((exported(batch) - reference).abs().max())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--min-time", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for config in args.configs:
+        cfg = load_config(ROOT / config)
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        batch = one_sample(cfg)
+        cases = {"all present": batch, f"{model.modalities[0]} missing": without(batch, model.modalities[0])}
+        for case, b in cases.items():
+            torch._dynamo.reset()
+            row = {"config": config, "case": case, "params": sum(p.numel() for p in model.parameters()), **measure(model, b, args.min_time)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    out = args.out or ROOT / "benchmarks" / "results" / machine_tag()
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/latency.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    payload = {"machine": machine_info(), "threads": args.threads, "command": command.strip(), "rows": rows}
+    write_text_atomic(out / "latency.json", json.dumps(payload, indent=1))
+    write_text_atomic(out / "latency.md", render(payload))
+    print(render(payload))
+    return 0
+
+
+def render(payload: dict) -> str:
+    lines = [
+        "# Batch-1 inference latency",
+        "",
+        f"`{payload['command']}` on {payload['machine']['cpu']}, {payload['threads']} threads, torch {payload['machine']['torch']}; "
+        "median of blocked runs, one real test sample.",
+        "",
+        "| model | case | eager ms | torch.compile ms (compile s) | torch.export ms | max abs diff compile / export |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for r in payload["rows"]:
+        lines.append(
+            f"| `{Path(r['config']).stem}` | {r['case']} | {r['eager_ms']:.2f} | {r['compile_ms']:.2f} ({r['compile_s']:.0f}) | "
+            f"{r['export_ms']:.2f} | {r['compile_max_abs_diff']:.1e} / {r['export_max_abs_diff']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
