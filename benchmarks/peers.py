@@ -47,7 +47,7 @@ from fusionzoo.atomic import write_text_atomic  # noqa: E402
 from fusionzoo.bench import count_flops, machine_info, machine_tag, matmul_peak, time_callable  # noqa: E402
 from fusionzoo.bench.measure import REFERENCE_DIMS  # noqa: E402
 
-PEER_PACKAGES = ("torchmultimodal-nightly==2024.4.1", "iopath==0.1.10")
+PEER_PACKAGES = ("torchmultimodal-nightly==2024.4.1", "iopath==0.1.10", "portalocker==4.4.2")
 
 
 def install_peer(folder: Path) -> Path:

@@ -55,6 +55,6 @@ class AttentionFusion(FusionBlock):
         features, present = self.prepare(features, present)
         weights = self.attention_weights(features, present)
         projected = torch.stack([self.proj[m](features[m]) for m in self.modalities], dim=1)
-        fused = torch.einsum("bm,bmo->bo", weights, projected)
+        fused = (weights.unsqueeze(-1) * projected).sum(dim=1)  # einsum("bm,bmo->bo"): same, its backward 5x slower
         # "anything present" comes from the mask, never from the weights: NaN weights must stay NaN
         return unless_empty(fused, stack_masks(present, self.modalities), self.empty)

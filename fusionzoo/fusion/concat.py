@@ -44,16 +44,15 @@ class ConcatMLPFusion(FusionBlock):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(in_dims=in_dims, out_dim=out_dim)
-        self.norms = nn.ModuleDict(
-            {m: nn.LayerNorm(d) if norm else nn.Identity() for m, d in self.in_dims.items()}
-        )
+        self.norms = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in self.in_dims.items()}) if norm else None
         self.missing = nn.ParameterDict({m: nn.Parameter(0.02 * torch.randn(d)) for m, d in self.in_dims.items()})
         self.mlp = MLP(sum(self.in_dims.values()), list(hidden_dims), out_dim, activation=activation, dropout=dropout)
 
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
+        norms = self.norms
         parts = [
-            fill_missing(self.norms[m](features[m]), None if present is None else present[m], self.missing[m])
+            fill_missing(features[m] if norms is None else norms[m](features[m]), None if present is None else present[m], self.missing[m])
             for m in self.modalities
         ]
         return self.mlp(torch.cat(parts, dim=-1))

@@ -105,7 +105,8 @@ class WeightedLateFusion(FusionBlock):
         mask = stack_masks(present, self.modalities)
         # "anything present" comes from the mask, not the weights (NaN weights stay NaN)
         if self.combine == "logits":
-            return unless_empty(torch.einsum("bm,bmo->bo", weights, outputs), mask, self.empty)
+            fused = (weights.unsqueeze(-1) * outputs).sum(dim=1)  # einsum("bm,bmo->bo"): same, its backward 5x slower
+            return unless_empty(fused, mask, self.empty)
         # log sum_m w_m softmax(z_m): a logsumexp of finite terms, so neither value nor gradient is NaN.
         log_w = weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
         if mask is not None:

@@ -41,17 +41,22 @@ def check_tensor(
     ``("B", 512)``. ``dtype`` is a ``torch.dtype`` or one of ``"float"``, ``"int"``, ``"bool"``.
     A leading batch dimension must be non-empty.
     """
-    expected = f"{dtype if isinstance(dtype, str) else str(dtype).removeprefix('torch.')} tensor of shape {format_shape(shape)}"
+    # The messages are built only on failure: this runs on every forward call.
+    def expected() -> str:
+        return f"{dtype if isinstance(dtype, str) else str(dtype).removeprefix('torch.')} tensor of shape {format_shape(shape)}"
+
+    def got() -> str:
+        return f"{str(x.dtype).removeprefix('torch.')} tensor of shape {format_shape(tuple(x.shape))}"  # type: ignore[union-attr]
+
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected {what} to be a {expected}, got {type(x).__name__}")
-    got = f"{str(x.dtype).removeprefix('torch.')} tensor of shape {format_shape(tuple(x.shape))}"
+        raise TypeError(f"{name}: expected {what} to be a {expected()}, got {type(x).__name__}")
     ok_dtype = x.dtype == dtype if isinstance(dtype, torch.dtype) else _DTYPE_KINDS[dtype](x.dtype)
     if not ok_dtype:
-        raise TypeError(f"{name}: expected {what} to be a {expected}, got {got}")
+        raise TypeError(f"{name}: expected {what} to be a {expected()}, got {got()}")
     if x.dim() != len(shape) or any(isinstance(s, int) and s != n for s, n in zip(shape, x.shape)):
-        raise ValueError(f"{name}: expected {what} to be a {expected}, got {got}")
+        raise ValueError(f"{name}: expected {what} to be a {expected()}, got {got()}")
     if len(shape) > 0 and x.shape[0] == 0:
-        raise ValueError(f"{name}: expected a non-empty batch, got {got}")
+        raise ValueError(f"{name}: expected a non-empty batch, got {got()}")
     return x
 
 
