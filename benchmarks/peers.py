@@ -21,7 +21,7 @@ Pairs:
 * ``attention`` vs ``AttentionFusionModule(dims, 256)``: the same maths plus our presence flags in
   the scorer;
 * ``concat_mlp`` (``hidden_dims=()``, ``norm=False``) vs ``ConcatFusionModule(Linear(896, 256))``;
-* ``concat_mlp`` (``hidden_dims=(256,)``, ``norm=False``) vs ``ConcatFusionModule(MLP(896, 256, [256], GELU))``;
+* ``concat_mlp`` (``hidden_dims=(256,)``, ``norm=False``) vs ``ConcatFusionModule(MLP(896, 256, [256], GELU))`` (TorchMultimodal's MLP with ``dropout=0``: its default is 0.5);
 * ``deepset`` (``hidden_dim=128``, GELU, mean, MLP 128 -> 256 -> 256) vs ``DeepsetFusionModule``
   (auto-mapping to 128, L2 normalisation, mean, the same MLP).
 """
@@ -77,11 +77,11 @@ def pairs(out_dim: int = 256) -> dict[str, tuple[nn.Module, nn.Module]]:
         ),
         "concat_mlp (MLP 256)": (
             fz.create_fusion("concat_mlp", in_dims=dims, out_dim=out_dim, hidden_dims=(256,), norm=False),
-            ConcatFusionModule(PeerMLP(total, out_dim, [256], activation=nn.GELU)),
+            ConcatFusionModule(PeerMLP(total, out_dim, [256], dropout=0.0, activation=nn.GELU)),
         ),
         "deepset": (
             fz.create_fusion("deepset", in_dims=dims, out_dim=out_dim, hidden_dim=small, hidden_dims=(256,)),
-            DeepsetFusionModule(dims, PeerMLP(small, out_dim, [256], activation=nn.GELU), torch.mean, use_auto_mapping=True),
+            DeepsetFusionModule(dims, PeerMLP(small, out_dim, [256], dropout=0.0, activation=nn.GELU), torch.mean, use_auto_mapping=True),
         ),
     }
 

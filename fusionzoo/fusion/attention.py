@@ -35,6 +35,7 @@ class AttentionFusion(FusionBlock):
     """
 
     input_kind = "pooled"
+    fast_path = True
 
     def __init__(self, *, in_dims: Mapping[str, int], out_dim: int) -> None:
         super().__init__(in_dims=in_dims, out_dim=out_dim)

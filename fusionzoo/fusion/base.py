@@ -18,12 +18,13 @@ Blocks then only have to decide what a missing slot *means* (a learned embedding
 softmax, a renormalised weight), never how to find it. Whether a sample has anything present is
 read from ``present``, never from computed weights.
 
-The fast path: when nothing is missing (every modality passed, and ``present`` is ``None`` or all
-true; the all-true check runs only for CPU masks outside ``torch.compile`` and export, where it
-costs no device sync and no graph break), ``prepare`` returns ``present=None`` and the block skips
-its masking. The masking helpers of :mod:`fusionzoo.layers.masking` take ``None`` as "all present"
-and give the masked path's values bit for bit, which a registry-wide test holds every block to
-(``block.fast_path = False`` forces the masked path).
+The fast path, for blocks that set ``fast_path = True`` (every built-in block): when nothing is
+missing (every modality passed, and ``present`` is ``None`` or all true; the all-true check runs
+only for CPU masks outside ``torch.compile`` and export, where it costs no device sync and no graph
+break), ``prepare`` returns ``present=None`` and the block skips its masking. The masking helpers
+of :mod:`fusionzoo.layers.masking` take ``None`` as "all present" and give the masked path's values
+bit for bit, which a registry-wide test holds every such block to (setting ``block.fast_path =
+False`` on an instance forces the masked path). A block that does not opt in always gets dicts.
 
 Non-finite values in a *present* slot are not hidden: they propagate to that sample's output row,
 and only to it (the other rows are bitwise unchanged). A registry-wide test holds every block to
@@ -56,7 +57,7 @@ class FusionBlock(nn.Module):
 
     input_kind: ClassVar[str] = "pooled"
     #: Whether ``prepare`` may return ``present=None`` when nothing is missing (see the module docstring).
-    fast_path: bool = True
+    fast_path: bool = False
 
     def __init__(self, *, in_dims: Mapping[str, int], out_dim: int) -> None:
         super().__init__()

@@ -39,6 +39,7 @@ class BilinearFusion(FusionBlock):
     """
 
     input_kind = "pooled"
+    fast_path = True
 
     def __init__(
         self, *, in_dims: Mapping[str, int], out_dim: int, factor: int = 5, dropout: float = 0.0, eps: float = 1e-6

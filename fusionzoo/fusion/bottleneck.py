@@ -38,6 +38,7 @@ class BottleneckFusion(FusionBlock):
     """
 
     input_kind = "tokens"
+    fast_path = True
 
     def __init__(
         self,

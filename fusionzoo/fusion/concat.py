@@ -32,6 +32,7 @@ class ConcatMLPFusion(FusionBlock):
     """
 
     input_kind = "pooled"
+    fast_path = True
 
     def __init__(
         self,

@@ -44,6 +44,7 @@ class CrossAttentionFusion(FusionBlock):
     """
 
     input_kind = "tokens"
+    fast_path = True
 
     def __init__(
         self,

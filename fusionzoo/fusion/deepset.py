@@ -34,6 +34,7 @@ class DeepSetFusion(FusionBlock):
     """
 
     input_kind = "pooled"
+    fast_path = True
 
     def __init__(
         self,

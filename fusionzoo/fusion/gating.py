@@ -56,6 +56,7 @@ class GatedMultimodalUnit(FusionBlock):
     """
 
     input_kind = "pooled"
+    fast_path = True
 
     def __init__(self, *, in_dims: Mapping[str, int], out_dim: int) -> None:
         super().__init__(in_dims=in_dims, out_dim=out_dim)
@@ -99,6 +100,7 @@ class FiLMFusion(FusionBlock):
     """
 
     input_kind = "pooled"
+    fast_path = True
 
     def __init__(
         self,

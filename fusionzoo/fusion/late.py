@@ -41,6 +41,7 @@ class WeightedLateFusion(FusionBlock):
     """
 
     input_kind = "pooled"
+    fast_path = True
 
     def __init__(
         self,

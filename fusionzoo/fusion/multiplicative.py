@@ -42,6 +42,7 @@ class MultiplicativeFusion(FusionBlock):
     """
 
     input_kind = "pooled"
+    fast_path = True
 
     def __init__(
         self,

@@ -59,6 +59,7 @@ class TensorFusion(FusionBlock):
     """
 
     input_kind = "pooled"
+    fast_path = True
 
     def __init__(self, *, in_dims: Mapping[str, int], out_dim: int, max_product_dim: int = 1 << 20) -> None:
         super().__init__(in_dims=in_dims, out_dim=out_dim)
@@ -109,6 +110,7 @@ class LowRankFusion(FusionBlock):
     """
 
     input_kind = "pooled"
+    fast_path = True
 
     def __init__(self, *, in_dims: Mapping[str, int], out_dim: int, rank: int = 4) -> None:
         super().__init__(in_dims=in_dims, out_dim=out_dim)

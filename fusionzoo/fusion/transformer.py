@@ -36,6 +36,7 @@ class TransformerFusion(FusionBlock):
     """
 
     input_kind = "tokens"
+    fast_path = True
 
     def __init__(
         self,
