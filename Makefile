@@ -28,6 +28,8 @@ bench-full: $(STAMP)
 	$(BIN)/fusionzoo bench --models configs/experiments/quickstart.yaml configs/models/*.yaml --batch-sizes 64,256 --compile --min-time 1 --name full_models
 	$(BIN)/python benchmarks/fusion_reference.py
 	$(BIN)/python benchmarks/loader_speed.py
+	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/fusionzoo bench --device cuda --fusions '*' --encoders '*' --models configs/experiments/quickstart.yaml --batch-sizes 256,1024 --dtypes float32,bfloat16 --compile --channels-last --name gpu
 
 venv: $(STAMP)

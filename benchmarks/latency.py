@@ -49,19 +49,35 @@ def without(batch: dict, modality: str) -> dict:
     return {**batch, "present": present}
 
 
-def measure(model, batch: dict, min_time: float) -> dict:
+MODES = ("eager", "compile", "export")
+
+
+def measure(model, batch: dict, min_time: float, modes: tuple[str, ...] = MODES) -> dict:
     out = {}
     with torch.no_grad():
         reference = model(batch)
         out["eager_ms"] = time_callable(lambda: model(batch), "cpu", min_time)[0] * 1e3
+    if "compile" in modes:
+        out.update(_compiled(model, batch, reference, min_time))
+    if "export" in modes:
+        out.update(_exported(model, batch, reference, min_time))
+    return out
 
+
+def _compiled(model, batch: dict, reference: torch.Tensor, min_time: float) -> dict:
+    out = {}
+    with torch.no_grad():
         start = time.perf_counter()
         compiled = torch.compile(model)
         compiled(batch)
         out["compile_s"] = time.perf_counter() - start
         out["compile_ms"] = time_callable(lambda: compiled(batch), "cpu", min_time)[0] * 1e3
         out["compile_max_abs_diff"] = float((compiled(batch) - reference).abs().max())
+    return out
 
+
+def _exported(model, batch: dict, reference: torch.Tensor, min_time: float) -> dict:
+    out = {}
     start = time.perf_counter()
     exported = torch.export.export(model, (batch,)).module()
     out["export_s"] = time.perf_counter() - start
@@ -76,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--min-time", type=float, default=1.0)
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of eager,compile,export")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -88,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = {"all present": batch, f"{model.modalities[0]} missing": without(batch, model.modalities[0])}
         for case, b in cases.items():
             torch._dynamo.reset()
-            row = {"config": config, "case": case, "params": sum(p.numel() for p in model.parameters()), **measure(model, b, args.min_time)}
+            modes = tuple(args.modes.split(","))
+            row = {"config": config, "case": case, "params": sum(p.numel() for p in model.parameters()), **measure(model, b, args.min_time, modes)}
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -113,10 +131,10 @@ def render(payload: dict) -> str:
         "|---|---|---:|---:|---:|---|",
     ]
     for r in payload["rows"]:
-        lines.append(
-            f"| `{Path(r['config']).stem}` | {r['case']} | {r['eager_ms']:.2f} | {r['compile_ms']:.2f} ({r['compile_s']:.0f}) | "
-            f"{r['export_ms']:.2f} | {r['compile_max_abs_diff']:.1e} / {r['export_max_abs_diff']:.1e} |"
-        )
+        compiled = f"{r['compile_ms']:.2f} ({r['compile_s']:.0f})" if "compile_ms" in r else "-"
+        exported = f"{r['export_ms']:.2f}" if "export_ms" in r else "-"
+        diffs = " / ".join(f"{r[k]:.1e}" if k in r else "-" for k in ("compile_max_abs_diff", "export_max_abs_diff"))
+        lines.append(f"| `{Path(r['config']).stem}` | {r['case']} | {r['eager_ms']:.2f} | {compiled} | {exported} | {diffs} |")
     return "\n".join(lines) + "\n"
 
 

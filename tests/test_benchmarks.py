@@ -6,6 +6,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fusion_reference  # noqa: E402
+import latency  # noqa: E402
+import train_speed  # noqa: E402
 
 
 def test_fusion_reference_script_writes_results(tmp_path):
@@ -19,3 +21,23 @@ def test_fusion_reference_script_writes_results(tmp_path):
     assert record["fwd_bwd_flops"] > record["fwd_flops"] > 0
     assert record["fwd_bwd_ms"] > 0 and data["info"]["matmul_peak_gflops"] > 0
     assert "| concat_mlp |" in (tmp_path / "fusion_reference.md").read_text()
+
+
+def test_latency_script_times_eager_and_export(tmp_path):
+    rc = latency.main(["--configs", "configs/experiments/quickstart.yaml", "--modes", "eager,export", "--min-time", "0.01", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / "latency.json").read_text())["rows"]
+    assert [r["case"] for r in rows] == ["all present", "audio missing"]
+    assert all(r["eager_ms"] > 0 and r["export_max_abs_diff"] < 1e-5 for r in rows)
+    assert "| `quickstart` | audio missing |" in (tmp_path / "latency.md").read_text()
+
+
+def test_train_speed_extracts_a_revision_and_renders(tmp_path):
+    code = train_speed.extract("HEAD", tmp_path / "head")
+    assert (code / "fusionzoo" / "__init__.py").is_file() and (code / "configs" / "experiments" / "quickstart.yaml").is_file()
+    payload = {"baseline": "abc", "command": "python benchmarks/train_speed.py", "machine": {"cpu": "cpu", "torch": "2"},
+               "results": [{"config": "configs/x.yaml", "median_samples_per_s": {"baseline": 100.0, "current": 160.0}, "speedup": 1.6,
+                            "max_abs_weight_difference": 0.0, "test_accuracy": {"baseline": [70.0, 72.0], "current": [71.0, 73.0]},
+                            "test_accuracy_ci": {"baseline": (71.0, 12.7), "current": (72.0, 12.7)}}]}
+    text = train_speed.render(payload)
+    assert "| `x` | 100 | 160 | 1.60x | 0 |" in text and "current: 71.0, 73.0 -> 72.0 ± 12.7%" in text
