@@ -115,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (ours, peer) in pairs().items():
         ours.train(), peer.train()
         calls = {
-            "ours": lambda: step(ours),
-            "ours, masked path": lambda: step(ours, fast=False),
-            "peer": lambda: step(peer),
+            "ours": lambda ours=ours: step(ours),
+            "ours, masked path": lambda ours=ours: step(ours, fast=False),
+            "peer": lambda peer=peer: step(peer),
         }
         times: dict[str, list[float]] = {k: [] for k in calls}
         for _ in range(args.rounds):

@@ -71,7 +71,7 @@ def measure(code: Path, config: str, run_dir: Path, threads: int, epochs: int | 
     env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--worker", "--code", str(code), "--config", config, "--run-dir", str(run_dir),
            "--threads", str(threads), "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{code}: {shlex.join(cmd)} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="fusionzoo-train-speed-"))
     codes = {"baseline": extract(args.baseline, tmp / "baseline"), "current": ROOT}
-    base_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], capture_output=True, text=True).stdout.strip()
+    base_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], capture_output=True, text=True, check=True).stdout.strip()
     results = []
     for config in args.configs:
         name = Path(config).stem

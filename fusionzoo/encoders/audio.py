@@ -163,7 +163,7 @@ class _AudioEncoder(Encoder):
         if lengths is not None:
             check_range(lengths, 1, t, what="audio: lengths", expected=f"[1, {t}] ({unit} of the padded input)")
 
-    def spectrogram(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def spectrogram(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Validate the input and return ``(log-mel [b, 1, f, t], valid frames [b] or None)``; None
         (for ``lengths=None``) means every frame is valid, and nothing downstream masks.
 
