@@ -51,7 +51,7 @@ def worker(args: argparse.Namespace) -> None:
     from fusionzoo.training import train
 
     torch.set_num_threads(args.threads)
-    overrides = [f"seed={args.seed}", "train.progress=false"] + ([f"train.epochs={args.epochs}"] if args.epochs else [])
+    overrides = [f"seed={args.seed}", "train.progress=false"] + ([f"train.epochs={args.worker_epochs}"] if args.worker_epochs else [])
     run_dir = Path(args.run_dir)
     summary = train(Path(args.code) / args.config, run_dir, overwrite=True, overrides=overrides, log=False)
     history = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -70,7 +70,7 @@ def worker(args: argparse.Namespace) -> None:
 def measure(code: Path, config: str, run_dir: Path, threads: int, epochs: int | None, seed: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--worker", "--code", str(code), "--config", config, "--run-dir", str(run_dir),
-           "--threads", str(threads), "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
+           "--threads", str(threads), "--seed", str(seed)] + (["--worker-epochs", str(epochs)] if epochs else [])
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{code}: {shlex.join(cmd)} failed:\n{done.stderr[-3000:]}")
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-epochs", type=int, default=None, help=argparse.SUPPRESS)  # None: the config's
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)

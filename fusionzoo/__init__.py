@@ -1,7 +1,8 @@
 """fusionzoo: a multimodal fusion model zoo for PyTorch.
 
 The public face: ``create_X``, ``list_X``, ``register_X`` and ``get_X_info`` for X in encoder,
-fusion, head, model, dataset, loss and optimizer; ``load_config`` and ``build_model``.
+fusion, head, model, dataset, loss and optimizer; ``load_config``, ``build_model`` and
+``from_pretrained`` (a saved folder, a run folder or a shipped model's name).
 
 ``create_X(name, **kwargs)`` calls the constructor with exactly ``kwargs``: its signature holds the
 defaults (``create_encoder("resnet18")`` is torchvision's resnet18 trunk at its native 512 width).
@@ -13,6 +14,7 @@ from fusionzoo.config import ExperimentConfig, build_model, load_config
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.errors import ConfigError
 from fusionzoo.fusion.base import FusionBlock
+from fusionzoo.hub import from_pretrained
 from fusionzoo.models.alignment import AlignmentModel
 from fusionzoo.models.multimodal import MultimodalModel
 from fusionzoo.registry import (
@@ -26,6 +28,8 @@ from fusionzoo.registry import (
     REGISTRIES,
     Registry,
 )
+
+from fusionzoo import zoo  # noqa: E402,F401  (registers the shipped pretrained models in MODELS)
 
 __version__ = "0.1.0"
 
@@ -112,6 +116,7 @@ __all__ = [
     "Registry",
     "__version__",
     "build_model",
+    "from_pretrained",
     "load_config",
     *(f"{verb}_{kind}" for kind in KINDS for verb in ("create", "register")),
     *(f"get_{kind}_info" for kind in KINDS),

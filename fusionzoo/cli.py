@@ -49,15 +49,22 @@ def _list(args: argparse.Namespace) -> int:
             except Exception as e:  # a broken entry must not hide the others
                 print(f"warning: {kind} {name!r} failed to build: {e}", file=sys.stderr)
             kind_col = entry.modality or entry.input_kind or "-"
-            rows.append([name, kind_col, params, entry.paper or "-"])
+            last = _headline(name) if "pretrained" in entry.tags else entry.paper or "-"
+            rows.append([name, kind_col, params, last])
         if i:
             print()
         print(f"{kind} ({len(rows)})")
         if rows:
-            print(format_table(["name", "modality/input", "params", "paper"], rows))
+            print(format_table(["name", "modality/input", "params", "test metric" if kind == "models" else "paper"], rows))
             if any(row[2].endswith("*") for row in rows):
                 print("* at the entry's example sizes (its constructor has required arguments, e.g. in_dims)")
     return 0
+
+
+def _headline(name: str) -> str:
+    from fusionzoo.zoo import headline
+
+    return headline(name)
 
 
 def _entry_params(kind: str, entry) -> str:

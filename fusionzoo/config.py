@@ -305,7 +305,9 @@ def build_model(cfg: str | Path | Mapping[str, Any] | ExperimentConfig) -> Multi
     in_dims = {m: enc.out_dim for m, enc in encoders.items()}
     fusion = build_from_section(FUSIONS, cfg.model["fusion"], "model.fusion", cfg.origin, in_dims=in_dims)
     head = build_from_section(HEADS, cfg.model["head"], "model.head", cfg.origin, in_dim=fusion.out_dim)
-    return MultimodalModel(encoders=encoders, fusion=fusion, head=head)
+    model = MultimodalModel(encoders=encoders, fusion=fusion, head=head)
+    model.config = copy.deepcopy(dict(cfg.model))
+    return model
 
 
 def build_loss(cfg: ExperimentConfig, default: str = "cross_entropy") -> nn.Module:

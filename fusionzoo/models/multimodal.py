@@ -6,16 +6,23 @@ Legend: ``b`` batch, ``m`` modality, ``n`` tokens, ``d`` features.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
+from fusionzoo.atomic import write_bytes_atomic, write_text_atomic
 from fusionzoo.encoders.base import input_kwargs
 from fusionzoo.fusion.base import FusionBlock
 
-__all__ = ["MultimodalModel"]
+__all__ = ["MultimodalModel", "PRETRAINED_FILES"]
 
 RESERVED_KEYS = ("label", "present")
+#: The files of a saved model folder (the Hugging Face Hub layout), besides optional extras.
+PRETRAINED_FILES = ("config.yaml", "model.safetensors", "README.md")
 
 
 class MultimodalModel(nn.Module):
@@ -50,6 +57,34 @@ class MultimodalModel(nn.Module):
         self.fusion = fusion
         self.head = head
         self.out_dim: int = getattr(head, "out_dim", fusion.out_dim)
+        #: The ``model:`` config section it was built from (set by ``build_model``), for ``save_pretrained``.
+        self.config: dict[str, Any] | None = None
+
+    def save_pretrained(self, folder: str | Path, *, card: str | None = None, files: Mapping[str, str] | None = None) -> Path:
+        """Save as a folder in the Hugging Face Hub layout: ``config.yaml`` (the ``model:`` section it
+        was built from: a loadable config), ``model.safetensors``, ``README.md`` (the model card:
+        ``card``, or a short one naming the parts) and ``files`` (name -> text: a label list,
+        ``data_state.json``, ``card.json``). Every file is written atomically.
+        :func:`fusionzoo.from_pretrained` loads it; ``huggingface_hub.upload_folder`` can publish it."""
+        if self.config is None:
+            raise ValueError("save_pretrained: the model has no config; build it with fusionzoo.build_model (or set model.config)")
+        folder = Path(folder)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        write_bytes_atomic(folder / "model.safetensors", safetensors_bytes(tensors, metadata={"format": "pt", "library": "fusionzoo"}))
+        write_text_atomic(folder / "config.yaml", yaml.safe_dump({"model": self.config}, sort_keys=False))
+        for name, text in (files or {}).items():
+            write_text_atomic(folder / name, text)
+        write_text_atomic(folder / "README.md", card if card is not None else self._short_card())
+        return folder
+
+    def _short_card(self) -> str:
+        parts = [f"- {m}: `{self.config['encoders'][m]['name']}`" for m in self.modalities]  # type: ignore[index]
+        return (
+            "---\nlibrary_name: fusionzoo\n---\n\n# A fusionzoo model\n\n"
+            + "\n".join(parts)
+            + f"\n- fusion: `{self.config['fusion']['name']}`, head: `{self.config['head']['name']}`\n\n"  # type: ignore[index]
+            "No training record was saved with it: `fusionzoo.hub.save_run` writes the full card from a run folder.\n"
+        )
 
     def encode(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Run each encoder whose modality is in ``batch``; returns ``(features, present)``.

@@ -1,0 +1,206 @@
+"""Trained models as folders in the Hugging Face Hub layout: load them, and write them with a model card.
+
+A folder holds ``config.yaml`` (``{model: ...}``, the section the model is built from),
+``model.safetensors``, ``README.md`` (the model card: YAML front matter for the Hub, then the task,
+data, modalities, training recipe, the test metrics under every subset of modalities, the command
+that made it and its limitations), ``card.json`` (the same record, for programs) and, when the data
+fitted something on its training split, ``data_state.json`` (label list, vocabularies). Nothing here
+needs the network; ``huggingface_hub.upload_folder`` can publish such a folder as it is.
+
+* :func:`from_pretrained` loads a folder, a run folder (its selected checkpoint), a checkpoint
+  folder or the name of a shipped model (:mod:`fusionzoo.zoo`), checking the weights against the
+  config first (the first missing, unexpected or misshapen tensor is named);
+* :func:`save_run` writes a trained run as such a folder, evaluating it on its test split under
+  every subset of its modalities for the card;
+* :func:`evaluate_folder` recomputes a folder's headline test metric the way its card was made.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from fusionzoo.config import build_dataset, build_model, load_config
+from fusionzoo.data.loader import make_loader
+from fusionzoo.errors import CheckpointError
+from fusionzoo.models.multimodal import MultimodalModel
+from fusionzoo.registry import MODELS
+from fusionzoo.training.checkpoint import DATA_STATE, load_data_state, load_run, resolve_checkpoint
+from fusionzoo.training.evaluate import evaluate
+from fusionzoo.training.robustness import evaluate_run
+from fusionzoo.training.tasks import get_task
+
+__all__ = ["from_pretrained", "save_run", "evaluate_folder", "is_pretrained_folder", "read_card", "CARD"]
+
+CARD = "card.json"
+
+
+def is_pretrained_folder(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "config.yaml").is_file() and (path / "model.safetensors").is_file() and not (path / "manifest.json").is_file()
+
+
+def from_pretrained(source: str | Path) -> MultimodalModel:
+    """A trained model in eval mode from a saved folder, a run folder (its selected checkpoint), a
+    checkpoint folder, or the name of a shipped model (``fusionzoo list models``)."""
+    path = Path(source)
+    if not path.exists():
+        shipped = getattr(MODELS.get(str(source)).fn, "pretrained_folder", None) if str(source) in MODELS else None
+        if shipped is None:
+            known = ", ".join(MODELS.list(tag="pretrained")) or "none"
+            raise FileNotFoundError(f"from_pretrained: {source!r} is neither a folder nor a shipped model (shipped: {known})")
+        path = shipped
+    if is_pretrained_folder(path):
+        return _load_folder(path)
+    model, _, _ = load_run(path)
+    return model
+
+
+def _load_folder(folder: Path) -> MultimodalModel:
+    cfg = load_config(folder / "config.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    try:
+        weights = load_file(str(folder / "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{folder / 'model.safetensors'} is not a readable safetensors file: {e}") from None
+    _check_weights(model, weights, folder)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def _check_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], folder: Path) -> None:
+    """The config's model and the weights agree: the first key that does not is named."""
+    expected = model.state_dict()
+    where = f"{folder}: model.safetensors does not match config.yaml"
+    for key, tensor in expected.items():
+        if key not in weights:
+            raise CheckpointError(f"{where}: {key!r} (shape {list(tensor.shape)}) is missing from the weights")
+        if weights[key].shape != tensor.shape:
+            raise CheckpointError(f"{where}: {key!r} has shape {list(weights[key].shape)} in the weights, {list(tensor.shape)} in the model")
+    for key in weights:
+        if key not in expected:
+            raise CheckpointError(f"{where}: the weights hold {key!r}, which the model built from config.yaml has no place for")
+
+
+def read_card(folder: str | Path) -> dict[str, Any]:
+    """The machine-readable model card (``card.json``) of a saved folder."""
+    path = Path(folder) / CARD
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {CARD}: it was not written by fusionzoo.hub.save_run")
+    return json.loads(path.read_text())
+
+
+def evaluate_folder(folder: str | Path, data_overrides: dict[str, Any] | None = None, batch_size: int = 256) -> dict[str, float]:
+    """The test metrics of a saved folder with every modality, computed as its card's were: the
+    card's ``data`` section (``data_overrides`` updates it, e.g. another ``root``), its test split,
+    batches of ``batch_size``."""
+    card = read_card(folder)
+    model = from_pretrained(folder)
+    data = {**card["data"], **(data_overrides or {})}
+    cfg = load_config({"data": data, "model": model.config})
+    fitted = json.loads((Path(folder) / DATA_STATE).read_text()) if (Path(folder) / DATA_STATE).is_file() else None
+    test_set = build_dataset(cfg, "test", fitted)
+    return evaluate(model, make_loader(test_set, batch_size), get_task(test_set))
+
+
+def save_run(run: str | Path, folder: str | Path, *, name: str | None = None, command: str | None = None, limitations: str = "") -> Path:
+    """Write a trained run (its selected checkpoint) as a saved folder with its model card; returns the folder."""
+    run_dir, checkpoint = resolve_checkpoint(run)
+    model, cfg, _ = load_run(run)
+    if not isinstance(model, MultimodalModel):
+        raise ValueError(f"save_run: {run_dir} is an alignment run; only classifiers (model: configs) are saved as pretrained folders")
+    with tempfile.TemporaryDirectory() as tmp:  # evaluate_run writes its files; the card keeps what it needs
+        result = evaluate_run(run, levels=(0.0,), out_dir=tmp)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    record = {
+        "name": name or run_dir.name,
+        "task": result["task"],
+        "metric": result["metric"],
+        "modalities": list(model.modalities),
+        "data": dict(cfg.raw["data"]),
+        "train": dict(cfg.raw.get("train") or {}),
+        "seed": cfg.seed,
+        "selected_epoch": metrics.get("selected_epoch"),
+        "val": metrics.get("val"),
+        "test": result["subsets"][0],
+        "subsets": result["subsets"],
+        "params": result["params"],
+        "command": command or f"fusionzoo train {shlex.quote(str(cfg.origin))}",
+        "limitations": limitations,
+        "fusionzoo": _version(),
+    }
+    files = {CARD: json.dumps(record, indent=1)}
+    state = load_data_state(run_dir)
+    if state is not None:
+        files[DATA_STATE] = json.dumps(state, indent=1)
+    model.save_pretrained(folder, card=render_card(record), files=files)
+    return Path(folder)
+
+
+def _version() -> str:
+    try:
+        return version("fusionzoo")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def render_card(record: dict[str, Any]) -> str:
+    """The model card (``README.md``) of a :func:`save_run` record."""
+    metric = record["metric"]
+    show = (lambda v: f"{100 * v:.1f}%") if metric in ("accuracy", "mAP", "micro_f1") else (lambda v: f"{v:.4f}")
+    front = {
+        "library_name": "fusionzoo",
+        "tags": ["multimodal", "fusion", *record["modalities"]],
+        "datasets": [record["data"].get("name")],
+        "metrics": [metric],
+        "model-index": [{"name": record["name"], "results": [{"task": {"type": record["task"]}, "metrics": [{"type": metric, "value": round(record["test"][metric], 4), "name": f"test {metric}"}]}]}],
+    }
+    subsets = "\n".join(f"| {' + '.join(r['modalities'])} | {show(r[metric])} | {r['n']} |" for r in record["subsets"])
+    data = ", ".join(f"{k}: {v}" for k, v in record["data"].items())
+    train = ", ".join(f"{k}: {v}" for k, v in record["train"].items())
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False).strip()}
+---
+
+# {record['name']}
+
+A fusionzoo {record['task']} model over {', '.join(record['modalities'])} ({record['params']:,} parameters).
+
+```python
+import fusionzoo as fz
+model = fz.from_pretrained("{record['name']}")   # or the folder this card is in
+logits = model(batch)                            # batch: {{modality: tensor, "present": {{modality: bool [B]}}}}
+```
+
+## Data
+
+{data}
+
+## Training recipe
+
+{train}; seed {record['seed']}; the checkpoint of epoch {record['selected_epoch']} was selected on the validation split.
+
+Made with `{record['command']}` (fusionzoo {record['fusionzoo']}).
+
+## Test {metric} under every subset of modalities
+
+Each row hides the other modalities from the model (the missing-modality path every fusionzoo block has).
+
+| modalities seen | {metric} | samples |
+|---|---:|---:|
+{subsets}
+
+## Limitations
+
+{record['limitations'] or 'Trained on one dataset with one seed: the numbers above say how it does on that test split, not elsewhere.'}
+"""
