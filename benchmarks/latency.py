@@ -10,7 +10,9 @@ collated as the loader does, with every modality present and with one missing. M
 * ``eager``: ``torch.no_grad()`` forward;
 * ``compile``: ``torch.compile(model)`` (inductor), timed after its first call; the compile time is
   reported on its own;
-* ``export``: ``torch.export.export(model, (batch,))``, its ``.module()`` called as the model.
+* ``export``: ``torch.export.export(model, (batch,))``, its ``.module()`` called as the model;
+* ``onnxruntime``: the model exported to ONNX by ``fusionzoo.export`` at this sample's shapes, run by
+  ONNX Runtime's CPU provider at the same thread count (with the ``export`` extra installed).
 
 Time is the median of ``torch.utils.benchmark.Timer`` blocked runs at ``--threads`` threads.
 """
@@ -18,7 +20,9 @@ Time is the median of ``torch.utils.benchmark.Timer`` blocked runs at ``--thread
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import tempfile
 import shlex
 import sys
 import time
@@ -33,6 +37,7 @@ from fusionzoo.atomic import write_text_atomic  # noqa: E402
 from fusionzoo.bench import machine_info, machine_tag, time_callable  # noqa: E402
 from fusionzoo.config import build_dataset, build_model, load_config  # noqa: E402
 from fusionzoo.data import collate  # noqa: E402
+from fusionzoo.export import ServingModel, export_onnx  # noqa: E402
 
 DEFAULT_CONFIGS = ["configs/experiments/quickstart.yaml", "configs/experiments/avdigits_concat_hard.yaml"]
 
@@ -49,7 +54,7 @@ def without(batch: dict, modality: str) -> dict:
     return {**batch, "present": present}
 
 
-MODES = ("eager", "compile", "export")
+MODES = ("eager", "compile", "export", "onnxruntime")
 
 
 def measure(model, batch: dict, min_time: float, modes: tuple[str, ...] = MODES) -> dict:
@@ -61,7 +66,33 @@ def measure(model, batch: dict, min_time: float, modes: tuple[str, ...] = MODES)
         out.update(_compiled(model, batch, reference, min_time))
     if "export" in modes:
         out.update(_exported(model, batch, reference, min_time))
+    if "onnxruntime" in modes and importlib.util.find_spec("onnxruntime") is not None:
+        out.update(_onnxruntime(model, batch, reference, min_time))
     return out
+
+
+def _onnxruntime(model, batch: dict, reference: torch.Tensor, min_time: float) -> dict:
+    """ONNX Runtime (CPU provider) on the model exported by ``fusionzoo.export`` at this batch's shapes."""
+    import onnxruntime
+
+    serving = ServingModel(model)
+    shapes = {m: list(batch[m].shape[1:]) for m in serving.modalities}
+    values = {**{m: batch[m] for m in serving.modalities}, **{f"{m}_lengths": batch[f"{m}_lengths"] for m in serving.lengths},
+              **{f"present_{m}": batch["present"][m] for m in serving.modalities}}
+    feed = {name: values[name].numpy() for name in serving.input_names}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        path = export_onnx(model, Path(tmp) / "model.onnx", shapes)
+        seconds = time.perf_counter() - start
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (out,) = session.run(["logits"], feed)
+    return {
+        "onnxruntime_s": seconds,
+        "onnxruntime_ms": time_callable(lambda: session.run(["logits"], feed), "cpu", min_time)[0] * 1e3,
+        "onnxruntime_max_abs_diff": float((torch.from_numpy(out) - reference).abs().max()),
+    }
 
 
 def _compiled(model, batch: dict, reference: torch.Tensor, min_time: float) -> dict:
@@ -127,14 +158,15 @@ def render(payload: dict) -> str:
         f"`{payload['command']}` on {payload['machine']['cpu']}, {payload['threads']} threads, torch {payload['machine']['torch']}; "
         "median of blocked runs, one real test sample.",
         "",
-        "| model | case | eager ms | torch.compile ms (compile s) | torch.export ms | max abs diff compile / export |",
-        "|---|---|---:|---:|---:|---|",
+        "| model | case | eager ms | torch.compile ms (compile s) | torch.export ms | ONNX Runtime ms | max abs diff compile / export / ORT |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for r in payload["rows"]:
         compiled = f"{r['compile_ms']:.2f} ({r['compile_s']:.0f})" if "compile_ms" in r else "-"
         exported = f"{r['export_ms']:.2f}" if "export_ms" in r else "-"
-        diffs = " / ".join(f"{r[k]:.1e}" if k in r else "-" for k in ("compile_max_abs_diff", "export_max_abs_diff"))
-        lines.append(f"| `{Path(r['config']).stem}` | {r['case']} | {r['eager_ms']:.2f} | {compiled} | {exported} | {diffs} |")
+        ort = f"{r['onnxruntime_ms']:.2f}" if "onnxruntime_ms" in r else "-"
+        diffs = " / ".join(f"{r[k]:.1e}" if k in r else "-" for k in ("compile_max_abs_diff", "export_max_abs_diff", "onnxruntime_max_abs_diff"))
+        lines.append(f"| `{Path(r['config']).stem}` | {r['case']} | {r['eager_ms']:.2f} | {compiled} | {exported} | {ort} | {diffs} |")
     return "\n".join(lines) + "\n"
 
 

@@ -39,7 +39,7 @@ from fusionzoo.training.evaluate import evaluate
 from fusionzoo.training.robustness import evaluate_run
 from fusionzoo.training.tasks import get_task
 
-__all__ = ["from_pretrained", "save_run", "evaluate_folder", "is_pretrained_folder", "read_card", "CARD"]
+__all__ = ["from_pretrained", "save_run", "evaluate_folder", "is_pretrained_folder", "read_card", "input_shapes", "CARD"]
 
 CARD = "card.json"
 
@@ -139,8 +139,9 @@ def save_run(run: str | Path, folder: str | Path, *, name: str | None = None, co
         "limitations": limitations,
         "fusionzoo": _version(),
     }
-    files = {CARD: json.dumps(record, indent=1)}
     state = load_data_state(run_dir)
+    record["input_shapes"] = _input_shapes(cfg, state, model.modalities)
+    files = {CARD: json.dumps(record, indent=1)}
     if state is not None:
         files[DATA_STATE] = json.dumps(state, indent=1)
     model.save_pretrained(folder, card=render_card(record), files=files)
@@ -152,6 +153,27 @@ def _version() -> str:
         return version("fusionzoo")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _input_shapes(cfg: Any, fitted: dict | None, modalities: tuple[str, ...]) -> dict[str, list[int]]:
+    """Per modality, the largest input of a test sample, dimension by dimension (the longest clip, the
+    longest caption): what ``fusionzoo export`` fixes image sizes and waveform lengths to."""
+    shapes: dict[str, list[int]] = {}
+    for batch in make_loader(build_dataset(cfg, "test", fitted), 256):
+        for m in modalities:
+            if m in batch:
+                shape = list(batch[m].shape[1:])
+                shapes[m] = [max(a, b) for a, b in zip(shapes.get(m, shape), shape)]
+    return shapes
+
+
+def input_shapes(source: str | Path) -> dict[str, list[int]] | None:
+    """The per-sample input shapes a saved folder's card records (None without a card)."""
+    path = Path(source)
+    if not path.exists() and str(source) in MODELS:
+        path = getattr(MODELS.get(str(source)).fn, "pretrained_folder", path)
+    card = path / CARD
+    return json.loads(card.read_text()).get("input_shapes") if card.is_file() else None
 
 
 def render_card(record: dict[str, Any]) -> str:

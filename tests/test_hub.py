@@ -93,3 +93,11 @@ def test_avdigits_model_reproduces_its_card_on_the_shared_data():
     test_set = build_dataset(load_config({"data": {**card["data"], "root": str(AVDIGITS)}, "model": model.config}), "test")
     assert evaluate(model, make_loader(test_set, 256))["accuracy"] == card["test"]["accuracy"]
     assert json.loads((ZOO / "avdigits_concat_hard" / "card.json").read_text())["test"]["n"] == len(test_set)
+
+
+def test_torch_hub_loads_a_shipped_model_from_the_checkout():
+    from tests.common import ROOT
+
+    model = torch.hub.load(str(ROOT), "avdigits_concat_hard", source="local", pretrained=True)
+    reference = fz.create_model("avdigits_concat_hard", pretrained=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))

@@ -1,0 +1,129 @@
+"""Export a trained model for serving: ``torch.export`` programs (``.pt2``) and ONNX.
+
+Legend: ``b`` batch, ``t`` samples or tokens.
+
+The exported graph takes plain tensors in a fixed order (:class:`ServingModel`): each modality's
+input, ``<m>_lengths`` for an encoder that reads valid lengths (audio), then one ``present_<m>``
+bool ``[b]`` mask per modality, so a served model handles a missing modality per request (mark it
+False; its input may hold anything of the right shape). The batch dimension is dynamic, and so is
+the number of text tokens; image sizes and the waveform length are fixed at export (``shapes``:
+by default those of the saved model's data, recorded in its card): pad a shorter clip with zeros
+and pass its length in ``<m>_lengths``. (A dynamic waveform length does not export: the frame
+counts after each max-pool become guards on the length's parity.) The audio front end (STFT, mel,
+dB) is part of the graph.
+
+ONNX needs the optional extra (``pip install fusionzoo[export]``: onnx, onnxscript, onnxruntime);
+:func:`check_onnx` compares ONNX Runtime with eager PyTorch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fusionzoo.encoders.base import _takes_lengths
+from fusionzoo.models.multimodal import MultimodalModel
+
+__all__ = ["ServingModel", "example_inputs", "export_pt2", "export_onnx", "check_onnx", "FORMATS"]
+
+FORMATS = ("pt2", "onnx")
+
+
+class ServingModel(nn.Module):
+    """``model`` with positional tensor inputs named :attr:`input_names`; returns the logits ``[b, out]``."""
+
+    def __init__(self, model: MultimodalModel) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.modalities = model.modalities
+        self.lengths = tuple(m for m in self.modalities if _takes_lengths(type(model.encoders[m])))
+        self.input_names = [*self.modalities, *(f"{m}_lengths" for m in self.lengths), *(f"present_{m}" for m in self.modalities)]
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        named = dict(zip(self.input_names, inputs, strict=True))
+        batch: dict[str, Any] = {m: named[m] for m in self.modalities}
+        batch.update({f"{m}_lengths": named[f"{m}_lengths"] for m in self.lengths})
+        batch["present"] = {m: named[f"present_{m}"] for m in self.modalities}
+        return self.model(batch)
+
+
+def example_inputs(serving: ServingModel, batch_size: int = 3, shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[Tensor, ...]:
+    """Inputs for tracing and checks: random inputs of ``shapes[m]`` (one sample's shape; default: the
+    encoder's example input), full lengths, every modality present."""
+    model = serving.model
+    values: dict[str, Tensor] = {}
+    for m in serving.modalities:
+        example = model.encoders[m].example_input(batch_size)
+        if shapes and m in shapes:
+            shape = (batch_size, *shapes[m])
+            example = torch.randn(shape) if example.is_floating_point() else torch.randint(2, 50, shape)
+        values[m] = example
+    for m in serving.lengths:
+        values[f"{m}_lengths"] = torch.full((batch_size,), values[m].shape[-1], dtype=torch.long)
+    for m in serving.modalities:
+        values[f"present_{m}"] = torch.ones(batch_size, dtype=torch.bool)
+    return tuple(values[name] for name in serving.input_names)
+
+
+def _dynamic_shapes(serving: ServingModel, inputs: tuple[Tensor, ...]) -> tuple[dict[int, Any], ...]:
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    shapes: list[dict[int, Any]] = []
+    for name, x in zip(serving.input_names, inputs):
+        dims: dict[int, Any] = {0: batch}
+        if name in serving.modalities and not x.is_floating_point():  # token ids: any length
+            dims[x.dim() - 1] = torch.export.Dim.AUTO
+        shapes.append(dims)
+    return tuple(shapes)
+
+
+def export_program(model: MultimodalModel, shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[torch.export.ExportedProgram, ServingModel, tuple[Tensor, ...]]:
+    serving = ServingModel(model)
+    inputs = example_inputs(serving, shapes=shapes)
+    with torch.no_grad():
+        program = torch.export.export(serving, inputs, dynamic_shapes=(_dynamic_shapes(serving, inputs),))  # one entry: *inputs
+    return program, serving, inputs
+
+
+def export_pt2(model: MultimodalModel, out: str | Path, shapes: Mapping[str, Sequence[int]] | None = None) -> Path:
+    """Write ``torch.export``'s program of ``model`` to ``out`` (load it with ``torch.export.load``)."""
+    program, _, _ = export_program(model, shapes)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")  # torch.export.save wants the .pt2 suffix
+    torch.export.save(program, tmp)
+    tmp.replace(out)
+    return out
+
+
+def export_onnx(model: MultimodalModel, out: str | Path, shapes: Mapping[str, Sequence[int]] | None = None) -> Path:
+    """Write ``model`` as ONNX (opset 18, through ``torch.export``) with named, dynamic inputs."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"ONNX export needs the export extra: pip install 'fusionzoo[export]' ({e.name} is missing)") from None
+    program, serving, _ = export_program(model, shapes)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")
+    onnx_program = torch.onnx.export(program, dynamo=True, input_names=serving.input_names, output_names=["logits"], opset_version=18)
+    onnx_program.save(str(tmp), external_data=False)
+    tmp.replace(out)
+    return out
+
+
+def check_onnx(path: str | Path, model: MultimodalModel, inputs: tuple[Tensor, ...]) -> float:
+    """Largest absolute difference between ONNX Runtime and eager PyTorch on ``inputs``."""
+    import onnxruntime
+
+    serving = ServingModel(model)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {name: x.numpy() for name, x in zip(serving.input_names, inputs)}
+    (onnx_out,) = session.run(["logits"], feed)
+    with torch.no_grad():
+        eager = serving(*inputs)
+    return float((torch.from_numpy(onnx_out) - eager).abs().max())
