@@ -49,7 +49,7 @@ def _list(args: argparse.Namespace) -> int:
             except Exception as e:  # a broken entry must not hide the others
                 print(f"warning: {kind} {name!r} failed to build: {e}", file=sys.stderr)
             kind_col = entry.modality or entry.input_kind or "-"
-            last = _headline(name) if "pretrained" in entry.tags else entry.paper or "-"
+            last = _headline(name) if kind == "models" and "pretrained" in entry.tags else entry.paper or "-"
             rows.append([name, kind_col, params, last])
         if i:
             print()

@@ -31,7 +31,7 @@ def test_readme_example_runs(monkeypatch, capsys):
 
 def test_readme_extension_example_registers_a_working_block():
     namespace = {"fz": fz, "torch": torch}
-    exec(compile(_python_blocks()[1], "README.md", "exec"), namespace)
+    exec(compile(next(b for b in _python_blocks() if "register_fusion" in b), "README.md", "exec"), namespace)
     try:
         block = fz.create_fusion("my_sum", in_dims={"audio": 12, "visual": 16}, out_dim=8)
         out = block({"audio": torch.randn(3, 12)}, {"audio": torch.tensor([True, False, True])})

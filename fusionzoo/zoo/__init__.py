@@ -56,4 +56,4 @@ def _factory(folder: Path) -> Callable[..., MultimodalModel]:
 
 for _name in shipped():
     _card = json.loads((ROOT / _name / CARD).read_text())
-    MODELS.register(_name, tags=("pretrained", _card["task"], _card["data"].get("name", "")))(_factory(ROOT / _name))
+    MODELS.register(_name, modality="+".join(_card["modalities"]), tags=("pretrained", _card["task"], _card["data"].get("name", "")))(_factory(ROOT / _name))
