@@ -115,7 +115,7 @@ def evaluate_folder(folder: str | Path, data_overrides: dict[str, Any] | None = 
 
 def save_run(run: str | Path, folder: str | Path, *, name: str | None = None, command: str | None = None, limitations: str = "") -> Path:
     """Write a trained run (its selected checkpoint) as a saved folder with its model card; returns the folder."""
-    run_dir, checkpoint = resolve_checkpoint(run)
+    run_dir, _ = resolve_checkpoint(run)
     model, cfg, _ = load_run(run)
     if not isinstance(model, MultimodalModel):
         raise ValueError(f"save_run: {run_dir} is an alignment run; only classifiers (model: configs) are saved as pretrained folders")
