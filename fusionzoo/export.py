@@ -38,6 +38,8 @@ class ServingModel(nn.Module):
 
     def __init__(self, model: MultimodalModel) -> None:
         super().__init__()
+        if not isinstance(model, MultimodalModel):
+            raise ValueError(f"export: only classifiers (MultimodalModel) are exported, got {type(model).__name__}")
         self.model = model.eval()
         self.modalities = model.modalities
         self.lengths = tuple(m for m in self.modalities if _takes_lengths(type(model.encoders[m])))

@@ -86,3 +86,9 @@ def test_onnx_without_the_extra_is_one_line(tmp_path, capsys):
     assert cli(["export", "quickstart_concat", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "pip install 'fusionzoo[export]'" in capsys.readouterr().err
     assert not Path(tmp_path / "m.onnx").exists()
+
+
+def test_export_of_an_unknown_source_is_one_line(tmp_path, capsys):
+    assert cli(["export", "no_such_model", "--out", str(tmp_path / "m.pt2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "neither a folder nor a shipped model" in err
