@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-full pretrained venv clean
+.PHONY: run test bench bench-full pretrained docs venv clean
 
 # The main job: train on the embedded synthetic data, then evaluate under every subset of modalities.
 run: $(STAMP)
@@ -35,6 +35,11 @@ bench-full: $(STAMP)
 # Train the shipped pretrained models again from their configs and rewrite fusionzoo/zoo/ (about 5 minutes).
 pretrained: $(STAMP)
 	$(BIN)/python benchmarks/make_pretrained.py
+
+# The documentation site, built strictly (a broken link or a missing reference fails) into docs/site/.
+docs: $(STAMP)
+	$(BIN)/python -m pip install -q -r requirements/docs.txt
+	cd docs && NO_MKDOCS_2_WARNING=1 ../$(BIN)/mkdocs build --strict
 
 venv: $(STAMP)
 

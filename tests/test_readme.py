@@ -7,10 +7,12 @@ import fusionzoo as fz
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+DOCS = "\n".join(p.read_text() for p in sorted((ROOT / "docs" / "pages").glob("*.md")))
 
 
-def _python_blocks():
-    return re.findall(r"```python\n(.*?)```", README, flags=re.S)
+def _python_blocks(text=README + DOCS):
+    """The README's code blocks first (its example is block 0), then the documentation pages'."""
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
 def test_first_section_shows_the_two_commands():
@@ -52,7 +54,7 @@ def test_readme_loss_example_is_chosen_from_yaml(tmp_path):
         loss = fz.create_loss("my_hinge", margin=1.0)
         logits, labels = torch.tensor([[2.0, 0.5], [0.0, 0.2]]), torch.tensor([0, -1])
         assert torch.isclose(loss(logits, labels), torch.tensor(0.0 + max(0.0, 1.0 + 0.5 - 2.0)))
-        block = next(b for b in re.findall(r"```yaml\n(.*?)```", README, flags=re.S) if "my_hinge" in b)
+        block = next(b for b in re.findall(r"```yaml\n(.*?)```", README + DOCS, flags=re.S) if "my_hinge" in b)
         train_section = yaml.safe_load(block)["train"]
         cfg = {
             "data": {"name": "synthetic", "n": 64},
