@@ -17,17 +17,27 @@ HAVE_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxs
 needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason="the export extra is not installed: pip install 'fusionzoo[export]'")
 
 
+SHIPPED = fz.list_models(tag="pretrained")
+
+
 def _model(config):
+    """A config's model with fresh weights, or a shipped model with its own (``shipped:<name>``)."""
+    if config.startswith("shipped:"):
+        return fz.create_model(config.removeprefix("shipped:"), pretrained=True)
     torch.manual_seed(0)
     return fz.build_model(ROOT / config).eval()
 
 
-def _patterns(serving, batch_size):
+def _shapes(config):
+    return input_shapes(config.removeprefix("shipped:")) if config.startswith("shipped:") else None
+
+
+def _patterns(serving, batch_size, shapes=None):
     """Inputs with every modality present, with each one missing in some rows, and with one sample."""
     g = torch.Generator().manual_seed(1)
     cases = []
     for b in (batch_size, 1):
-        inputs = list(example_inputs(serving, b))
+        inputs = list(example_inputs(serving, b, shapes))
         names = serving.input_names
         for i, name in enumerate(names):
             if name.startswith("present_"):
@@ -37,33 +47,33 @@ def _patterns(serving, batch_size):
 
 
 @pytest.mark.compile
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", CONFIGS + [f"shipped:{n}" for n in SHIPPED])
 def test_pt2_export_matches_eager_for_any_batch_and_missing_pattern(config, tmp_path):
     model = _model(config)
-    path = export_pt2(model, tmp_path / "model.pt2")
+    path = export_pt2(model, tmp_path / "model.pt2", _shapes(config))
     program = torch.export.load(path).module()
     serving = ServingModel(model)
-    for inputs in _patterns(serving, 5):
+    for inputs in _patterns(serving, 5, _shapes(config)):
         with torch.no_grad():
             torch.testing.assert_close(program(*inputs), serving(*inputs), rtol=1e-5, atol=1e-5)
 
 
 @needs_onnx
 @pytest.mark.compile
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", CONFIGS + [f"shipped:{n}" for n in SHIPPED])
 def test_onnx_export_matches_eager(config, tmp_path):
     import onnxruntime
 
     model = _model(config)
-    path = export_onnx(model, tmp_path / "model.onnx")
+    path = export_onnx(model, tmp_path / "model.onnx", _shapes(config))
     serving = ServingModel(model)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == serving.input_names
-    for inputs in _patterns(serving, 5):
+    for inputs in _patterns(serving, 5, _shapes(config)):
         (out,) = session.run(["logits"], {n: x.numpy() for n, x in zip(serving.input_names, inputs)})
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(out), serving(*inputs), rtol=1e-5, atol=1e-5)
-    assert check_onnx(path, model, example_inputs(serving, 2)) < 1e-4
+    assert check_onnx(path, model, example_inputs(serving, 2, _shapes(config))) < 1e-4
 
 
 def test_export_cli_writes_a_shipped_model_with_its_card_shapes(tmp_path, capsys):
