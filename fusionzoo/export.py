@@ -62,7 +62,8 @@ def example_inputs(serving: ServingModel, batch_size: int = 3, shapes: Mapping[s
         example = model.encoders[m].example_input(batch_size)
         if shapes and m in shapes:
             shape = (batch_size, *shapes[m])
-            example = torch.randn(shape) if example.is_floating_point() else torch.randint(2, 50, shape)
+            # token ids within the ids the encoder's own example uses (so within its vocabulary)
+            example = torch.randn(shape) if example.is_floating_point() else torch.randint(1, int(example.max()) + 1, shape)
         values[m] = example
     for m in serving.lengths:
         values[f"{m}_lengths"] = torch.full((batch_size,), values[m].shape[-1], dtype=torch.long)
