@@ -16,6 +16,7 @@ import torch
 import fusionzoo
 from fusionzoo.config import build_model, load_config
 from fusionzoo.errors import ConfigError, RunFolderError, TrainingDiverged
+from fusionzoo.zoo import headline
 from fusionzoo.registry import REGISTRIES, closest, required_kwargs
 
 __all__ = ["main", "format_table"]
@@ -49,7 +50,7 @@ def _list(args: argparse.Namespace) -> int:
             except Exception as e:  # a broken entry must not hide the others
                 print(f"warning: {kind} {name!r} failed to build: {e}", file=sys.stderr)
             kind_col = entry.modality or entry.input_kind or "-"
-            last = _headline(name) if kind == "models" and "pretrained" in entry.tags else entry.paper or "-"
+            last = headline(name) if kind == "models" and "pretrained" in entry.tags else entry.paper or "-"
             rows.append([name, kind_col, params, last])
         if i:
             print()
@@ -59,12 +60,6 @@ def _list(args: argparse.Namespace) -> int:
             if any(row[2].endswith("*") for row in rows):
                 print("* at the entry's example sizes (its constructor has required arguments, e.g. in_dims)")
     return 0
-
-
-def _headline(name: str) -> str:
-    from fusionzoo.zoo import headline
-
-    return headline(name)
 
 
 def _entry_params(kind: str, entry) -> str:
@@ -337,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, metavar="CELL", help="reference of effective robustness (default: weighted_late)")
     p.set_defaults(func=_compare)
 
+    _add_run_tool_parsers(sub)
+    _add_bench_parser(sub)
+    _add_data_parser(sub)
+    return parser
+
+
+def _add_run_tool_parsers(sub: argparse._SubParsersAction) -> None:
+    """The commands that work on a trained run: embed, export, ensemble."""
     p = sub.add_parser("embed", help="write a run's encoder features of each split (safetensors) for feature transfer")
     p.add_argument("run", help="a run directory (its selected checkpoint) or a checkpoint folder")
     p.add_argument("--split", default="train,val,test", help="comma-separated splits (default: all three)")
@@ -358,10 +361,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--combine", default="probs", choices=["probs", "logits"], help="average probabilities or logits")
     p.add_argument("--out", default=None, help="default: FIRST_RUN/ensemble")
     p.set_defaults(func=_ensemble)
-
-    _add_bench_parser(sub)
-    _add_data_parser(sub)
-    return parser
 
 
 def _add_data_parser(sub: argparse._SubParsersAction) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fusionzoo.encoders.base import _takes_lengths
+from fusionzoo.encoders.base import takes_lengths
 from fusionzoo.models.multimodal import MultimodalModel
 
 __all__ = ["ServingModel", "example_inputs", "export_pt2", "export_onnx", "check_onnx", "FORMATS"]
@@ -42,7 +42,7 @@ class ServingModel(nn.Module):
             raise ValueError(f"export: only classifiers (MultimodalModel) are exported, got {type(model).__name__}")
         self.model = model.eval()
         self.modalities = model.modalities
-        self.lengths = tuple(m for m in self.modalities if _takes_lengths(type(model.encoders[m])))
+        self.lengths = tuple(m for m in self.modalities if takes_lengths(type(model.encoders[m])))
         self.input_names = [*self.modalities, *(f"{m}_lengths" for m in self.lengths), *(f"present_{m}" for m in self.modalities)]
 
     def forward(self, *inputs: Tensor) -> Tensor:

@@ -151,6 +151,20 @@ def run_suite(opts: SuiteOptions, out: Path, name: str, command: str) -> list[Me
     if cuda_only and not device.startswith("cuda"):
         print(f"note: {cuda_only} autocast is measured on CUDA only (bf16 matmul is slow on most CPUs)")
 
+    _bench_fusions(records, opts, peaks, dtypes)
+    _bench_encoders(records, opts, peaks, dtypes)
+    _bench_models(records, opts, peaks, dtypes)
+
+    markdown = to_markdown(records, info)
+    paths = write_results(out, name, records, info, markdown)
+    paths += _plots(records, out, name)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return records
+
+
+def _bench_fusions(records: list[Measurement], opts: SuiteOptions, peaks: dict[str, float], dtypes: list[str]) -> None:
+    """Every selected block per batch size and dtype, then its modality and missing-rate sweeps."""
+    device = opts.device
     for fusion in FUSIONS.list(opts.fusions) if opts.fusions else []:
         for batch in opts.batch_sizes:
             torch.manual_seed(0)
@@ -168,6 +182,10 @@ def run_suite(opts: SuiteOptions, out: Path, name: str, command: str) -> list[Me
             base = {"target": fusion, "kind": "fusion", "batch_size": 64, "device": device, "variant": {"missing_rate": rate}}
             _measure(records, base, block, _Call(block, feats, present), opts, peaks, "float32")
 
+
+def _bench_encoders(records: list[Measurement], opts: SuiteOptions, peaks: dict[str, float], dtypes: list[str]) -> None:
+    """Every selected encoder per batch size and dtype (and channels-last on CUDA)."""
+    device = opts.device
     for encoder in ENCODERS.list(opts.encoders) if opts.encoders else []:
         for batch in opts.batch_sizes:
             torch.manual_seed(0)
@@ -182,6 +200,10 @@ def run_suite(opts: SuiteOptions, out: Path, name: str, command: str) -> list[Me
                             "variant": {"input": list(x.shape), **({"channels_last": True} if channels_last else {})}}
                     _measure(records, base, enc, _Call(enc, x), opts, peaks, dtype)
 
+
+def _bench_models(records: list[Measurement], opts: SuiteOptions, peaks: dict[str, float], dtypes: list[str]) -> None:
+    """Every model config per batch size and dtype, with a full optimizer step."""
+    device = opts.device
     for path in opts.models:
         cfg = load_config(path)
         for batch in opts.batch_sizes:
@@ -191,12 +213,6 @@ def run_suite(opts: SuiteOptions, out: Path, name: str, command: str) -> list[Me
             for dtype in dtypes:
                 base = {"target": Path(path).stem, "kind": "model", "batch_size": batch, "device": device, "variant": {"config": str(path)}}
                 _measure(records, base, model, _Call(model, example), opts, peaks, dtype, with_step=True)
-
-    markdown = to_markdown(records, info)
-    paths = write_results(out, name, records, info, markdown)
-    paths += _plots(records, out, name)
-    print(f"wrote {', '.join(str(p) for p in paths)}")
-    return records
 
 
 def _sweep_modalities(records, fusion: str, m: int, opts: SuiteOptions, peaks) -> None:

@@ -66,13 +66,7 @@ def collate(samples: Sequence[dict]) -> dict:
                 )
         present[m] = torch.tensor([x is not None for x in items])
         if ref.dim() == 1:
-            width = max(x.shape[0] for x in items if x is not None)
-            lengths = torch.tensor([width if x is None else x.shape[0] for x in items])
-            out = ref.new_zeros(len(items), max(width, 1))
-            for i, x in enumerate(items):
-                if x is not None:
-                    out[i, : x.shape[0]] = x
-            batch[m] = out
+            batch[m], lengths = _pad_last_dim(items)
             if ref.is_floating_point():
                 batch[f"{m}_lengths"] = lengths
         else:
@@ -101,13 +95,19 @@ def _pad_frames(m: str, items: list) -> tuple[Tensor, Tensor]:
                 f"collate: {m!r} frames disagree: sample {i} is {x.data.dtype} {list(x.data.shape)}, "
                 f"an earlier one {ref.data.dtype} {list(ref.data.shape)} (only the last dim may differ)"
             )
-    width = max(x.data.shape[-1] for x in items if x is not None)
-    out = ref.data.new_zeros(len(items), *ref.data.shape[:-1], width)
+    return _pad_last_dim([None if x is None else x.data for x in items])
+
+
+def _pad_last_dim(items: list[Tensor | None]) -> tuple[Tensor, Tensor]:
+    """Right-pad along the last dim with zeros: ``(padded [b, ..., t_max], lengths long [b])``; a
+    missing sample (None) gets ``t_max`` zeros. The samples agree in every other dim (checked)."""
+    ref = next(x for x in items if x is not None)
+    width = max(x.shape[-1] for x in items if x is not None)
+    out = ref.new_zeros(len(items), *ref.shape[:-1], max(width, 1))
     for i, x in enumerate(items):
         if x is not None:
-            out[i, ..., : x.data.shape[-1]] = x.data
-    lengths = torch.tensor([width if x is None else x.data.shape[-1] for x in items])
-    return out, lengths
+            out[i, ..., : x.shape[-1]] = x
+    return out, torch.tensor([width if x is None else x.shape[-1] for x in items])
 
 
 def _labels(samples: Sequence[dict]) -> Tensor:

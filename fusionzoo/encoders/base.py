@@ -10,7 +10,7 @@ from functools import cache
 
 from torch import Tensor, nn
 
-__all__ = ["Encoder", "input_kwargs"]
+__all__ = ["Encoder", "input_kwargs", "takes_lengths"]
 
 
 class Encoder(nn.Module):
@@ -41,7 +41,8 @@ class Encoder(nn.Module):
 
 
 @cache
-def _takes_lengths(cls: type) -> bool:
+def takes_lengths(cls: type) -> bool:
+    """Whether an encoder class's ``forward`` takes the valid ``lengths`` of a padded input."""
     return "lengths" in inspect.signature(cls.forward).parameters
 
 
@@ -50,4 +51,4 @@ def input_kwargs(encoder: nn.Module, batch: dict, modality: str) -> dict[str, Te
     lengths of a padded input (waveforms); ``{}`` otherwise. Collation pads every 1-D float input
     and records its lengths, also fixed-width feature vectors, which have nothing to mask."""
     key = f"{modality}_lengths"
-    return {"lengths": batch[key]} if key in batch and _takes_lengths(type(encoder)) else {}
+    return {"lengths": batch[key]} if key in batch and takes_lengths(type(encoder)) else {}

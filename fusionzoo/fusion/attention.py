@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
-from fusionzoo.layers.masking import masked_softmax, stack_masks, unless_empty
+from fusionzoo.layers.masking import masked_softmax, presence_flags, stack_masks, unless_empty
 from fusionzoo.registry import FUSIONS
 
 __all__ = ["AttentionFusion"]
@@ -47,8 +47,7 @@ class AttentionFusion(FusionBlock):
     def attention_weights(self, features: dict[str, Tensor], present: dict[str, Tensor] | None) -> Tensor:
         """Softmax weights over modalities, 0 for missing ones; expects ``prepare``d inputs."""
         mask = stack_masks(present, self.modalities)
-        first = features[self.modalities[0]]
-        flags = first.new_ones(first.shape[0], len(self.modalities)) if mask is None else mask.to(first.dtype)
+        flags = presence_flags(mask, features[self.modalities[0]], len(self.modalities))
         x = torch.cat([features[m] for m in self.modalities] + [flags], dim=-1)
         return masked_softmax(self.score(x), mask, dim=-1)
 

@@ -72,25 +72,7 @@ class FusionBlock(nn.Module):
         """Validate the inputs and complete them to every modality; ``present`` comes back ``None``
         when nothing is missing (the fast path). See the module docstring."""
         where = type(self).__name__
-        if not isinstance(features, dict):
-            raise TypeError(f"{where}: features must be a dict {{modality: Tensor}}, got {type(features).__name__}")
-        for m in features:
-            if m not in self.in_dims:
-                raise ValueError(
-                    f"{where}: got features for modality {m!r}, but the block was built for {list(self.modalities)}"
-                )
-        if len(features) == 0:
-            raise ValueError(f"{where}: features is empty; pass at least one of {list(self.modalities)}")
-        if present is not None:
-            if not isinstance(present, dict):
-                raise TypeError(f"{where}: present must be a dict {{modality: BoolTensor}}, got {type(present).__name__}")
-            for m in present:
-                if m not in features:
-                    raise ValueError(
-                        f"{where}: present[{m!r}] is given but features has no {m!r} "
-                        f"(features holds {sorted(features)})"
-                    )
-
+        self._check_keys(features, present, where)
         self._check_dtype_device(features, where)
         tokens = self.input_kind == "tokens"
         batch: int | None = None
@@ -128,6 +110,27 @@ class FusionBlock(nn.Module):
                 out_f[m] = ref.new_zeros(shape)  # type: ignore[union-attr]
                 out_p[m] = torch.zeros(shape[:-1], dtype=torch.bool, device=ref.device)  # type: ignore[union-attr]
         return out_f, out_p  # type: ignore[return-value]
+
+    def _check_keys(self, features: dict[str, Tensor], present: dict[str, Tensor] | None, where: str) -> None:
+        """``features`` is a non-empty dict of our modalities; ``present`` names only modalities given."""
+        if not isinstance(features, dict):
+            raise TypeError(f"{where}: features must be a dict {{modality: Tensor}}, got {type(features).__name__}")
+        for m in features:
+            if m not in self.in_dims:
+                raise ValueError(
+                    f"{where}: got features for modality {m!r}, but the block was built for {list(self.modalities)}"
+                )
+        if len(features) == 0:
+            raise ValueError(f"{where}: features is empty; pass at least one of {list(self.modalities)}")
+        if present is None:
+            return
+        if not isinstance(present, dict):
+            raise TypeError(f"{where}: present must be a dict {{modality: BoolTensor}}, got {type(present).__name__}")
+        for m in present:
+            if m not in features:
+                raise ValueError(
+                    f"{where}: present[{m!r}] is given but features has no {m!r} (features holds {sorted(features)})"
+                )
 
     def _nothing_missing(self, features: dict[str, Tensor], present: dict[str, Tensor | None]) -> bool:
         if not self.fast_path or len(features) < len(self.modalities):

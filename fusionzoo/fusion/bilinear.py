@@ -13,7 +13,7 @@ from einops import reduce
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import FusionBlock
-from fusionzoo.layers.masking import fill_missing
+from fusionzoo.layers.masking import fill_missing, mask_of
 from fusionzoo.layers.validation import check_positive_int
 from fusionzoo.registry import FUSIONS
 
@@ -59,7 +59,7 @@ class BilinearFusion(FusionBlock):
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
         a, v = (
-            self.proj[m](fill_missing(features[m], None if present is None else present[m], self.missing[m])) for m in self.modalities
+            self.proj[m](fill_missing(features[m], mask_of(present, m), self.missing[m])) for m in self.modalities
         )
         z = reduce(self.dropout(a * v), "b (o k) -> b o", "sum", k=self.factor)
         root_eps = self.eps**0.5

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
-from fusionzoo.layers.masking import fill_missing
+from fusionzoo.layers.masking import fill_missing, mask_of
 from fusionzoo.layers.mlp import MLP
 from fusionzoo.registry import FUSIONS
 
@@ -53,7 +53,7 @@ class ConcatMLPFusion(FusionBlock):
         features, present = self.prepare(features, present)
         norms = self.norms
         parts = [
-            fill_missing(features[m] if norms is None else norms[m](features[m]), None if present is None else present[m], self.missing[m])
+            fill_missing(features[m] if norms is None else norms[m](features[m]), mask_of(present, m), self.missing[m])
             for m in self.modalities
         ]
         return self.mlp(torch.cat(parts, dim=-1))

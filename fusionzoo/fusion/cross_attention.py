@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
 from fusionzoo.layers.attention import GroupedCrossAttentionBlock
-from fusionzoo.layers.masking import masked_mean
+from fusionzoo.layers.masking import mask_of, masked_mean
 from fusionzoo.registry import FUSIONS
 
 __all__ = ["CrossAttentionFusion"]
@@ -95,8 +95,7 @@ class CrossAttentionFusion(FusionBlock):
         streams = rearrange(queries, "(t s) b n h -> t b n (s h)", t=len(self.modalities))
         pooled = []
         for i, t in enumerate(self.modalities):
-            mask = None if masks is None else masks[t]
-            z = masked_mean(streams[i], mask, dim=1)
+            z = masked_mean(streams[i], mask_of(masks, t), dim=1)
             pooled.append(z if present is None else torch.where(present[t].any(dim=1, keepdim=True), z, self.missing[t]))
         return self.out(torch.cat(pooled, dim=-1))
 

@@ -12,7 +12,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
-from fusionzoo.layers.masking import fill_missing, masked_softmax, stack_masks, unless_empty
+from fusionzoo.layers.masking import fill_missing, mask_of, masked_softmax, presence_flags, stack_masks, unless_empty
 from fusionzoo.layers.mlp import get_activation
 from fusionzoo.registry import FUSIONS
 
@@ -68,8 +68,7 @@ class GatedMultimodalUnit(FusionBlock):
     def gates(self, features: dict[str, Tensor], present: dict[str, Tensor] | None) -> Tensor:
         """Per-feature softmax gates over modalities (0 for missing ones); expects ``prepare``d inputs."""
         mask = stack_masks(present, self.modalities)
-        first = features[self.modalities[0]]
-        flags = first.new_ones(first.shape[0], len(self.modalities)) if mask is None else mask.to(first.dtype)
+        flags = presence_flags(mask, features[self.modalities[0]], len(self.modalities))
         x = torch.cat([features[m] for m in self.modalities] + [flags], dim=-1)
         logits = rearrange(self.gate(x), "b (m o) -> b m o", m=len(self.modalities))
         return masked_softmax(logits, None if mask is None else rearrange(mask, "b m -> b m 1").expand_as(logits), dim=1)
@@ -124,10 +123,9 @@ class FiLMFusion(FusionBlock):
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
         t = self.target
-        h = fill_missing(self.target_proj(features[t]), None if present is None else present[t], self.missing_target)
+        h = fill_missing(self.target_proj(features[t]), mask_of(present, t), self.missing_target)
         flags = stack_masks(present, self.conditioners)
-        ones = h.new_ones(h.shape[0], len(self.conditioners))
-        cond = torch.cat([features[c] for c in self.conditioners] + [ones if flags is None else flags.to(h.dtype)], dim=-1)
+        cond = torch.cat([features[c] for c in self.conditioners] + [presence_flags(flags, h, len(self.conditioners))], dim=-1)
         gamma, beta = self.film(cond).chunk(2, dim=-1)
         h = unless_empty((1 + gamma) * h + beta, flags, h)
         return self.out(self.act(h))

@@ -13,7 +13,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
-from fusionzoo.layers.masking import masked_softmax, stack_masks, unless_empty
+from fusionzoo.layers.masking import masked_softmax, presence_flags, stack_masks, unless_empty
 from fusionzoo.layers.mlp import MLP
 from fusionzoo.registry import FUSIONS
 
@@ -95,7 +95,7 @@ class WeightedLateFusion(FusionBlock):
         elif self.weighting == "learned":
             scores = self.weight_logits.expand(shape)
         else:
-            flags = first.new_ones(shape) if mask is None else mask.to(first.dtype)
+            flags = presence_flags(mask, first, len(self.modalities))
             scores = self.gate(torch.cat([features[m] for m in self.modalities] + [flags], dim=-1))
         return masked_softmax(scores, mask, dim=-1)
 

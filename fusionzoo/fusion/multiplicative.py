@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
 from fusionzoo.fusion.gating import split_roles
-from fusionzoo.layers.masking import fill_missing, stack_masks
+from fusionzoo.layers.masking import fill_missing, mask_of, presence_flags, stack_masks
 from fusionzoo.registry import FUSIONS
 
 __all__ = ["MultiplicativeFusion"]
@@ -67,9 +67,8 @@ class MultiplicativeFusion(FusionBlock):
 
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
-        x = fill_missing(features[self.target], None if present is None else present[self.target], self.missing_target)
-        flags = stack_masks(present, self.conditioners)
-        flags = x.new_ones(x.shape[0], len(self.conditioners)) if flags is None else flags.to(x.dtype)
+        x = fill_missing(features[self.target], mask_of(present, self.target), self.missing_target)
+        flags = presence_flags(stack_masks(present, self.conditioners), x, len(self.conditioners))
         c = torch.cat([features[m] for m in self.conditioners] + [flags], dim=-1)
         first, second = (x, c) if self.target_first else (c, x)
         n1, n2, o = self.hyper_weight.shape

@@ -14,7 +14,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["zero_missing", "fill_missing", "stack_masks", "masked_mean", "masked_max", "masked_softmax", "any_present", "unless_empty"]
+__all__ = [
+    "zero_missing", "fill_missing", "mask_of", "stack_masks", "presence_flags", "masked_mean", "masked_max", "masked_softmax",
+    "any_present", "unless_empty",
+]
 
 
 def zero_missing(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -33,9 +36,20 @@ def fill_missing(x: Tensor, mask: Tensor | None, fill: Tensor) -> Tensor:
     return x if mask is None else torch.where(mask.unsqueeze(-1), x, fill)
 
 
+def mask_of(present: dict[str, Tensor] | None, modality: str) -> Tensor | None:
+    """``present[modality]``, or None (everything present) when ``present`` is None."""
+    return None if present is None else present[modality]
+
+
 def stack_masks(present: dict[str, Tensor] | None, modalities: tuple[str, ...] | list[str]) -> Tensor | None:
     """``bool [b, m]``: the masks of ``modalities`` side by side (None stays None)."""
     return None if present is None else torch.stack([present[m] for m in modalities], dim=1)
+
+
+def presence_flags(mask: Tensor | None, like: Tensor, num: int) -> Tensor:
+    """``[b, num]`` presence flags in ``like``'s dtype (1 present, 0 missing) for a scorer to read;
+    all ones for ``mask=None``."""
+    return like.new_ones(like.shape[0], num) if mask is None else mask.to(like.dtype)
 
 
 def unless_empty(x: Tensor, mask: Tensor | None, empty: Tensor) -> Tensor:

@@ -36,9 +36,7 @@ def headline(name: str) -> str:
     return f"{card['metric']} {shown} ({card['data'].get('name')} test)"
 
 
-def _factory(folder: Path) -> Callable[..., MultimodalModel]:
-    card = json.loads((folder / CARD).read_text()) if (folder / CARD).is_file() else {}
-
+def _factory(folder: Path, card: dict) -> Callable[..., MultimodalModel]:
     def create(*, pretrained: bool = False) -> MultimodalModel:
         if pretrained:
             return from_pretrained(folder)
@@ -47,7 +45,7 @@ def _factory(folder: Path) -> Callable[..., MultimodalModel]:
     create.__name__ = create.__qualname__ = folder.name
     create.__module__ = __name__
     create.__doc__ = (
-        f"{card.get('task', 'A')} model over {', '.join(card.get('modalities', []))} trained on {card.get('data', {}).get('name')}; "
+        f"{card['task']} model over {', '.join(card['modalities'])} trained on {card['data'].get('name')}; "
         "pretrained=True loads the shipped weights."
     )
     create.pretrained_folder = folder  # type: ignore[attr-defined]  (fusionzoo.hub.from_pretrained reads it)
@@ -56,4 +54,6 @@ def _factory(folder: Path) -> Callable[..., MultimodalModel]:
 
 for _name in shipped():
     _card = json.loads((ROOT / _name / CARD).read_text())
-    MODELS.register(_name, modality="+".join(_card["modalities"]), tags=("pretrained", _card["task"], _card["data"].get("name", "")))(_factory(ROOT / _name))
+    MODELS.register(_name, modality="+".join(_card["modalities"]), tags=("pretrained", _card["task"], _card["data"].get("name", "")))(
+        _factory(ROOT / _name, _card)
+    )
