@@ -9,9 +9,11 @@ puts on ``sys.path``.
 
 Each pair is built at the reference shape (B=256, ``{"audio": 128, "text": 256, "visual": 512}`` ->
 256) with matched widths, and timed forward+backward with gradients flowing on to the inputs (as
-inside a model), ``--rounds`` times, ours and theirs alternating, each time with
-``torch.utils.benchmark.Timer``; the table gives the medians, the ratio peer / ours (above 1: ours
-is faster) and the share of the float32 matmul rate measured in the same run. Ours are called
+inside a model), ``--rounds`` times, ours and theirs alternating (the order flips every round),
+each time with ``torch.utils.benchmark.Timer``; the table gives the medians, the ratio peer / ours
+(above 1: ours is faster) with the interquartile range of the per-round ratios, and the share of
+the float32 matmul rate measured in the same run. A pair whose ratio range spans 1 is a tie: the
+difference is within this machine's round-to-round noise. Ours are called
 without ``present`` (the peers have no missing-modality handling), so they take the fast path; the
 second column forces the masked path (``block.fast_path = False``: the presence machinery running
 although nothing is missing, as every call did before the fast path).
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peer-dir", type=Path, default=None)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--min-time", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -120,10 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             "peer": lambda peer=peer: step(peer),
         }
         times: dict[str, list[float]] = {k: [] for k in calls}
-        for _ in range(args.rounds):
-            for key, fn in calls.items():
-                times[key].append(time_callable(fn, "cpu", args.min_time)[0] * 1e3)
+        for r in range(args.rounds):
+            for key in list(calls)[:: 1 if r % 2 == 0 else -1]:
+                times[key].append(time_callable(calls[key], "cpu", args.min_time)[0] * 1e3)
         med = {k: statistics.median(v) for k, v in times.items()}
+        ratios = [p / o for p, o in zip(times["peer"], times["ours"])]
         flops = {"ours": count_flops(calls["ours"]), "peer": count_flops(calls["peer"])}
         rows.append({
             "pair": name,
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             "flops": flops,
             "params": {"ours": sum(p.numel() for p in ours.parameters()), "peer": sum(p.numel() for p in peer.parameters())},
             "peer_over_ours": med["peer"] / med["ours"],
+            "peer_over_ours_iqr": statistics.quantiles(ratios, n=4)[::2],
             "peer_over_ours_masked": med["peer"] / med["ours, masked path"],
             "pct_of_peak": {"ours": 100 * flops["ours"] / (med["ours"] / 1e3) / peak, "peer": 100 * flops["peer"] / (med["peer"] / 1e3) / peak},
         })
@@ -156,13 +160,16 @@ def render(payload: dict) -> str:
         f"{payload['machine']['torch']}, peer {', '.join(payload['peer'])}. B={payload['batch_size']}, forward+backward, "
         f"median of {payload['rounds']} interleaved rounds; float32 matmul peak in the same run {payload['matmul_peak_gflops']:.1f} GFLOP/s.",
         "",
-        "| block | ours ms | ours, masked path ms | TorchMultimodal ms | peer / ours | peer / ours (masked path) | ours % of peak | peer % of peak |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| block | ours ms | ours, masked path ms | TorchMultimodal ms | peer / ours | per-round ratio IQR | verdict | peer / ours (masked path) | ours % of peak | peer % of peak |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in payload["rows"]:
         ms, pct = r["ms"], r["pct_of_peak"]
+        low, high = r["peer_over_ours_iqr"]
+        verdict = "ours faster" if low > 1 else "peer faster" if high < 1 else "tie (within noise)"
         lines.append(
             f"| `{r['pair']}` | {ms['ours']:.2f} | {ms['ours, masked path']:.2f} | {ms['peer']:.2f} | {r['peer_over_ours']:.2f}x | "
+            f"{low:.2f}-{high:.2f} | {verdict} | "
             f"{r['peer_over_ours_masked']:.2f}x | {pct['ours']:.0f}% | {pct['peer']:.0f}% |"
         )
     return "\n".join(lines) + "\n"

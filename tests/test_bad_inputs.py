@@ -453,6 +453,29 @@ def test_a_feature_dtype_other_than_the_blocks_is_named(name, dtype):
             assert block(feats).shape == (2, block.out_dim)
 
 
+def test_the_dtype_check_follows_converted_and_replaced_parameters():
+    """The block caches the path of its first parameter, not the parameter: after ``.double()``,
+    a replaced parameter or a replaced submodule, the check reads the parameter in place now."""
+    import fusionzoo as fz
+
+    block = fz.create_fusion("concat_mlp", in_dims={"audio": 3, "text": 4}, out_dim=2, hidden_dims=(), norm=False)
+    feats = {"audio": torch.randn(2, 3), "text": torch.randn(2, 4)}
+    assert block(feats).dtype == torch.float32  # caches the path
+    assert block._first_parameter() is block.missing["audio"]
+    block.double()
+    with pytest.raises(TypeError, match="parameters are float64"):
+        block(feats)
+    block.float()
+    block.missing["audio"] = torch.nn.Parameter(torch.zeros(3, dtype=torch.float16))  # the parameter replaced
+    with pytest.raises(TypeError, match="parameters are float16"):
+        block(feats)
+    block.missing = torch.nn.ParameterDict({m: torch.zeros(d, dtype=torch.float64) for m, d in block.in_dims.items()})
+    with pytest.raises(TypeError, match="parameters are float64"):  # the submodule holding it replaced
+        block(feats)
+    block.mlp.double()
+    assert block({m: x.double() for m, x in feats.items()}).dtype == torch.float64
+
+
 def test_a_permission_error_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
     """Root ignores file modes, so the refusal is injected where the run folder is first written."""
     from fusionzoo.training import runfolder

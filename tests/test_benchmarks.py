@@ -7,6 +7,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fusion_reference  # noqa: E402
 import latency  # noqa: E402
+import peers  # noqa: E402
 import train_speed  # noqa: E402
 
 
@@ -41,3 +42,17 @@ def test_train_speed_extracts_a_revision_and_renders(tmp_path):
                             "test_accuracy_ci": {"baseline": (71.0, 12.7), "current": (72.0, 12.7)}}]}
     text = train_speed.render(payload)
     assert "| `x` | 100 | 160 | 1.60x | 0 |" in text and "current: 71.0, 73.0 -> 72.0 ± 12.7%" in text
+
+
+def test_peers_verdict_reads_the_per_round_ratio_range():
+    def row(name, low, high):
+        return {"pair": name, "ms": {"ours": 1.0, "ours, masked path": 1.2, "peer": 1.0}, "peer_over_ours": (low + high) / 2,
+                "peer_over_ours_iqr": [low, high], "peer_over_ours_masked": 0.8, "pct_of_peak": {"ours": 50.0, "peer": 50.0}}
+
+    payload = {"command": "python benchmarks/peers.py", "machine": {"cpu": "cpu", "threads": 2, "torch": "2"}, "peer": ["tmm"],
+               "batch_size": 256, "rounds": 9, "matmul_peak_gflops": 100.0,
+               "rows": [row("a", 1.02, 1.05), row("b", 0.97, 1.01), row("c", 0.93, 0.98)]}
+    lines = {line.split("|")[1].strip(): line for line in peers.render(payload).splitlines() if line.startswith("| `")}
+    assert "| 1.02-1.05 | ours faster |" in lines["`a`"]
+    assert "| 0.97-1.01 | tie (within noise) |" in lines["`b`"]
+    assert "| 0.93-0.98 | peer faster |" in lines["`c`"]

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fusionzoo.fusion.base import DEFAULT_DIMS, FusionBlock
-from fusionzoo.layers.masking import fill_missing, mask_of
+from fusionzoo.layers.masking import fill_missing
 from fusionzoo.layers.mlp import MLP
 from fusionzoo.registry import FUSIONS
 
@@ -52,8 +52,7 @@ class ConcatMLPFusion(FusionBlock):
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
         norms = self.norms
-        parts = [
-            fill_missing(features[m] if norms is None else norms[m](features[m]), mask_of(present, m), self.missing[m])
-            for m in self.modalities
-        ]
+        parts = [features[m] if norms is None else norms[m](features[m]) for m in self.modalities]
+        if present is not None:
+            parts = [fill_missing(x, present[m], self.missing[m]) for x, m in zip(parts, self.modalities)]
         return self.mlp(torch.cat(parts, dim=-1))

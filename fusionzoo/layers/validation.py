@@ -10,6 +10,7 @@ sync on CUDA and is skipped while compiling.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 import torch
 from torch import Tensor
@@ -41,23 +42,30 @@ def check_tensor(
     ``("B", 512)``. ``dtype`` is a ``torch.dtype`` or one of ``"float"``, ``"int"``, ``"bool"``.
     A leading batch dimension must be non-empty.
     """
-    # The messages are built only on failure: this runs on every forward call.
-    def expected() -> str:
-        return f"{dtype if isinstance(dtype, str) else str(dtype).removeprefix('torch.')} tensor of shape {format_shape(shape)}"
+    # This runs on every forward call: the passing case is a few comparisons, the messages are
+    # built only on failure.
+    if isinstance(x, Tensor) and (x.dtype == dtype if isinstance(dtype, torch.dtype) else _DTYPE_KINDS[dtype](x.dtype)):
+        size = x.shape
+        if len(size) == len(shape) and (not size or size[0] != 0):
+            for s, n in zip(shape, size):
+                if isinstance(s, int) and s != n:
+                    break
+            else:
+                return x
+    _raise_check_tensor(x, name, shape, dtype, what)
 
-    def got() -> str:
-        return f"{str(x.dtype).removeprefix('torch.')} tensor of shape {format_shape(tuple(x.shape))}"  # type: ignore[union-attr]
 
+def _raise_check_tensor(x: object, name: str, shape: Sequence[int | str], dtype: str | torch.dtype, what: str) -> NoReturn:
+    expected = f"{dtype if isinstance(dtype, str) else str(dtype).removeprefix('torch.')} tensor of shape {format_shape(shape)}"
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected {what} to be a {expected()}, got {type(x).__name__}")
+        raise TypeError(f"{name}: expected {what} to be a {expected}, got {type(x).__name__}")
+    got = f"{str(x.dtype).removeprefix('torch.')} tensor of shape {format_shape(tuple(x.shape))}"
     ok_dtype = x.dtype == dtype if isinstance(dtype, torch.dtype) else _DTYPE_KINDS[dtype](x.dtype)
     if not ok_dtype:
-        raise TypeError(f"{name}: expected {what} to be a {expected()}, got {got()}")
+        raise TypeError(f"{name}: expected {what} to be a {expected}, got {got}")
     if x.dim() != len(shape) or any(isinstance(s, int) and s != n for s, n in zip(shape, x.shape)):
-        raise ValueError(f"{name}: expected {what} to be a {expected()}, got {got()}")
-    if len(shape) > 0 and x.shape[0] == 0:
-        raise ValueError(f"{name}: expected a non-empty batch, got {got()}")
-    return x
+        raise ValueError(f"{name}: expected {what} to be a {expected}, got {got}")
+    raise ValueError(f"{name}: expected a non-empty batch, got {got}")
 
 
 def check_dims(in_dims: object, *, where: str) -> dict[str, int]:
