@@ -23,7 +23,6 @@ import argparse
 import importlib.util
 import json
 import tempfile
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -33,8 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fusionzoo.atomic import write_text_atomic  # noqa: E402
-from fusionzoo.bench import machine_info, machine_tag, time_callable  # noqa: E402
+from fusionzoo.bench import machine_info, machine_tag, script_command, time_callable, write_report  # noqa: E402
 from fusionzoo.config import build_dataset, build_model, load_config  # noqa: E402
 from fusionzoo.data import collate  # noqa: E402
 from fusionzoo.export import ServingModel, export_onnx  # noqa: E402
@@ -141,13 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    out = args.out or ROOT / "benchmarks" / "results" / machine_tag()
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/latency.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    payload = {"machine": machine_info(), "threads": args.threads, "command": command.strip(), "rows": rows}
-    write_text_atomic(out / "latency.json", json.dumps(payload, indent=1))
-    write_text_atomic(out / "latency.md", render(payload))
-    print(render(payload))
+    payload = {"machine": machine_info(), "threads": args.threads, "command": script_command("latency.py", argv), "rows": rows}
+    write_report(args.out or ROOT / "benchmarks" / "results" / machine_tag(), "latency", payload, render(payload))
     return 0
 
 

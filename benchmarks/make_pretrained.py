@@ -13,16 +13,13 @@ avdigits models need the shared data (``FUSIONZOO_AVDIGITS`` or ``../shared/data
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fusionzoo.atomic import write_text_atomic  # noqa: E402
-from fusionzoo.bench import machine_info, machine_tag  # noqa: E402
+from fusionzoo.bench import machine_info, machine_tag, script_command, write_report  # noqa: E402
 from fusionzoo.hub import read_card, save_run  # noqa: E402
 from fusionzoo.training import train  # noqa: E402
 
@@ -64,20 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         card = read_card(folder)
         size = sum(f.stat().st_size for f in folder.iterdir())
         rows.append(f"| `{name}` | {', '.join(card['modalities'])} | {card['params']:,} | {100 * card['test'][card['metric']]:.1f}% | {size / 1024:.0f} KiB |")
-    command = "python benchmarks/make_pretrained.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = script_command("make_pretrained.py", argv)
     text = "\n".join([
         "# Shipped pretrained models",
         "",
-        f"`{command.strip()}` on {machine_info()['cpu']}; test accuracy with every modality (the cards have every subset).",
+        f"`{command}` on {machine_info()['cpu']}; test accuracy with every modality (the cards have every subset).",
         "",
         "| model | modalities | parameters | test accuracy | folder size |",
         "|---|---|---:|---:|---:|",
         *rows,
     ]) + "\n"
-    out = ROOT / "benchmarks" / "results" / machine_tag()
-    write_text_atomic(out / "pretrained.md", text)
-    write_text_atomic(out / "pretrained.json", json.dumps({"machine": machine_info(), "command": command.strip(), "models": {n: read_card(args.zoo / n) for n in SHIPPED if (args.zoo / n / "card.json").is_file()}}, indent=1))
-    print(text)
+    models = {n: read_card(args.zoo / n) for n in SHIPPED if (args.zoo / n / "card.json").is_file()}
+    write_report(ROOT / "benchmarks" / "results" / machine_tag(), "pretrained", {"machine": machine_info(), "command": command, "models": models}, text)
     return 0
 
 

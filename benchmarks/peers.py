@@ -31,8 +31,6 @@ Pairs:
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
 import subprocess
 import sys
@@ -45,8 +43,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fusionzoo.atomic import write_text_atomic  # noqa: E402
-from fusionzoo.bench import count_flops, machine_info, machine_tag, matmul_peak, time_callable  # noqa: E402
+from fusionzoo.bench import count_flops, machine_info, machine_tag, matmul_peak, script_command, time_callable, write_report  # noqa: E402
 from fusionzoo.bench.measure import REFERENCE_DIMS  # noqa: E402
 
 PEER_PACKAGES = ("torchmultimodal-nightly==2024.4.1", "iopath==0.1.10", "portalocker==4.4.2")
@@ -141,14 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         })
         print(f"{name}: ours {med['ours']:.2f} ms (masked path {med['ours, masked path']:.2f}), peer {med['peer']:.2f} ms", flush=True)
 
-    out = args.out or ROOT / "benchmarks" / "results" / machine_tag()
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/peers.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     payload = {"machine": machine_info(), "peer": list(PEER_PACKAGES), "matmul_peak_gflops": peak / 1e9, "batch_size": args.batch_size,
-               "rounds": args.rounds, "command": command.strip(), "rows": rows}
-    write_text_atomic(out / "peers.json", json.dumps(payload, indent=1))
-    write_text_atomic(out / "peers.md", render(payload))
-    print(render(payload))
+               "rounds": args.rounds, "command": script_command("peers.py", argv), "rows": rows}
+    write_report(args.out or ROOT / "benchmarks" / "results" / machine_tag(), "peers", payload, render(payload))
     return 0
 
 

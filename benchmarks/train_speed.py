@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
-    from fusionzoo.atomic import write_text_atomic
-    from fusionzoo.bench import machine_info, machine_tag
+    from fusionzoo.bench import machine_info, machine_tag, script_command, write_report
 
     tmp = Path(tempfile.mkdtemp(prefix="fusionzoo-train-speed-"))
     codes = {"baseline": extract(args.baseline, tmp / "baseline"), "current": ROOT}
@@ -153,13 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             record["test_accuracy_ci"] = {c: t_interval(v) for c, v in acc.items()}
         results.append(record)
 
-    out = args.out or ROOT / "benchmarks" / "results" / machine_tag()
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/train_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    payload = {"machine": machine_info(), "baseline": base_rev, "command": command.strip(), "results": results}
-    write_text_atomic(out / "train_speed.json", json.dumps(payload, indent=1))
-    write_text_atomic(out / "train_speed.md", render(payload))
-    print(render(payload))
+    payload = {"machine": machine_info(), "baseline": base_rev, "command": script_command("train_speed.py", argv), "results": results}
+    write_report(args.out or ROOT / "benchmarks" / "results" / machine_tag(), "train_speed", payload, render(payload))
     return 0
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["write_bytes_atomic", "write_text_atomic", "pyplot", "save_figure_atomic"]
+__all__ = ["write_bytes_atomic", "write_text_atomic", "atomic_path", "pyplot", "save_figure_atomic"]
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -32,6 +34,28 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """For writers that take a file name (``torch.export.save``, ``savefig``): a temporary path
+    beside ``path``, ending in the same suffix (some writers go by it), renamed over ``path`` when
+    the block succeeds and removed when it fails.
+
+    Example::
+
+        with atomic_path("model.pt2") as tmp:
+            torch.export.save(program, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def pyplot():
     """``matplotlib.pyplot`` on the non-interactive Agg backend, or None without matplotlib (the
     ``bench`` extra): plots are optional everywhere."""
@@ -50,10 +74,10 @@ def save_figure_atomic(fig, path: str | Path, dpi: int = 100) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return path

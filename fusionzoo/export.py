@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fusionzoo.atomic import atomic_path
 from fusionzoo.encoders.base import takes_lengths
 from fusionzoo.models.multimodal import MultimodalModel
 
@@ -94,12 +95,9 @@ def export_program(model: MultimodalModel, shapes: Mapping[str, Sequence[int]] |
 def export_pt2(model: MultimodalModel, out: str | Path, shapes: Mapping[str, Sequence[int]] | None = None) -> Path:
     """Write ``torch.export``'s program of ``model`` to ``out`` (load it with ``torch.export.load``)."""
     program, _, _ = export_program(model, shapes)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")  # torch.export.save wants the .pt2 suffix
-    torch.export.save(program, tmp)
-    tmp.replace(out)
-    return out
+    with atomic_path(out) as tmp:  # torch.export.save wants the .pt2 suffix, which tmp keeps
+        torch.export.save(program, tmp)
+    return Path(out)
 
 
 def export_onnx(model: MultimodalModel, out: str | Path, shapes: Mapping[str, Sequence[int]] | None = None) -> Path:
@@ -110,13 +108,10 @@ def export_onnx(model: MultimodalModel, out: str | Path, shapes: Mapping[str, Se
     except ImportError as e:
         raise ImportError(f"ONNX export needs the export extra: pip install 'fusionzoo[export]' ({e.name} is missing)") from None
     program, serving, _ = export_program(model, shapes)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")
     onnx_program = torch.onnx.export(program, dynamo=True, input_names=serving.input_names, output_names=["logits"], opset_version=18)
-    onnx_program.save(str(tmp), external_data=False)
-    tmp.replace(out)
-    return out
+    with atomic_path(out) as tmp:
+        onnx_program.save(str(tmp), external_data=False)
+    return Path(out)
 
 
 def check_onnx(path: str | Path, model: MultimodalModel, inputs: tuple[Tensor, ...]) -> float:

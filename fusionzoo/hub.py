@@ -52,17 +52,22 @@ def is_pretrained_folder(path: str | Path) -> bool:
 def from_pretrained(source: str | Path) -> MultimodalModel:
     """A trained model in eval mode from a saved folder, a run folder (its selected checkpoint), a
     checkpoint folder, or the name of a shipped model (``fusionzoo list models``)."""
-    path = Path(source)
+    path = _resolve(source)
     if not path.exists():
-        shipped = getattr(MODELS.get(str(source)).fn, "pretrained_folder", None) if str(source) in MODELS else None
-        if shipped is None:
-            known = ", ".join(MODELS.list(tag="pretrained")) or "none"
-            raise FileNotFoundError(f"from_pretrained: {source!r} is neither a folder nor a shipped model (shipped: {known})")
-        path = shipped
+        known = ", ".join(MODELS.list(tag="pretrained")) or "none"
+        raise FileNotFoundError(f"from_pretrained: {source!r} is neither a folder nor a shipped model (shipped: {known})")
     if is_pretrained_folder(path):
         return _load_folder(path)
     model, _, _ = load_run(path)
     return model
+
+
+def _resolve(source: str | Path) -> Path:
+    """The folder ``source`` names: the path itself, or the folder of the shipped model of that name."""
+    path = Path(source)
+    if path.exists() or str(source) not in MODELS:
+        return path
+    return getattr(MODELS.get(str(source)).fn, "pretrained_folder", path)
 
 
 def _load_folder(folder: Path) -> MultimodalModel:
@@ -169,11 +174,8 @@ def _input_shapes(cfg: Any, fitted: dict | None, modalities: tuple[str, ...]) ->
 
 def input_shapes(source: str | Path) -> dict[str, list[int]] | None:
     """The per-sample input shapes a saved folder's card records (None without a card)."""
-    path = Path(source)
-    if not path.exists() and str(source) in MODELS:
-        path = getattr(MODELS.get(str(source)).fn, "pretrained_folder", path)
-    card = path / CARD
-    return json.loads(card.read_text()).get("input_shapes") if card.is_file() else None
+    folder = _resolve(source)
+    return read_card(folder).get("input_shapes") if (folder / CARD).is_file() else None
 
 
 def render_card(record: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from fusionzoo.hub import evaluate_folder, read_card, save_run
 from fusionzoo.training import train
 from fusionzoo.training.evaluate import evaluate
 from fusionzoo.zoo import ROOT as ZOO
-from fusionzoo.zoo import shipped
+from fusionzoo.zoo import headline, shipped
 from tests.common import AVDIGITS, needs_avdigits, tiny_config
 
 
@@ -75,6 +75,8 @@ def test_every_shipped_model_has_a_card_and_builds():
         fresh, pretrained = fz.create_model(name), fz.create_model(name, pretrained=True)
         assert not pretrained.training and fresh.state_dict().keys() == pretrained.state_dict().keys()
         assert sum(f.stat().st_size for f in (ZOO / name).iterdir()) < 1 << 20  # small enough to ship
+        assert headline(name) == f"accuracy {100 * card['test']['accuracy']:.1f}% ({card['data']['name']} test)"
+    assert headline("not_shipped") == "-"  # a user's own model tagged pretrained lists without a card
 
 
 @pytest.mark.slow

@@ -12,7 +12,9 @@ from fusionzoo.bench.measure import (
     machine_tag,
     matmul_peak,
     peak_memory,
+    script_command,
     time_callable,
+    write_report,
 )
 from fusionzoo.bench.suite import SuiteOptions, run_suite
 
@@ -30,5 +32,7 @@ __all__ = [
     "matmul_peak",
     "peak_memory",
     "run_suite",
+    "script_command",
     "time_callable",
+    "write_report",
 ]

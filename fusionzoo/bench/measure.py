@@ -20,7 +20,9 @@ import math
 import os
 import platform
 import re
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +50,8 @@ __all__ = [
     "build_fusion",
     "fusion_inputs",
     "write_results",
+    "script_command",
+    "write_report",
     "REFERENCE_DIMS",
 ]
 
@@ -265,6 +269,20 @@ def write_results(out: Path, name: str, records: Sequence[Measurement], info: di
     write_text_atomic(paths[1], buf.getvalue())
     write_text_atomic(paths[2], markdown)
     return paths
+
+
+def script_command(script: str, argv: Sequence[str] | None) -> str:
+    """The command line a benchmark script ran as, for its result files: ``python benchmarks/<script> ARGS``."""
+    return f"python benchmarks/{script} {shlex.join(sys.argv[1:] if argv is None else argv)}".strip()
+
+
+def write_report(out: Path, name: str, payload: dict[str, Any], markdown: str) -> None:
+    """A benchmark script's results: ``<out>/<name>.json`` (the payload) and ``<name>.md``, each
+    written atomically; the markdown is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / f"{name}.json", json.dumps(payload, indent=1))
+    write_text_atomic(out / f"{name}.md", markdown)
+    print(markdown)
 
 
 def human_bytes(n: int | None) -> str:

@@ -35,6 +35,11 @@ def _frame_mask(lengths: Tensor, frames: int) -> Tensor:
     return torch.arange(frames, device=lengths.device) < lengths.unsqueeze(1)
 
 
+def _valid_frames(frames: Tensor | None, t: int) -> Tensor | None:
+    """``bool [b, 1, 1, t]``: which of ``t`` frames are inside each sample's ``frames``; None stays None (all valid)."""
+    return None if frames is None else _frame_mask(frames, t)[:, None, None, :]
+
+
 def _masked(x: Tensor, valid: Tensor | None) -> Tensor:
     """``x`` with the frames outside ``valid`` (``[b, 1, 1, t]``; None: all valid) set to 0."""
     return x if valid is None else torch.where(valid, x, 0.0)
@@ -46,7 +51,7 @@ def _all_valid(tokens: Tensor) -> Tensor:
 
 def _zero_padding(x: Tensor, frames: Tensor | None) -> Tensor:
     """``x [b, c, f, t]`` with the frames from ``frames [b]`` on set to 0 (nothing to do for None)."""
-    return x if frames is None else torch.where(_frame_mask(frames, x.shape[-1])[:, None, None, :], x, 0.0)
+    return _masked(x, _valid_frames(frames, x.shape[-1]))
 
 
 class LogMelFrontEnd(nn.Module):
@@ -113,7 +118,7 @@ class LogMelFrontEnd(nn.Module):
         """Clamp, normalise and augment a ``[b, 1, f, t]`` dB spectrogram using only valid frames
         (every frame when ``frames`` is None)."""
         dims = (-3, -2, -1)
-        valid = None if frames is None else _frame_mask(frames, spec.shape[-1])[:, None, None, :]  # [b, 1, 1, t]
+        valid = _valid_frames(frames, spec.shape[-1])  # [b, 1, 1, t]
         if self.top_db is not None:
             masked = spec if valid is None else torch.where(valid, spec, torch.finfo(spec.dtype).min)
             spec = torch.maximum(spec, masked.amax(dim=dims, keepdim=True) - self.top_db)

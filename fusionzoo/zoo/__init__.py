@@ -9,12 +9,11 @@ config and rewrites its folder, so the weights never drift from the code.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from fusionzoo.config import build_model, load_config
-from fusionzoo.hub import CARD, from_pretrained, is_pretrained_folder
+from fusionzoo.hub import from_pretrained, is_pretrained_folder, read_card
 from fusionzoo.models.multimodal import MultimodalModel
 from fusionzoo.registry import MODELS
 
@@ -29,8 +28,10 @@ def shipped() -> list[str]:
 
 
 def headline(name: str) -> str:
-    """``"accuracy 96.4% (avdigits test)"``: the card's headline test metric."""
-    card = json.loads((ROOT / name / CARD).read_text())
+    """``"accuracy 96.4% (avdigits test)"``: a shipped model's headline test metric ("-" for another name)."""
+    card = _CARDS.get(name)
+    if card is None:
+        return "-"
     value = card["test"][card["metric"]]
     shown = f"{100 * value:.1f}%" if card["metric"] in ("accuracy", "mAP", "micro_f1") else f"{value:.4f}"
     return f"{card['metric']} {shown} ({card['data'].get('name')} test)"
@@ -52,8 +53,10 @@ def _factory(folder: Path, card: dict) -> Callable[..., MultimodalModel]:
     return create
 
 
-for _name in shipped():
-    _card = json.loads((ROOT / _name / CARD).read_text())
+#: The shipped models' cards, read once at import.
+_CARDS = {name: read_card(ROOT / name) for name in shipped()}
+
+for _name, _card in _CARDS.items():
     MODELS.register(_name, modality="+".join(_card["modalities"]), tags=("pretrained", _card["task"], _card["data"].get("name", "")))(
         _factory(ROOT / _name, _card)
     )
