@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 from torch import nn
 
+from fusionzoo.encoders.base import takes_raw
 from fusionzoo.errors import ConfigError
 from fusionzoo.models.alignment import AlignmentModel
 from fusionzoo.models.multimodal import MultimodalModel
@@ -56,6 +57,7 @@ __all__ = [
     "apply_overrides",
     "build_model",
     "build_dataset",
+    "raw_modalities",
     "build_loss",
     "build_from_section",
     "num_classes_of",
@@ -264,7 +266,7 @@ def validate_config(cfg: Mapping[str, Any], origin: str = "<dict>") -> TrainSett
         if "loss" in align:
             _check_section(LOSSES, align["loss"], "align.loss", (), origin, tag="contrastive")
     if "data" in cfg:
-        _check_section(DATASETS, cfg["data"], "data", ("split", "fitted"), origin)
+        _check_section(DATASETS, cfg["data"], "data", ("split", "fitted", "raw"), origin)
     train = TrainSettings.from_dict(_mapping(cfg.get("train") or {}, "train", origin), origin)
     _check_section(OPTIMIZERS, train.optimizer, "train.optimizer", ("params", "lr", "weight_decay"), origin)
     if train.loss is not None:
@@ -319,10 +321,18 @@ def build_loss(cfg: ExperimentConfig, default: str = "cross_entropy") -> nn.Modu
 
 
 def build_dataset(cfg: ExperimentConfig, split: str, fitted: Mapping[str, Any] | None = None) -> Any:
-    """The ``data:`` section built with the derived ``split`` and, for datasets that fit something on
-    their training split (a vocabulary, a label list), the training split's ``fitted`` state."""
+    """The ``data:`` section built with the derived ``split``, for datasets that fit something on
+    their training split (a vocabulary, a label list) the training split's ``fitted`` state, and
+    ``raw``: the modalities whose encoder owns its preprocessing (a tokenizer), which the data gives
+    as they are (strings) for the encoder's preprocessing to turn into model input."""
     section = cfg.require("data", "to train or evaluate")
-    return build_from_section(DATASETS, section, "data", cfg.origin, split=split, fitted=fitted)
+    return build_from_section(DATASETS, section, "data", cfg.origin, split=split, fitted=fitted, raw=raw_modalities(cfg))
+
+
+def raw_modalities(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The config's modalities whose encoder reads raw samples (``takes_raw``), sorted."""
+    encoders = (cfg.align or {}).get("encoders") if cfg.kind == "align" else (cfg.model or {}).get("encoders")
+    return tuple(sorted(m for m, s in (encoders or {}).items() if s.get("name") in ENCODERS and takes_raw(ENCODERS.get(s["name"]).fn)))
 
 
 def num_classes_of(dataset: Any) -> int:

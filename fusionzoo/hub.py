@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from fusionzoo.config import build_dataset, build_model, load_config
 from fusionzoo.data.loader import make_loader
+from fusionzoo.encoders.base import preprocessors
 from fusionzoo.errors import CheckpointError
 from fusionzoo.models.multimodal import MultimodalModel
 from fusionzoo.registry import MODELS
@@ -115,7 +116,7 @@ def evaluate_folder(folder: str | Path, data_overrides: dict[str, Any] | None = 
     cfg = load_config({"data": data, "model": model.config})
     fitted = json.loads((Path(folder) / DATA_STATE).read_text()) if (Path(folder) / DATA_STATE).is_file() else None
     test_set = build_dataset(cfg, "test", fitted)
-    return evaluate(model, make_loader(test_set, batch_size), get_task(test_set))
+    return evaluate(model, make_loader(test_set, batch_size, preprocess=preprocessors(model.encoders)), get_task(test_set))
 
 
 def save_run(run: str | Path, folder: str | Path, *, name: str | None = None, command: str | None = None, limitations: str = "") -> Path:
@@ -145,7 +146,7 @@ def save_run(run: str | Path, folder: str | Path, *, name: str | None = None, co
         "fusionzoo": _version(),
     }
     state = load_data_state(run_dir)
-    record["input_shapes"] = _input_shapes(cfg, state, model.modalities)
+    record["input_shapes"] = _input_shapes(cfg, state, model)
     files = {CARD: json.dumps(record, indent=1)}
     if state is not None:
         files[DATA_STATE] = json.dumps(state, indent=1)
@@ -160,13 +161,14 @@ def _version() -> str:
         return "unknown"
 
 
-def _input_shapes(cfg: Any, fitted: dict | None, modalities: tuple[str, ...]) -> dict[str, list[int]]:
+def _input_shapes(cfg: Any, fitted: dict | None, model: Any) -> dict[str, list[int]]:
     """Per modality, the largest input of a test sample, dimension by dimension (the longest clip, the
-    longest caption): what ``fusionzoo export`` fixes image sizes and waveform lengths to."""
+    longest caption): what ``fusionzoo export`` fixes image sizes and waveform lengths to. A
+    modality whose preprocessing gives a dict (token ids and mask) has no single shape and is left out."""
     shapes: dict[str, list[int]] = {}
-    for batch in make_loader(build_dataset(cfg, "test", fitted), 256):
-        for m in modalities:
-            if m in batch:
+    for batch in make_loader(build_dataset(cfg, "test", fitted), 256, preprocess=preprocessors(model.encoders)):
+        for m in model.modalities:
+            if m in batch and isinstance(batch[m], torch.Tensor):
                 shape = list(batch[m].shape[1:])
                 shapes[m] = [max(a, b) for a, b in zip(shapes.get(m, shape), shape)]
     return shapes

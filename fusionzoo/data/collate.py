@@ -13,6 +13,11 @@ absent (or ``None``). The batch follows DESIGN.md's contract:
 * :class:`Frames` samples (variable-length ``[..., t]``, e.g. cached spectrograms ``[1, f, t]``) are
   right-padded with zeros along their last dim, with ``batch["<m>_lengths"]``; a dataset opts in by
   wrapping them, so a plain N-D tensor of another shape (an image of another size) stays an error;
+* a modality with a preprocessor (``preprocess={m: fn}``: the encoder's own, see
+  :mod:`fusionzoo.encoders.preprocess`) gives its raw samples (strings, waveforms, images of any
+  size) of the present rows to ``fn``, which returns a tensor ``[p, ...]`` or a dict of them (token
+  ids and their mask); a missing row's slot is a copy of the first present row (a well-formed input,
+  whose output ``present`` hides);
 * ``batch["present"][m]`` is a bool ``[b]`` for every modality in the batch;
 * ``batch["label"]`` is a ``long [b]`` for integer labels (classes), a ``float [b]`` for float
   labels (regression targets) and a stacked ``[b, ...]`` for tensor labels (multi-label targets).
@@ -22,8 +27,9 @@ Nothing is truncated, and shapes or dtypes that disagree within a modality raise
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,7 +46,7 @@ class Frames:
 RESERVED = ("label", "present")
 
 
-def collate(samples: Sequence[dict]) -> dict:
+def collate(samples: Sequence[dict], preprocess: Mapping[str, Callable[[list], Any]] | None = None) -> dict:
     """Stack, pad and mask a list of samples; see the module docstring."""
     if len(samples) == 0:
         raise ValueError("collate: got no samples")
@@ -49,6 +55,10 @@ def collate(samples: Sequence[dict]) -> dict:
     present: dict[str, Tensor] = {}
     for m in modalities:
         items = [s.get(m) for s in samples]
+        if preprocess is not None and m in preprocess:
+            batch[m] = _preprocessed(m, items, preprocess[m])
+            present[m] = torch.tensor([x is not None for x in items])
+            continue
         if any(isinstance(x, Frames) for x in items):
             batch[m], batch[f"{m}_lengths"] = _pad_frames(m, items)
             present[m] = torch.tensor([x is not None for x in items])
@@ -80,6 +90,22 @@ def collate(samples: Sequence[dict]) -> dict:
     batch["label"] = _labels(samples)
     batch["present"] = present
     return batch
+
+
+def _preprocessed(m: str, items: list, fn: Callable[[list], Any]) -> Tensor | dict[str, Tensor]:
+    """``fn`` on the present rows' raw samples, spread back over the batch (missing rows: row 0's copy)."""
+    rows = [i for i, x in enumerate(items) if x is not None]
+    out = fn([items[i] for i in rows])
+    parts = out if isinstance(out, Mapping) else {"": out}
+    for k, v in parts.items():
+        if not isinstance(v, Tensor) or v.dim() == 0 or v.shape[0] != len(rows):
+            got = f"{v.dtype} {list(v.shape)}" if isinstance(v, Tensor) else type(v).__name__
+            raise ValueError(f"collate: {m!r} preprocessing of {len(rows)} samples gave {k or 'a value'} {got}, expected [{len(rows)}, ...]")
+    if len(rows) == len(items):
+        return out
+    index = torch.zeros(len(items), dtype=torch.long)
+    index[rows] = torch.arange(len(rows))
+    return {k: v[index] for k, v in out.items()} if isinstance(out, Mapping) else out[index]
 
 
 def _pad_frames(m: str, items: list) -> tuple[Tensor, Tensor]:

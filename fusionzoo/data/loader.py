@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,11 +31,13 @@ def make_loader(
     distributed: bool | None = None,
     seed: int = 0,
     drop_last: bool = False,
+    preprocess: Mapping[str, Callable[[list], Any]] | None = None,
 ) -> DataLoader:
     """A ``DataLoader`` with :func:`~fusionzoo.data.collate.collate`, a seeded generator (same order
     for the same seed), persistent workers, pinned memory when CUDA is available, and a
     ``DistributedSampler`` when ``distributed`` (default: when ``torch.distributed`` is initialised,
     as under ``torchrun``). With a distributed sampler, call ``loader.sampler.set_epoch(epoch)``.
+    ``preprocess`` (modality -> the encoder's preprocessor) runs in collation, in the workers.
     """
     if distributed is None:
         distributed = dist.is_available() and dist.is_initialized()
@@ -45,7 +50,7 @@ def make_loader(
         shuffle=shuffle and sampler is None,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=partial(collate, preprocess=dict(preprocess)) if preprocess else collate,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
         worker_init_fn=_seed_worker,

@@ -27,6 +27,11 @@ A config names a column per modality and how to read it::
   the ``train`` split only and held in :attr:`fitted`; the training loop passes that to ``val`` and
   ``test`` and saves it in the run folder (``data_state.json``), so evaluation and ``--resume`` use
   the same ids.
+* **Raw text for encoders that tokenize.** A model whose encoder owns its preprocessing (``hf_text``,
+  ``open_clip``: a tokenizer) gets the column's strings as they are: the builder derives ``raw``
+  (those modalities) from the model config, no vocabulary is fitted for them, and the encoder's
+  preprocessing runs in the data workers at collation. Images and audio are the same either way
+  (decoded tensors at the column's ``size`` if given, else their own; waveforms at ``sample_rate``).
 * **Tasks.** ``multiclass`` (one label per row), ``multilabel`` (labels joined by ``separator``,
   default ``;``, or a JSON list; an empty cell is the empty set) and ``regression`` (a number; the
   head has one output). ``allow_unlabelled: true`` accepts empty label cells (ignored by the loss).
@@ -145,7 +150,7 @@ class _Record:
 class ManifestDataset(Dataset):
     """Samples from a CSV or JSONL manifest (see the module docstring).
 
-    Samples: ``{modality: image float [c, h, w] | audio float [t] | text long [l] | features float [d],
+    Samples: ``{modality: image float [c, h, w] | audio float [t] | text long [l] (str when raw) | features float [d],
     "label": int | float | float [k]}``; a modality whose cell is empty is left out.
     """
 
@@ -163,6 +168,7 @@ class ManifestDataset(Dataset):
         check: str = "header",
         split: str = "train",
         fitted: Mapping[str, Any] | None = None,
+        raw: tuple[str, ...] | list[str] = (),
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"manifest: split must be one of {SPLITS}, got {split!r}")
@@ -174,12 +180,20 @@ class ManifestDataset(Dataset):
             raise ValueError(f"cache_dir: only used with cache: disk (cache is {cache!r})")
         if check not in ("header", "decode"):
             raise ValueError(f"check: 'header' or 'decode', got {check!r}")
-        self._args = {"path": path, "modalities": modalities, "label": label, "splits": splits, "root": root, "on_error": on_error, "cache": cache, "cache_dir": cache_dir, "check": check}
+        self._args = {"path": path, "modalities": modalities, "label": label, "splits": splits, "root": root, "on_error": on_error, "cache": cache, "cache_dir": cache_dir, "check": check, "raw": raw}
         self.path = Path(path)
         self.root = Path(root) if root is not None else self.path.parent
         self.split, self.on_error, self.cache = split, on_error, cache
         self._disk = DiskCache(cache_dir if cache_dir is not None else self.path.parent / ".fusionzoo-cache") if cache == "disk" else None
         self.specs = self._modalities(modalities)
+        self.raw = tuple(m for m in raw if m in self.specs)
+        for m in self.raw:
+            word_options = sorted(set(self.specs[m].options) & set(TEXT_OPTIONS))
+            if word_options:
+                raise ValueError(
+                    f"modalities.{m}.{word_options[0]}: a word-vocabulary option, but the model's {m} encoder tokenizes "
+                    "the text itself (its tokenizer's max_length and truncation say how long a text may be)"
+                )
         self.modalities = tuple(sorted(self.specs))
         self.standardized = tuple(m for m, s in self.specs.items() if s.kind == "image" and s.reader.normalized)
         self._label(label)
@@ -360,7 +374,7 @@ class ManifestDataset(Dataset):
                     raise ValueError(f"{self.path}: the training split has no labels")
         for m, spec in self.specs.items():
             present = [r.values[m] for r in records if r.values[m] is not None]
-            if spec.kind == "text":
+            if spec.kind == "text" and m not in self.raw:
                 o = spec.options
                 vocab = Vocab.build(present, min_freq=o.get("min_freq", 1), max_size=o.get("max_size"), lower=o.get("lower", True))
                 fitted["vocabs"][m] = {"lower": vocab.lower, "itos": vocab.itos}
@@ -381,7 +395,7 @@ class ManifestDataset(Dataset):
         self.vocabs = {m: Vocab(v["itos"], lower=v["lower"]) for m, v in fitted["vocabs"].items()}
         self.feature_dims = dict(fitted["feature_dims"])
         for m, spec in self.specs.items():
-            if spec.kind == "text" and m not in self.vocabs or spec.kind == "features" and m not in self.feature_dims:
+            if spec.kind == "text" and m not in self.vocabs and m not in self.raw or spec.kind == "features" and m not in self.feature_dims:
                 raise ValueError(f"modalities.{m}: the training split's saved state has nothing for it")
         if len(self.vocabs) == 1:
             self.vocab = next(iter(self.vocabs.values()))
@@ -396,7 +410,7 @@ class ManifestDataset(Dataset):
                     value = record.values[m]
                     if value is None:
                         continue
-                    if spec.kind == "text":
+                    if spec.kind == "text" and m not in self.raw:
                         ids = self.vocabs[m].ids(value)
                         if spec.options.get("max_tokens") is not None:
                             ids = ids[: int(spec.options["max_tokens"])]

@@ -1,15 +1,17 @@
 """Modality encoders, one file per modality; importing this package registers them in ``ENCODERS``."""
 
-from fusionzoo.encoders import audio, features, text, visual
+from fusionzoo.encoders import audio, features, hf, text, timm, visual
 from fusionzoo.encoders.audio import AudioResNet18, AudioSpecCNN, LogMelFrontEnd
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.encoders.features import FeatureMLPEncoder
+from fusionzoo.encoders.hf import HFAudioEncoder, HFTextEncoder, HFVisionEncoder
 from fusionzoo.encoders.text import (
     TextEmbeddingEncoder,
     TextLSTMEncoder,
     TextTransformerEncoder,
     load_word_vectors,
 )
+from fusionzoo.encoders.timm import TimmEncoder
 from fusionzoo.encoders.visual import BACKBONES, LeNet, TorchvisionBackbone, VisualCNN
 
 __all__ = [
@@ -18,16 +20,22 @@ __all__ = [
     "AudioSpecCNN",
     "Encoder",
     "FeatureMLPEncoder",
+    "HFAudioEncoder",
+    "HFTextEncoder",
+    "HFVisionEncoder",
     "LeNet",
     "LogMelFrontEnd",
     "TextEmbeddingEncoder",
     "TextLSTMEncoder",
     "TextTransformerEncoder",
+    "TimmEncoder",
     "TorchvisionBackbone",
     "VisualCNN",
     "audio",
     "features",
+    "hf",
     "load_word_vectors",
     "text",
+    "timm",
     "visual",
 ]

@@ -6,11 +6,13 @@ Legend: ``b`` batch, ``n`` tokens, ``d`` features.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from functools import cache
+from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["Encoder", "input_kwargs", "takes_lengths"]
+__all__ = ["Encoder", "input_kwargs", "preprocessors", "takes_raw", "takes_lengths"]
 
 
 class Encoder(nn.Module):
@@ -25,6 +27,8 @@ class Encoder(nn.Module):
 
     modality: str
     out_dim: int
+    #: True for encoders that read raw samples through their own ``preprocessor`` (see :func:`takes_raw`).
+    takes_raw: bool = False
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
@@ -52,3 +56,15 @@ def input_kwargs(encoder: nn.Module, batch: dict, modality: str) -> dict[str, Te
     and records its lengths, also fixed-width feature vectors, which have nothing to mask."""
     key = f"{modality}_lengths"
     return {"lengths": batch[key]} if key in batch and takes_lengths(type(encoder)) else {}
+
+
+def takes_raw(encoder: object) -> bool:
+    """Whether an encoder (or encoder class) reads raw samples through its own ``preprocessor``
+    (``hf_*``, ``timm``, ``open_clip``): the data then gives it strings, waveforms and decoded images."""
+    return bool(getattr(encoder, "takes_raw", False))
+
+
+def preprocessors(encoders: Mapping[str, nn.Module]) -> dict[str, Callable[[list], Any]]:
+    """``{modality: encoder.preprocessor}`` for the encoders that own their preprocessing: what the
+    data loader's collation runs (:func:`fusionzoo.data.loader.make_loader`'s ``preprocess``)."""
+    return {m: enc.preprocessor for m, enc in encoders.items() if takes_raw(enc)}

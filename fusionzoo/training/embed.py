@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from fusionzoo.config import build_dataset
 from fusionzoo.data.loader import make_loader
-from fusionzoo.encoders.base import input_kwargs
+from fusionzoo.encoders.base import input_kwargs, preprocessors
 from fusionzoo.models.alignment import AlignmentModel
 from fusionzoo.training.checkpoint import load_data_state, load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import move_batch
@@ -44,7 +44,7 @@ def embed_run(run: str | Path, splits: Iterable[str] = ("train", "val", "test"),
         features: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
         present: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
         labels = []
-        for batch in make_loader(dataset, batch_size):
+        for batch in make_loader(dataset, batch_size, preprocess=preprocessors(model.encoders)):
             batch = move_batch(batch, device)
             n = batch["label"].shape[0]
             outputs = model(batch) if isinstance(model, AlignmentModel) else {

@@ -50,6 +50,7 @@ from fusionzoo.config import (
 from fusionzoo.data.frontend_cache import FrontendCache
 from fusionzoo.data.loader import make_loader
 from fusionzoo.encoders.audio import LogMelFrontEnd
+from fusionzoo.encoders.base import preprocessors
 from fusionzoo.fusion.dropout import ModalityDropout
 from fusionzoo.optim import warmup_cosine
 from fusionzoo.errors import TrainingDiverged
@@ -153,13 +154,16 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tu
     say = print if (log and rank == 0) else (lambda *a, **k: None)
     unfreezer, init_report, regularizer = _prepare_transfer(cfg, model, say, world)
     objective = build_objective(cfg, model, classes, device, task=getattr(datasets["train"], "task", "multiclass"))
+    preprocess = preprocessors(model.encoders)
     loader = make_loader(
         datasets["train"], settings.batch_size, shuffle=True, num_workers=settings.num_workers, seed=cfg.seed,
-        distributed=world > 1, drop_last=objective.drop_last,
+        distributed=world > 1, drop_last=objective.drop_last, preprocess=preprocess,
     )
     eval_batch = max(settings.batch_size, 256)
     splits = ("train", "val", "test") if objective.needs_train_split else ("val", "test")
-    loaders = {s: make_loader(datasets[s], eval_batch, num_workers=settings.num_workers, distributed=False) for s in splits}
+    loaders = {
+        s: make_loader(datasets[s], eval_batch, num_workers=settings.num_workers, distributed=False, preprocess=preprocess) for s in splits
+    }
     optimizer = _build_optimizer(cfg, model, objective, regularizer)
     steps = len(loader)
     schedule = warmup_cosine(round(settings.warmup_epochs * steps), settings.epochs * steps)
@@ -334,8 +338,8 @@ def _train_epoch(run: _Run, state: TrainState, step: nn.Module, epoch: int) -> d
     for i, batch in enumerate(bar):
         batch = move_batch(batch, run.device)
         if dropout is not None:
-            feats = {m: batch[m] for m in model.modalities if m in batch}
-            batch["present"] = dropout(feats, {m: p for m, p in batch["present"].items() if m in feats})
+            given = {m: batch["present"][m] for m in model.modalities if m in batch}  # [b] each: the batch size and device
+            batch["present"] = dropout(given, given)
         buffers = [b.detach().clone() for b in model.buffers()] if settings.on_nonfinite == "skip_batch" else None
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=autocast):
             loss, stats = step(batch)

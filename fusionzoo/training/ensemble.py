@@ -28,6 +28,7 @@ from torch import Tensor
 from fusionzoo.atomic import write_text_atomic
 from fusionzoo.config import build_dataset
 from fusionzoo.data.loader import make_loader
+from fusionzoo.encoders.base import takes_raw
 from fusionzoo.training.checkpoint import load_data_state, load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import move_batch, subsets
 from fusionzoo.training.tasks import get_task
@@ -121,6 +122,10 @@ def ensemble_runs(
     for (model, cfg, _), run in zip(loaded, runs):
         if cfg.kind != "model":
             raise ValueError(f"ensemble: {run} is not a classifier run")
+    for model, run in zip(models, runs):
+        owning = [m for m, enc in model.encoders.items() if takes_raw(enc)]
+        if owning:
+            raise ValueError(f"ensemble: {run}'s {owning[0]} encoder owns its preprocessing (a tokenizer or processor); ensembles of such runs are not supported yet")
     classes = {m.out_dim for m in models}
     if len(classes) != 1:
         raise ValueError(f"ensemble: the runs predict different numbers of classes: {[m.out_dim for m in models]}")

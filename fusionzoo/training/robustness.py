@@ -17,6 +17,7 @@ from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
 from fusionzoo.bench.measure import count_flops
 from fusionzoo.config import build_dataset
 from fusionzoo.data.loader import make_loader
+from fusionzoo.encoders.base import preprocessors
 from fusionzoo.training.checkpoint import load_data_state, load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import NOISE_LEVELS, evaluate, move_batch, subsets
 from fusionzoo.training.tasks import get_task
@@ -56,7 +57,7 @@ def evaluate_run(
     test_set = build_dataset(cfg, "test", load_data_state(run_dir))
     task = get_task(test_set)
     metric = task.default_metric
-    loader = make_loader(test_set, batch_size)
+    loader = make_loader(test_set, batch_size, preprocess=preprocessors(model.encoders))
     missing = set(missing)
     for m in list(missing) + list(noise or {}):
         if m not in model.modalities:
