@@ -43,11 +43,12 @@ docs: $(STAMP)
 
 venv: $(STAMP)
 
-# Re-install when the pinned set or the package metadata changes.
-$(STAMP): requirements/pinned.txt pyproject.toml
+# Re-install when the pinned sets or the package metadata change. Every optional extra whose tests
+# exist is installed, so the tests of all of them run; `pip install fusionzoo` alone stays light.
+$(STAMP): requirements/pinned.txt requirements/extras.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -r requirements/pinned.txt
-	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test,bench]"
+	$(BIN)/python -m pip install -q -r requirements/pinned.txt -r requirements/extras.txt
+	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test,bench,hf,timm,clip,export]"
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 

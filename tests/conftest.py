@@ -1,3 +1,8 @@
+import os
+
+# Tests never reach a model hub: a hub name not in the cache fails at once instead of after retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import torch
 

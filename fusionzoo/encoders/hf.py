@@ -122,6 +122,13 @@ def word_tokenizer(words: Sequence[str], *, max_length: int = 512, lowercase: bo
     )
 
 
+def _has_pooler(backbone: nn.Module) -> bool:
+    """Whether the model returns a ``pooler_output`` (its output class is a "...WithPooling..." one and
+    no pooler layer was left out)."""
+    annotation = str(inspect.signature(backbone.forward).return_annotation)
+    return "Pooling" in annotation and not (hasattr(backbone, "pooler") and backbone.pooler is None)
+
+
 def _hidden_size(config: Any) -> int:
     for key in ("hidden_size", "d_model"):
         if isinstance(getattr(config, key, None), int):
@@ -154,7 +161,7 @@ class _HFEncoder(Encoder):
         if getattr(backbone.config, "is_encoder_decoder", False):
             backbone = backbone.get_encoder()
         self.backbone = backbone
-        if pool == "pooler" and getattr(backbone, "pooler", None) is None:
+        if pool == "pooler" and not _has_pooler(backbone):
             raise ValueError(f"{what}: pool='pooler' but {type(backbone).__name__} has no pooler; use 'mean' or 'cls'")
         if pool != "pooler" and isinstance(getattr(backbone, "pooler", None), nn.Module):
             backbone.pooler.requires_grad_(False)  # computed by the model but unused: kept so its weights load
@@ -207,6 +214,8 @@ class _HFEncoder(Encoder):
 
     def _pool(self, hidden: Tensor, mask: Tensor | None, out: Any) -> Tensor:
         if self.pool == "pooler":
+            if getattr(out, "pooler_output", None) is None:
+                raise ValueError(f"{self.what}: the model returned no pooler_output; use pool 'mean' or 'cls'")
             return out.pooler_output.flatten(1)
         if self.pool == "cls":
             return hidden[:, 0]
