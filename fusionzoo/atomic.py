@@ -6,12 +6,13 @@ A reader sees the old file or the new one, never a half-written one.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["write_bytes_atomic", "write_text_atomic", "atomic_path", "pyplot", "save_figure_atomic"]
+__all__ = ["write_bytes_atomic", "write_text_atomic", "atomic_path", "atomic_folder", "pyplot", "save_figure_atomic"]
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -53,6 +54,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """For writers of several files (``save_pretrained``): an empty temporary folder beside ``path``
+    that replaces ``path`` (and whatever it held) when the block succeeds, removed when it fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

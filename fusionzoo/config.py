@@ -291,19 +291,25 @@ def _build_encoders(cfg: ExperimentConfig, path: str, sections: Mapping[str, Any
     return {m: build_from_section(ENCODERS, s, f"{path}.{m}", cfg.origin, modality=m) for m, s in sorted(sections.items())}
 
 
-def build_model(cfg: str | Path | Mapping[str, Any] | ExperimentConfig) -> MultimodalModel | AlignmentModel:
+def build_model(
+    cfg: str | Path | Mapping[str, Any] | ExperimentConfig, encoder_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> MultimodalModel | AlignmentModel:
     """The model a config describes: a :class:`MultimodalModel` for ``model:``, an
-    :class:`AlignmentModel` for ``align:``."""
+    :class:`AlignmentModel` for ``align:``. ``encoder_overrides`` (modality -> arguments) update the
+    encoder sections: a run folder's saved preprocessing (:mod:`fusionzoo.models.saved_encoders`);
+    ``model.config`` stays the config's own section."""
     cfg = load_config(cfg)
     if cfg.kind is None:
         raise cfg.error("model", "required to build a model")
+    section = cfg.align if cfg.kind == "align" else cfg.model
+    sections = {m: {**s, **(encoder_overrides or {}).get(m, {})} for m, s in section["encoders"].items()}
     if cfg.kind == "align":
-        encoders = _build_encoders(cfg, "align.encoders", cfg.align["encoders"])
+        encoders = _build_encoders(cfg, "align.encoders", sections)
         try:
             return AlignmentModel(encoders=encoders, order=cfg.align.get("order"))
         except ValueError as e:
             raise cfg.error("align.encoders", str(e)) from e
-    encoders = _build_encoders(cfg, "model.encoders", cfg.model["encoders"])
+    encoders = _build_encoders(cfg, "model.encoders", sections)
     in_dims = {m: enc.out_dim for m, enc in encoders.items()}
     fusion = build_from_section(FUSIONS, cfg.model["fusion"], "model.fusion", cfg.origin, in_dims=in_dims)
     head = build_from_section(HEADS, cfg.model["head"], "model.head", cfg.origin, in_dim=fusion.out_dim)

@@ -34,6 +34,7 @@ from fusionzoo.data.loader import make_loader
 from fusionzoo.encoders.base import preprocessors
 from fusionzoo.errors import CheckpointError
 from fusionzoo.models.multimodal import MultimodalModel
+from fusionzoo.models.saved_encoders import load_encoder_overrides
 from fusionzoo.registry import MODELS
 from fusionzoo.training.checkpoint import DATA_STATE, load_data_state, load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import evaluate
@@ -74,7 +75,7 @@ def _resolve(source: str | Path) -> Path:
 def _load_folder(folder: Path) -> MultimodalModel:
     cfg = load_config(folder / "config.yaml")
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg, load_encoder_overrides(folder))
     try:
         weights = load_file(str(folder / "model.safetensors"))
     except (SafetensorError, OSError) as e:

@@ -64,3 +64,17 @@ def vision_model(folder: Path, arch: str = "vit") -> Path:
     kwargs = {"size": {"height": 32, "width": 32}} if arch == "vit" else {"size": {"shortest_edge": 32}, "crop_pct": 0.875}
     processor(**kwargs).save_pretrained(folder)
     return folder
+
+
+def offline(cfg: dict, folder: Path) -> dict:
+    """``cfg`` with every hub model replaced by a tiny local one of its kind (``pretrained`` off), so a
+    config that names hub checkpoints builds here with no network: its structure is what is tested."""
+    makers = {"hf_text": text_model, "hf_audio": audio_model, "hf_vision": vision_model}
+    section = cfg.get("model") or cfg.get("align")
+    for m, enc in section["encoders"].items():
+        if enc["name"] in makers and not Path(str(enc["model"])).is_dir():
+            enc["model"] = str(makers[enc["name"]](folder / f"{m}-{enc['name']}"))
+            enc.pop("tokenizer", None)
+        if enc["name"] == "timm":
+            enc["pretrained"] = False
+    return cfg

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -39,6 +40,13 @@ class Encoder(nn.Module):
     @property
     def has_tokens(self) -> bool:
         return type(self).forward_tokens is not Encoder.forward_tokens
+
+    def save_preprocessing(self, folder: Path) -> dict[str, Any]:
+        """Write what rebuilding this encoder needs besides its config and weights (a tokenizer, the
+        backbone's architecture) into ``folder``; returns the constructor arguments that point at it
+        (``{"model": folder, "tokenizer": folder}``) or that stop a download (``{"pretrained": False}``).
+        The built-in encoders are rebuilt from their config alone: ``{}``."""
+        return {}
 
     def example_input(self, batch_size: int = 2) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement example_input")

@@ -40,6 +40,7 @@ __all__ = ["HFTextEncoder", "HFAudioEncoder", "HFVisionEncoder", "load_hf", "wor
 POOLS = ("mean", "cls", "pooler")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 ModelSpec = str | Path | Mapping[str, Any]
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def _transformers(what: str) -> Any:
@@ -84,6 +85,10 @@ def load_hf(auto: str, model: ModelSpec, *, what: str, **kwargs: Any) -> Any:
     path = Path(model)
     if path.exists() and not (path.is_dir() and (path / "config.json").is_file()):
         raise ValueError(f"{what}: {model} is not a Hugging Face model folder (no config.json); write one with save_pretrained")
+    if path.is_dir() and not any((path / name).is_file() for name in WEIGHT_FILES):
+        # An architecture without weights (what save_preprocessing writes: the weights are fusionzoo's).
+        with _quiet(transformers):
+            return cls.from_config(transformers.AutoConfig.from_pretrained(str(path)), **kwargs)
     try:
         with _quiet(transformers):
             return cls.from_pretrained(str(model), **kwargs)
@@ -195,6 +200,19 @@ class _HFEncoder(Encoder):
         """The batch input for ``raws`` (strings, waveforms or images): see ``self.preprocessor``."""
         return self.preprocessor(raws, **kwargs)
 
+    #: The constructor argument naming where the preprocessing is read from.
+    preprocessing_arg = ""
+
+    def _preprocessing_object(self) -> Any:
+        raise NotImplementedError
+
+    def save_preprocessing(self, folder: Path) -> dict[str, Any]:
+        """The backbone's ``config.json`` (no weights: those are in the fusionzoo model) and the
+        tokenizer / feature extractor / image processor, all with their ``save_pretrained``."""
+        self.backbone.config.save_pretrained(folder)
+        self._preprocessing_object().save_pretrained(folder)
+        return {"model": str(folder), self.preprocessing_arg: str(folder)}
+
     # -- forward
     def _inputs(self, x: Any) -> tuple[dict[str, Tensor], Tensor | None]:
         """The model's keyword inputs, and the input-level mask (tokens, samples) if there is one."""
@@ -262,6 +280,7 @@ class HFTextEncoder(_HFEncoder):
     """
 
     registry_name = "hf_text"
+    preprocessing_arg = "tokenizer"
 
     def __init__(
         self,
@@ -302,6 +321,9 @@ class HFTextEncoder(_HFEncoder):
         self.max_length = int(max_length)
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in self.model_inputs]
         self.preprocessor = TextPreprocessor(tok, max_length=self.max_length, truncation=truncation, keys=keys, modality=modality)
+
+    def _preprocessing_object(self) -> Any:
+        return self.preprocessor.tokenizer
 
     @staticmethod
     def _position_limit(config: Any) -> int | None:
@@ -349,6 +371,7 @@ class HFAudioEncoder(_HFEncoder):
     """
 
     registry_name = "hf_audio"
+    preprocessing_arg = "feature_extractor"
 
     def __init__(
         self,
@@ -380,6 +403,9 @@ class HFAudioEncoder(_HFEncoder):
             min_samples=self._receptive_field(self.backbone.config), modality=modality,
         )
         self.sample_rate = sample_rate or extractor.sampling_rate
+
+    def _preprocessing_object(self) -> Any:
+        return self.preprocessor.extractor
 
     def _default_extractor(self) -> Any:
         transformers = _transformers(self.what)
@@ -449,6 +475,7 @@ class HFVisionEncoder(_HFEncoder):
     """
 
     registry_name = "hf_vision"
+    preprocessing_arg = "image_processor"
     normalizes_input = True
 
     def __init__(
@@ -473,6 +500,9 @@ class HFVisionEncoder(_HFEncoder):
         else:
             processor = _load_side("AutoImageProcessor", source, what=self.what)
         self.preprocessor = ImagePreprocessor(_HFImageTransform(processor), channels=getattr(config, "num_channels", 3), modality=modality)
+
+    def _preprocessing_object(self) -> Any:
+        return self.preprocessor.transform.processor
 
     def _default_processor(self, config: Any) -> Any:
         size = getattr(config, "image_size", 224)

@@ -112,6 +112,11 @@ class TimmEncoder(Encoder):
         transform = timm.data.create_transform(**config, is_training=False)
         self.preprocessor = ImagePreprocessor(_TimmTransform(transform), channels=in_channels, modality=modality)
 
+    def save_preprocessing(self, folder: Path) -> dict[str, Any]:
+        """Nothing to write (timm's preprocessing comes from the architecture's own data config); the
+        rebuilt encoder must not download or read the weights the fusionzoo model already holds."""
+        return {"pretrained": False, "checkpoint": None}
+
     def preprocess(self, images: Sequence[Any]) -> Tensor:
         """``float [b, c, H, W]`` for decoded images (uint8, or float in [0, 1]) of any size."""
         return self.preprocessor(images)

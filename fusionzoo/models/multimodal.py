@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from fusionzoo.atomic import write_bytes_atomic, write_text_atomic
 from fusionzoo.encoders.base import input_kwargs
 from fusionzoo.fusion.base import FusionBlock
+from fusionzoo.models.saved_encoders import save_encoders
 
 __all__ = ["MultimodalModel", "PRETRAINED_FILES"]
 
@@ -64,7 +65,9 @@ class MultimodalModel(nn.Module):
         """Save as a folder in the Hugging Face Hub layout: ``config.yaml`` (the ``model:`` section it
         was built from: a loadable config), ``model.safetensors``, ``README.md`` (the model card:
         ``card``, or a short one naming the parts) and ``files`` (name -> text: a label list,
-        ``data_state.json``, ``card.json``). Every file is written atomically.
+        ``data_state.json``, ``card.json``) and what the encoders need besides their weights (a
+        tokenizer, an image processor: ``encoders/<m>/`` and ``encoders.yaml``). Every file is written
+        atomically.
         :func:`fusionzoo.from_pretrained` loads it; ``huggingface_hub.upload_folder`` can publish it."""
         if self.config is None:
             raise ValueError("save_pretrained: the model has no config; build it with fusionzoo.build_model (or set model.config)")
@@ -74,6 +77,7 @@ class MultimodalModel(nn.Module):
         write_text_atomic(folder / "config.yaml", yaml.safe_dump({"model": self.config}, sort_keys=False))
         for name, text in (files or {}).items():
             write_text_atomic(folder / name, text)
+        save_encoders(self.encoders, folder)
         write_text_atomic(folder / "README.md", card if card is not None else self._short_card())
         return folder
 

@@ -41,6 +41,7 @@ from torch import nn
 from fusionzoo.atomic import write_text_atomic
 from fusionzoo.config import ExperimentConfig, build_model, load_config
 from fusionzoo.errors import CheckpointError
+from fusionzoo.models.saved_encoders import load_encoder_overrides
 
 __all__ = [
     "CheckpointError",
@@ -249,6 +250,6 @@ def load_run(path: str | Path) -> tuple[nn.Module, ExperimentConfig, Path]:
     run_dir, checkpoint = resolve_checkpoint(path)
     cfg = load_run_config(run_dir)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
+    model = build_model(cfg, load_encoder_overrides(run_dir))
     load_model_weights(model, checkpoint)
     return model.eval(), cfg, checkpoint

@@ -52,6 +52,7 @@ from fusionzoo.data.loader import make_loader
 from fusionzoo.encoders.audio import LogMelFrontEnd
 from fusionzoo.encoders.base import preprocessors
 from fusionzoo.fusion.dropout import ModalityDropout
+from fusionzoo.models.saved_encoders import OVERRIDES_FILE, load_encoder_overrides, save_encoders
 from fusionzoo.optim import warmup_cosine
 from fusionzoo.errors import TrainingDiverged
 from fusionzoo.registry import OPTIMIZERS
@@ -146,7 +147,8 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tu
     rank, world, device = _setup_distributed(settings.device)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     datasets, data_files = _datasets(cfg, run_dir if resume else None)
-    model = build_model(cfg)
+    # A resumed run rebuilds its encoders from the preprocessing it saved, as eval does.
+    model = build_model(cfg, load_encoder_overrides(run_dir) if resume else None)
     classes = check_model_fits_data(cfg, model, datasets["train"])
     if settings.cache_frontend:
         datasets = cache_frontends(cfg, model, datasets)
@@ -303,6 +305,8 @@ def _write_run_files(run: _Run, state: TrainState) -> None:
         write_text_atomic(run.run_dir / "init_report.txt", run.init_report)
     for name, text in (run.data_files or {}).items():
         write_text_atomic(run.run_dir / name, text)
+    if not (run.run_dir / OVERRIDES_FILE).is_file():  # kept as first written: a resume reads it
+        save_encoders(state.model.encoders, run.run_dir)
     # The log restarts from what the checkpoint knows, so epochs after it are not duplicated.
     write_text_atomic(run.run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
 

@@ -34,24 +34,38 @@ def move_batch(batch: dict, device: torch.device) -> dict:
 def add_noise(batch: dict, modality: str, level: float, generator: torch.Generator) -> dict:
     """MultiBench-style corruption of one modality: Gaussian noise of ``level`` times the batch's
     standard deviation for float inputs (only inside the valid length of padded waveforms), and for
-    token ids each non-padding token replaced by a random word with probability ``min(level, 1)``."""
+    token ids each non-padding token replaced by a random word with probability ``min(level, 1)``.
+    A preprocessed dict input (token ids or audio with their ``attention_mask``) is corrupted inside
+    its mask, the mask itself untouched."""
     if level == 0 or modality not in batch:
         return batch
     x = batch[modality]
     out = dict(batch)
+    if isinstance(x, dict):
+        mask = x.get("attention_mask")
+        valid = None if mask is None else mask.bool()
+        out[modality] = {k: v if k in ("attention_mask", "token_type_ids") else _noisy(v, level, generator, valid) for k, v in x.items()}
+        return out
+    valid = None
+    lengths = batch.get(f"{modality}_lengths")
+    if x.is_floating_point() and lengths is not None:
+        valid = torch.arange(x.shape[-1], device=x.device) < lengths[:, None]
+    out[modality] = _noisy(x, level, generator, valid if x.is_floating_point() else x != 0)
+    return out
+
+
+def _noisy(x: Tensor, level: float, generator: torch.Generator, valid: Tensor | None) -> Tensor:
+    """``x`` corrupted where ``valid`` (same shape as ``x``, or its trailing dims; None: everywhere)."""
     if x.is_floating_point():
         noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
         noisy = x + level * x.std() * noise
-        lengths = batch.get(f"{modality}_lengths")
-        if lengths is not None:
-            noisy = torch.where(torch.arange(x.shape[-1], device=x.device) < lengths[:, None], noisy, x)
-        out[modality] = noisy
-    else:
-        high = int(x.max().item()) + 1
-        replace = (torch.rand(x.shape, generator=generator, device="cpu") < min(level, 1.0)).to(x.device) & (x != 0)
-        random_ids = torch.randint(2, max(high, 3), x.shape, generator=generator, device="cpu").to(x.device)
-        out[modality] = torch.where(replace, random_ids, x)
-    return out
+        return noisy if valid is None else torch.where(valid, noisy, x)
+    high = int(x.max().item()) + 1
+    replace = (torch.rand(x.shape, generator=generator, device="cpu") < min(level, 1.0)).to(x.device)
+    if valid is not None:
+        replace = replace & valid
+    random_ids = torch.randint(2, max(high, 3), x.shape, generator=generator, device="cpu").to(x.device)
+    return torch.where(replace, random_ids, x)
 
 
 def subsets(modalities: Iterable[str]) -> list[tuple[str, ...]]:

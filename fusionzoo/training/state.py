@@ -1,6 +1,8 @@
 """Everything a resume needs, in one object that the checkpoint saves and restores whole.
 
-Determinism: the global RNG is reseeded from ``(seed, epoch, rank)`` at the start of every epoch
+Determinism: the global RNGs (torch's, and numpy's and Python's, which libraries draw from: the
+time masks of Hugging Face speech models come from numpy) are reseeded from ``(seed, epoch, rank)``
+at the start of every epoch
 (:func:`epoch_seed`) and the data order is a function of ``(seed, epoch)``, so a run resumed from
 the checkpoint of epoch ``e`` continues exactly as the uninterrupted run would (bitwise on the CPU).
 The loader's generator state is saved too, and checked against that rule on restore.
@@ -8,9 +10,11 @@ The loader's generator state is saved too, and checked against that rule on rest
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -38,8 +42,11 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def begin_epoch(self, epoch: int, rank: int) -> None:
-        """Reseed the global RNG and fix the data order of ``epoch``."""
-        torch.manual_seed(epoch_seed(self.seed, epoch, rank))
+        """Reseed the global RNGs and fix the data order of ``epoch``."""
+        seed = epoch_seed(self.seed, epoch, rank)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
         sampler = self.loader.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
