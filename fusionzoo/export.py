@@ -12,6 +12,12 @@ and pass its length in ``<m>_lengths``. (A dynamic waveform length does not expo
 counts after each max-pool become guards on the length's parity.) The audio front end (STFT, mel,
 dB) is part of the graph.
 
+For an encoder that owns its preprocessing (``hf_text``, ``hf_audio``, ``hf_vision``, ``timm``) the
+graph starts after it: the caller runs ``encoder.preprocess`` (the tokenizer; resampling and the
+feature extractor; resize, crop and mean/std) and passes its tensors, one input per key of a dict
+(``text_input_ids``, ``text_attention_mask``); token and waveform lengths stay dynamic where the
+graph allows (the Hugging Face speech models' convolutions do), images keep the traced size.
+
 ONNX needs the optional extra (``pip install fusionzoo[export]``: onnx, onnxscript, onnxruntime);
 :func:`check_onnx` compares ONNX Runtime with eager PyTorch.
 """
@@ -35,7 +41,11 @@ FORMATS = ("pt2", "onnx")
 
 
 class ServingModel(nn.Module):
-    """``model`` with positional tensor inputs named :attr:`input_names`; returns the logits ``[b, out]``."""
+    """``model`` with positional tensor inputs named :attr:`input_names`; returns the logits ``[b, out]``.
+
+    An encoder whose preprocessing gives a dict (a tokenizer's ``input_ids`` and ``attention_mask``)
+    takes one input per key, named ``<m>_<key>``: the tokenizer itself stays outside the graph.
+    """
 
     def __init__(self, model: MultimodalModel) -> None:
         super().__init__()
@@ -44,11 +54,14 @@ class ServingModel(nn.Module):
         self.model = model.eval()
         self.modalities = model.modalities
         self.lengths = tuple(m for m in self.modalities if takes_lengths(type(model.encoders[m])))
-        self.input_names = [*self.modalities, *(f"{m}_lengths" for m in self.lengths), *(f"present_{m}" for m in self.modalities)]
+        #: modality -> the keys of its dict input (modalities with a plain tensor input are absent)
+        self.keys = {m: tuple(x) for m in self.modalities if isinstance(x := model.encoders[m].example_input(1), Mapping)}
+        inputs = [name for m in self.modalities for name in ([f"{m}_{k}" for k in self.keys[m]] if m in self.keys else [m])]
+        self.input_names = [*inputs, *(f"{m}_lengths" for m in self.lengths), *(f"present_{m}" for m in self.modalities)]
 
     def forward(self, *inputs: Tensor) -> Tensor:
         named = dict(zip(self.input_names, inputs, strict=True))
-        batch: dict[str, Any] = {m: named[m] for m in self.modalities}
+        batch: dict[str, Any] = {m: {k: named[f"{m}_{k}"] for k in self.keys[m]} if m in self.keys else named[m] for m in self.modalities}
         batch.update({f"{m}_lengths": named[f"{m}_lengths"] for m in self.lengths})
         batch["present"] = {m: named[f"present_{m}"] for m in self.modalities}
         return self.model(batch)
@@ -61,6 +74,9 @@ def example_inputs(serving: ServingModel, batch_size: int = 3, shapes: Mapping[s
     values: dict[str, Tensor] = {}
     for m in serving.modalities:
         example = model.encoders[m].example_input(batch_size)
+        if m in serving.keys:  # a preprocessed dict (token ids and mask): the encoder's own example
+            values.update({f"{m}_{k}": v for k, v in example.items()})
+            continue
         if shapes and m in shapes:
             shape = (batch_size, *shapes[m])
             # token ids within the ids the encoder's own example uses (so within its vocabulary)
@@ -76,10 +92,13 @@ def example_inputs(serving: ServingModel, batch_size: int = 3, shapes: Mapping[s
 def _dynamic_shapes(serving: ServingModel, inputs: tuple[Tensor, ...]) -> tuple[dict[int, Any], ...]:
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     shapes: list[dict[int, Any]] = []
+    tokens = {f"{m}_{k}" for m in serving.keys for k in serving.keys[m]}
     for name, x in zip(serving.input_names, inputs):
         dims: dict[int, Any] = {0: batch}
         if name in serving.modalities and not x.is_floating_point():  # token ids: any length
             dims[x.dim() - 1] = torch.export.Dim.AUTO
+        elif name in tokens and x.dim() == 2:  # a preprocessed sequence and its mask: any length the graph allows
+            dims[1] = torch.export.Dim.AUTO
         shapes.append(dims)
     return tuple(shapes)
 

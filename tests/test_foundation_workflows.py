@@ -131,3 +131,24 @@ def test_noise_corrupts_a_preprocessed_input_inside_its_mask():
     noisy = add_noise(batch, "text", 1.0, torch.Generator().manual_seed(0))["text"]
     assert torch.equal(noisy["attention_mask"], batch["text"]["attention_mask"])
     assert noisy["input_ids"][1, 3] == 0 and not torch.equal(noisy["input_ids"], batch["text"]["input_ids"])
+
+
+@pytest.mark.slow
+@pytest.mark.compile
+def test_export_pt2_of_a_saved_foundation_model_matches_eager_on_real_batches(tmp_path):
+    from fusionzoo.export import ServingModel
+
+    run = tmp_path / "run"
+    train(fm_config(tmp_path, "attention", epochs=1), run_dir=run, log=False)
+    save_run(run, tmp_path / "saved")
+    out = tmp_path / "m.pt2"
+    assert main(["export", str(tmp_path / "saved"), "--format", "pt2", "--out", str(out)]) == 0
+    program = torch.export.load(out).module()
+    model = fz.from_pretrained(tmp_path / "saved")
+    serving = ServingModel(model)
+    assert serving.input_names[:4] == ["audio_input_values", "audio_attention_mask", "text_input_ids", "text_attention_mask"]
+    for batch in _test_batches(run, model):  # real token and waveform lengths, other than the traced ones
+        inputs = [batch[m][k] for m in serving.modalities if m in serving.keys for k in serving.keys[m]]
+        inputs += [batch["visual"]] + [batch["present"][m] for m in serving.modalities]
+        with torch.no_grad():
+            torch.testing.assert_close(program(*inputs), model(batch), rtol=1e-5, atol=1e-5)
