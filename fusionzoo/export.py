@@ -51,7 +51,8 @@ class ServingModel(nn.Module):
         super().__init__()
         if not isinstance(model, MultimodalModel):
             raise ValueError(f"export: only classifiers (MultimodalModel) are exported, got {type(model).__name__}")
-        self.model = model.eval()
+        model = model.merged() if any(getattr(e, "adapter", None) for e in model.encoders.values()) else model
+        self.model = model.eval()  # adapters folded into their base weights: the plain graph
         self.modalities = model.modalities
         self.lengths = tuple(m for m in self.modalities if takes_lengths(type(model.encoders[m])))
         #: modality -> the keys of its dict input (modalities with a plain tensor input are absent)

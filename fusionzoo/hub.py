@@ -120,8 +120,12 @@ def evaluate_folder(folder: str | Path, data_overrides: dict[str, Any] | None = 
     return evaluate(model, make_loader(test_set, batch_size, preprocess=preprocessors(model.encoders)), get_task(test_set))
 
 
-def save_run(run: str | Path, folder: str | Path, *, name: str | None = None, command: str | None = None, limitations: str = "") -> Path:
-    """Write a trained run (its selected checkpoint) as a saved folder with its model card; returns the folder."""
+def save_run(
+    run: str | Path, folder: str | Path, *, name: str | None = None, command: str | None = None, limitations: str = "",
+    merge_adapters: bool = False,
+) -> Path:
+    """Write a trained run (its selected checkpoint) as a saved folder with its model card; returns the
+    folder. ``merge_adapters`` folds LoRA / IA3 adapters into the base weights (see ``save_pretrained``)."""
     run_dir, _ = resolve_checkpoint(run)
     model, cfg, _ = load_run(run)
     if not isinstance(model, MultimodalModel):
@@ -151,7 +155,7 @@ def save_run(run: str | Path, folder: str | Path, *, name: str | None = None, co
     files = {CARD: json.dumps(record, indent=1)}
     if state is not None:
         files[DATA_STATE] = json.dumps(state, indent=1)
-    model.save_pretrained(folder, card=render_card(record), files=files)
+    model.save_pretrained(folder, card=render_card(record), files=files, merge_adapters=merge_adapters)
     return Path(folder)
 
 

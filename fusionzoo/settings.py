@@ -41,6 +41,12 @@ class TrainSettings:
     ``cache_frontend: true`` computes every audio encoder's log-mel front end once per sample and
     keeps it (:class:`~fusionzoo.data.FrontendCache`; the data must give the same waveform on every
     read of a sample, which is checked).
+    ``feature_cache`` (``none``, ``memory`` or ``disk``, in ``feature_cache_dir``, default
+    ``~/.cache/fusionzoo/features``) computes the output of every frozen encoder (no trainable
+    parameter: ``strategy: linear_probe``, ``init_from.freeze``) once per sample and trains the rest
+    of the model on it (:mod:`fusionzoo.training.feature_cache`); an encoder whose input is augmented
+    at random keeps running, with a notice. An encoder left without trainable parameters always runs
+    in eval mode (a fixed feature extractor: no dropout, BatchNorm statistics fixed), cached or not.
     ``progress`` ``None`` shows a progress bar only on a terminal and never under CI.
     ``init_from`` (``{path, key_map, include, exclude, freeze, strict_shapes, allow_empty}``) loads
     weights before training (a run directory or a weights file; ``include`` / ``exclude`` are name
@@ -84,6 +90,8 @@ class TrainSettings:
     amp: bool = True
     compile: bool = False
     cache_frontend: bool = False
+    feature_cache: str = "none"
+    feature_cache_dir: str | None = None
     num_workers: int = 0
     device: str = "auto"
     progress: bool | None = None
@@ -141,6 +149,8 @@ class TrainSettings:
             "device": self.device in ("auto", "cpu", "cuda"),
             "keep_checkpoints": self.keep_checkpoints >= 1,
             "strategy": self.strategy in STRATEGIES,
+            "feature_cache": self.feature_cache in ("none", "memory", "disk"),
+            "feature_cache_dir": self.feature_cache_dir is None or (isinstance(self.feature_cache_dir, str) and self.feature_cache == "disk"),
             "select": self.select in ("best", "last"),
             "on_nonfinite": self.on_nonfinite in ("stop", "skip_batch"),
             "select_metric": self.select_metric is None or isinstance(self.select_metric, str),

@@ -6,6 +6,7 @@ Weight files are read and partially loaded by :mod:`fusionzoo.weights` (re-expor
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -13,12 +14,16 @@ from torch import Tensor, nn
 
 from fusionzoo.weights import LoadReport, adapt_input_conv, load_partial, load_state_dict_file
 
+#: Set by fusionzoo.encoders.adapters on the backbone weights an adapter keeps frozen.
+FROZEN_BASE = "_fusionzoo_frozen_base"
+
 __all__ = [
     "LoadReport",
     "load_state_dict_file",
     "load_partial",
     "adapt_input_conv",
     "freeze",
+    "fix_frozen_encoders",
     "unfreeze",
     "param_groups",
     "GradualUnfreezer",
@@ -70,10 +75,33 @@ def freeze(module: nn.Module, patterns: str | Iterable[str] = ("*",)) -> list[st
     return changed
 
 
+def _stay_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(self, False)
+
+
+def fix_frozen_encoders(model: nn.Module) -> list[str]:
+    """Put every encoder of ``model`` that has no trainable parameter in eval mode for good (no
+    dropout, BatchNorm statistics fixed; ``model.train()`` leaves it so, whichever of ``forward`` and
+    ``forward_tokens`` runs): a frozen encoder is a fixed feature extractor, whose output for a
+    sample is the same at every step, which is what lets the feature cache keep it. Returns the
+    modalities fixed."""
+    fixed = []
+    for m, encoder in getattr(model, "encoders", {}).items():
+        if any(p.requires_grad for p in encoder.parameters()):
+            continue
+        encoder.train = functools.partial(_stay_eval, encoder)  # the instance's own train(); a partial deep-copies
+        encoder.eval()
+        fixed.append(m)
+    return fixed
+
+
 def unfreeze(module: nn.Module, patterns: str | Iterable[str] = ("*",)) -> list[str]:
-    """The inverse of :func:`freeze`; returns the names that changed."""
+    """The inverse of :func:`freeze`; returns the names that changed. The base weights an adapter
+    keeps frozen (LoRA, IA3, BitFit: :mod:`fusionzoo.encoders.adapters`) stay frozen."""
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    changed = [n for n, p in module.named_parameters() if not p.requires_grad and _matches(n, patterns)]
+    changed = [
+        n for n, p in module.named_parameters() if not p.requires_grad and _matches(n, patterns) and not getattr(p, FROZEN_BASE, False)
+    ]
     for name in changed:
         module.get_parameter(name).requires_grad_(True)
     _sync_batchnorm(module)

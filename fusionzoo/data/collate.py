@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["collate", "Frames", "RESERVED"]
+__all__ = ["collate", "Features", "Frames", "RESERVED"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,15 @@ class Frames:
     """A variable-length sample ``data [..., t]``: collate pads it along ``t`` and records its length."""
 
     data: Tensor
+
+@dataclass(frozen=True)
+class Features:
+    """A sample's cached encoder output, ``[d]`` (pooled) or ``[n, d]`` (its valid tokens): collate
+    gives ``batch["<m>_features"]`` (``[b, d]``, or ``[b, n_max, d]`` with ``batch["<m>_features_mask"]``)
+    in place of the modality's input, and the model skips that encoder."""
+
+    data: Tensor
+
 
 RESERVED = ("label", "present")
 
@@ -55,6 +64,10 @@ def collate(samples: Sequence[dict], preprocess: Mapping[str, Callable[[list], A
     present: dict[str, Tensor] = {}
     for m in modalities:
         items = [s.get(m) for s in samples]
+        if any(isinstance(x, Features) for x in items):
+            batch.update(_cached_features(m, items))
+            present[m] = torch.tensor([x is not None for x in items])
+            continue
         if preprocess is not None and m in preprocess:
             batch[m] = _preprocessed(m, items, preprocess[m])
             present[m] = torch.tensor([x is not None for x in items])
@@ -106,6 +119,25 @@ def _preprocessed(m: str, items: list, fn: Callable[[list], Any]) -> Tensor | di
     index = torch.zeros(len(items), dtype=torch.long)
     index[rows] = torch.arange(len(rows))
     return {k: v[index] for k, v in out.items()} if isinstance(out, Mapping) else out[index]
+
+
+def _cached_features(m: str, items: list) -> dict[str, Tensor]:
+    """``{<m>_features: [b, d]}`` or, for tokens, ``{<m>_features: [b, n_max, d], <m>_features_mask: bool [b, n_max]}``;
+    a missing sample's slot is zeros (and all False)."""
+    data = [None if x is None else x.data for x in items]
+    ref = next(x for x in data if x is not None)
+    if not all(x is None or (x.dim() == ref.dim() and x.shape[-1] == ref.shape[-1]) for x in data):
+        raise ValueError(f"collate: {m!r} cached features disagree in shape")
+    if ref.dim() == 1:
+        return {f"{m}_features": torch.stack([ref.new_zeros(ref.shape) if x is None else x for x in data])}
+    n = max(x.shape[0] for x in data if x is not None)
+    out = ref.new_zeros(len(data), n, ref.shape[-1])
+    mask = torch.zeros(len(data), n, dtype=torch.bool)
+    for i, x in enumerate(data):
+        if x is not None:
+            out[i, : x.shape[0]] = x
+            mask[i, : x.shape[0]] = True
+    return {f"{m}_features": out, f"{m}_features_mask": mask}
 
 
 def _pad_frames(m: str, items: list) -> tuple[Tensor, Tensor]:

@@ -196,6 +196,8 @@ class ManifestDataset(Dataset):
                 )
         self.modalities = tuple(sorted(self.specs))
         self.standardized = tuple(m for m, s in self.specs.items() if s.kind == "image" and s.reader.normalized)
+        #: Modalities whose training samples are augmented at random (different at every read).
+        self.augmented = tuple(m for m, s in self.specs.items() if s.options.get("augment")) if split == "train" else ()
         self._label(label)
         columns, rows = read_manifest(self.path)
         for where, column in [(f"modalities.{m}.column", s.column) for m, s in self.specs.items()] + [("label.column", self.label_column)]:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fusionzoo.encoders.adapters import add_adapter
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.encoders.preprocess import AudioPreprocessor, ImagePreprocessor, TextPreprocessor
 from fusionzoo.extras import require
@@ -151,7 +152,10 @@ class _HFEncoder(Encoder):
     takes_raw = True
     auto = "AutoModel"
 
-    def __init__(self, *, model: ModelSpec, pool: str, layer: int | None, out_dim: int | None, gradient_checkpointing: bool) -> None:
+    def __init__(
+        self, *, model: ModelSpec, pool: str, layer: int | None, out_dim: int | None, gradient_checkpointing: bool,
+        adapter: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         what = f"{self.registry_name} (model={model!r})" if not isinstance(model, Mapping) else self.registry_name
         if pool not in POOLS:
@@ -174,7 +178,13 @@ class _HFEncoder(Encoder):
         if layer is not None and num_layers is not None and not -(num_layers + 1) <= layer <= num_layers:
             raise ValueError(f"{self.modality}: layer={layer} but the model has {num_layers} layers (hidden_states 0..{num_layers})")
         if gradient_checkpointing:
-            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5
+                backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.adapter = None if adapter is None else dict(adapter)
+        if adapter is not None:
+            add_adapter(backbone, adapter, what=what, model_type=getattr(backbone.config, "model_type", None))
         hidden = _hidden_size(backbone.config)
         self.hidden_dim = hidden
         self.proj: nn.Module = nn.Identity() if out_dim is None else nn.Linear(hidden, out_dim)
@@ -293,10 +303,11 @@ class HFTextEncoder(_HFEncoder):
         max_length: int | None = None,
         truncation: bool = False,
         gradient_checkpointing: bool = False,
+        adapter: Mapping[str, Any] | None = None,
         modality: str = "text",
     ) -> None:
         self.modality = modality
-        super().__init__(model=model, pool=pool, layer=layer, out_dim=out_dim, gradient_checkpointing=gradient_checkpointing)
+        super().__init__(model=model, pool=pool, layer=layer, out_dim=out_dim, gradient_checkpointing=gradient_checkpointing, adapter=adapter)
         config = self.backbone.config
         if tokenizer is None:
             if isinstance(model, Mapping):
@@ -384,12 +395,13 @@ class HFAudioEncoder(_HFEncoder):
         layer: int | None = None,
         out_dim: int | None = None,
         gradient_checkpointing: bool = False,
+        adapter: Mapping[str, Any] | None = None,
         modality: str = "audio",
     ) -> None:
         self.modality = modality
         if pool == "cls":
             raise ValueError(f"{modality}: speech models have no CLS token; pool must be 'mean' or 'pooler'")
-        super().__init__(model=model, pool=pool, layer=layer, out_dim=out_dim, gradient_checkpointing=gradient_checkpointing)
+        super().__init__(model=model, pool=pool, layer=layer, out_dim=out_dim, gradient_checkpointing=gradient_checkpointing, adapter=adapter)
         source = feature_extractor if feature_extractor is not None else (None if isinstance(model, Mapping) else model)
         if source is None:
             extractor = self._default_extractor()
@@ -487,10 +499,11 @@ class HFVisionEncoder(_HFEncoder):
         layer: int | None = None,
         out_dim: int | None = None,
         gradient_checkpointing: bool = False,
+        adapter: Mapping[str, Any] | None = None,
         modality: str = "visual",
     ) -> None:
         self.modality = modality
-        super().__init__(model=model, pool=pool, layer=layer, out_dim=out_dim, gradient_checkpointing=gradient_checkpointing)
+        super().__init__(model=model, pool=pool, layer=layer, out_dim=out_dim, gradient_checkpointing=gradient_checkpointing, adapter=adapter)
         config = self.backbone.config
         if pool == "cls" and getattr(config, "hidden_sizes", None) and not hasattr(config, "hidden_size"):
             raise ValueError(f"{self.what}: a CNN ({config.model_type}) has no CLS token; pool must be 'mean' or 'pooler'")

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fusionzoo.encoders.adapters import add_adapter
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.encoders.preprocess import ImagePreprocessor
 from fusionzoo.extras import require
@@ -72,6 +73,7 @@ class TimmEncoder(Encoder):
         out_dim: int | None = None,
         in_channels: int = 3,
         gradient_checkpointing: bool = False,
+        adapter: Mapping[str, Any] | None = None,
         modality: str = "visual",
     ) -> None:
         super().__init__()
@@ -100,6 +102,9 @@ class TimmEncoder(Encoder):
             ) from None
         if gradient_checkpointing:
             backbone.set_grad_checkpointing(True)
+        self.adapter = None if adapter is None else dict(adapter)
+        if adapter is not None:
+            add_adapter(backbone, adapter, what=what)
         self.backbone = backbone
         self.hidden_dim = int(backbone.num_features)
         self.proj: nn.Module = nn.Identity() if out_dim is None else nn.Linear(self.hidden_dim, out_dim)

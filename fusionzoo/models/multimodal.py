@@ -9,12 +9,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import copy
+
 import torch
 import yaml
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from fusionzoo.atomic import write_bytes_atomic, write_text_atomic
+from fusionzoo.encoders.adapters import merge_adapter
 from fusionzoo.encoders.base import input_kwargs
 from fusionzoo.fusion.base import FusionBlock
 from fusionzoo.models.saved_encoders import save_encoders
@@ -61,16 +64,36 @@ class MultimodalModel(nn.Module):
         #: The ``model:`` config section it was built from (set by ``build_model``), for ``save_pretrained``.
         self.config: dict[str, Any] | None = None
 
-    def save_pretrained(self, folder: str | Path, *, card: str | None = None, files: Mapping[str, str] | None = None) -> Path:
+    def merged(self) -> MultimodalModel:
+        """A copy with every encoder's LoRA / IA3 adapter folded into its base weights (the plain
+        architecture, its config section without ``adapter``), in eval mode: for serving. The same
+        outputs to float rounding; a model without adapters is copied as it is."""
+        out = copy.deepcopy(self)
+        for m, encoder in out.encoders.items():
+            if getattr(encoder, "adapter", None) is None:
+                continue
+            merge_adapter(encoder.backbone)
+            encoder.adapter = None
+            if out.config is not None:
+                out.config["encoders"][m] = {k: v for k, v in out.config["encoders"][m].items() if k != "adapter"}
+        return out.eval()
+
+    def save_pretrained(
+        self, folder: str | Path, *, card: str | None = None, files: Mapping[str, str] | None = None, merge_adapters: bool = False,
+    ) -> Path:
         """Save as a folder in the Hugging Face Hub layout: ``config.yaml`` (the ``model:`` section it
         was built from: a loadable config), ``model.safetensors``, ``README.md`` (the model card:
         ``card``, or a short one naming the parts) and ``files`` (name -> text: a label list,
         ``data_state.json``, ``card.json``) and what the encoders need besides their weights (a
         tokenizer, an image processor: ``encoders/<m>/`` and ``encoders.yaml``). Every file is written
-        atomically.
+        atomically. ``merge_adapters=True`` saves :meth:`merged` instead: the plain architecture, loadable
+        without the adapter library; by default the adapters are saved as trained (and keep training
+        after ``from_pretrained``).
         :func:`fusionzoo.from_pretrained` loads it; ``huggingface_hub.upload_folder`` can publish it."""
         if self.config is None:
             raise ValueError("save_pretrained: the model has no config; build it with fusionzoo.build_model (or set model.config)")
+        if merge_adapters:
+            return self.merged().save_pretrained(folder, card=card, files=files)
         folder = Path(folder)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         write_bytes_atomic(folder / "model.safetensors", safetensors_bytes(tensors, metadata={"format": "pt", "library": "fusionzoo"}))
@@ -96,20 +119,21 @@ class MultimodalModel(nn.Module):
         Token-level fusion gets ``forward_tokens`` output; the encoder's padding mask is combined
         with the batch's per-sample presence. ``batch["<modality>_lengths"]`` (valid lengths of a
         padded input, e.g. ``audio_lengths``) is passed to an encoder that takes ``lengths=``.
+        ``batch["<m>_features"]`` (the feature cache's output of a frozen encoder, with
+        ``<m>_features_mask`` for tokens) stands in for that encoder.
         """
         if not isinstance(batch, dict):
             raise TypeError(f"batch must be a dict {{modality: Tensor}}, got {type(batch).__name__}")
-        given = [m for m in self.modalities if m in batch]
+        given = [m for m in self.modalities if m in batch or f"{m}_features" in batch]
         if not given:
             raise ValueError(f"batch holds none of the model's modalities {list(self.modalities)} (keys: {sorted(batch)})")
         batch_present: dict[str, Tensor] = batch.get("present") or {}  # type: ignore[assignment]
         features: dict[str, Tensor] = {}
         present: dict[str, Tensor] = {}
         for m in given:
-            encoder = self.encoders[m]
-            kwargs = input_kwargs(encoder, batch, m)
+            cached = batch.get(f"{m}_features")
             if self.fusion.input_kind == "tokens":
-                tokens, pad = encoder.forward_tokens(batch[m], **kwargs)
+                tokens, pad = (cached, batch.get(f"{m}_features_mask")) if cached is not None else self.encode_tokens(m, batch)
                 features[m] = tokens
                 mask = pad
                 if m in batch_present:
@@ -118,10 +142,15 @@ class MultimodalModel(nn.Module):
                 if mask is not None:
                     present[m] = mask
             else:
-                features[m] = encoder(batch[m], **kwargs)
+                features[m] = cached if cached is not None else self.encoders[m](batch[m], **input_kwargs(self.encoders[m], batch, m))
                 if m in batch_present:
                     present[m] = batch_present[m]
         return features, present
+
+    def encode_tokens(self, m: str, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """``encoders[m].forward_tokens`` of ``batch[m]``: ``([b, n, d], padding mask [b, n] or None)``."""
+        encoder = self.encoders[m]
+        return encoder.forward_tokens(batch[m], **input_kwargs(encoder, batch, m))
 
     def fuse(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         return self.fusion(features, present)

@@ -69,10 +69,11 @@ from fusionzoo.training.checkpoint import (
 )
 from fusionzoo.training.runfolder import check_folder, check_resume_config, claim, clear_run
 from fusionzoo.training.evaluate import move_batch
+from fusionzoo.training.feature_cache import cache_datasets, cacheable_modalities
 from fusionzoo.training.objectives import Objective, TrainStep, build_objective
 from fusionzoo.training.selection import Selection
 from fusionzoo.training.state import TrainState
-from fusionzoo.transfer import L2SP, GradualUnfreezer, apply_strategy, freeze, load_partial, param_groups
+from fusionzoo.transfer import L2SP, GradualUnfreezer, apply_strategy, fix_frozen_encoders, freeze, load_partial, param_groups
 
 __all__ = ["train", "default_run_dir"]
 
@@ -155,6 +156,10 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tu
     model.to(device)
     say = print if (log and rank == 0) else (lambda *a, **k: None)
     unfreezer, init_report, regularizer = _prepare_transfer(cfg, model, say, world)
+    if unfreezer is None:
+        fix_frozen_encoders(model)
+    if settings.feature_cache != "none":
+        datasets = _cache_features(cfg, model, datasets, device, say)
     objective = build_objective(cfg, model, classes, device, task=getattr(datasets["train"], "task", "multiclass"))
     preprocess = preprocessors(model.encoders)
     loader = make_loader(
@@ -198,6 +203,21 @@ def _datasets(cfg: ExperimentConfig, resumed: Path | None) -> tuple[dict[str, An
     if len(set(tasks.values())) > 1:
         raise cfg.error("data", f"the splits disagree on the task: {tasks}")
     return datasets, files
+
+
+def _cache_features(cfg: ExperimentConfig, model: nn.Module, datasets: dict[str, Any], device: torch.device, say) -> dict[str, Any]:
+    """``train.feature_cache``: the splits with every frozen, unaugmented encoder's output cached."""
+    if cfg.kind != "model":
+        raise cfg.error("train.feature_cache", "caches a classifier's frozen encoders (a model: config)")
+    if cfg.train.distill is not None:
+        raise cfg.error("train.feature_cache", "cannot be combined with train.distill (the teacher reads the raw inputs)")
+    if cfg.train.strategy == "gradual":
+        raise cfg.error("train.feature_cache", "strategy gradual unfreezes the encoders it freezes; nothing stays fixed to cache")
+    modalities = cacheable_modalities(model, datasets["train"], say)
+    if not modalities:
+        say("train.feature_cache: no encoder is frozen, so none is cached (freeze one with strategy: linear_probe or init_from.freeze)")
+        return datasets
+    return cache_datasets(cfg, model, datasets, modalities, device=device, say=say)
 
 
 def cache_frontends(cfg: ExperimentConfig, model: nn.Module, datasets: dict[str, Any]) -> dict[str, Any]:
@@ -342,7 +362,7 @@ def _train_epoch(run: _Run, state: TrainState, step: nn.Module, epoch: int) -> d
     for i, batch in enumerate(bar):
         batch = move_batch(batch, run.device)
         if dropout is not None:
-            given = {m: batch["present"][m] for m in model.modalities if m in batch}  # [b] each: the batch size and device
+            given = {m: batch["present"][m] for m in model.modalities if m in batch["present"]}  # [b] each: the batch size and device
             batch["present"] = dropout(given, given)
         buffers = [b.detach().clone() for b in model.buffers()] if settings.on_nonfinite == "skip_batch" else None
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=autocast):

@@ -68,6 +68,14 @@ def _noisy(x: Tensor, level: float, generator: torch.Generator, valid: Tensor | 
     return torch.where(replace, random_ids, x)
 
 
+def modality_of(key: str) -> str:
+    """The modality a batch key belongs to: ``audio_lengths``, ``text_features`` -> ``audio``, ``text``."""
+    for suffix in ("_features_mask", "_features", "_lengths"):
+        if key.endswith(suffix):
+            return key.removesuffix(suffix)
+    return key
+
+
 def subsets(modalities: Iterable[str]) -> list[tuple[str, ...]]:
     """Every non-empty subset, largest first: all, each pair, ..., each single modality."""
     mods = sorted(modalities)
@@ -96,7 +104,7 @@ def evaluate(
     for batch in loader:
         batch = move_batch(batch, device)
         if keep is not None:
-            batch = {k: v for k, v in batch.items() if k in keep or k == "label" or k.removesuffix("_lengths") in keep or k == "present"}
+            batch = {k: v for k, v in batch.items() if k in ("label", "present") or modality_of(k) in keep}
             batch["present"] = {m: p for m, p in batch.get("present", {}).items() if m in keep}
         for m, level in (noise or {}).items():
             batch = add_noise(batch, m, level, generator)
