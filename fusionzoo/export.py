@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from fusionzoo.atomic import atomic_path
-from fusionzoo.encoders.base import takes_lengths
+from fusionzoo.encoders.base import takes_lengths, takes_raw
 from fusionzoo.models.multimodal import MultimodalModel
 
 __all__ = ["ServingModel", "example_inputs", "export_pt2", "export_onnx", "check_onnx", "FORMATS"]
@@ -56,7 +56,7 @@ class ServingModel(nn.Module):
         self.modalities = model.modalities
         self.lengths = tuple(m for m in self.modalities if takes_lengths(type(model.encoders[m])))
         #: modality -> the keys of its dict input (modalities with a plain tensor input are absent)
-        self.keys = {m: tuple(x) for m in self.modalities if isinstance(x := model.encoders[m].example_input(1), Mapping)}
+        self.keys = {m: keys for m in self.modalities if (keys := _input_keys(model.encoders[m]))}
         inputs = [name for m in self.modalities for name in ([f"{m}_{k}" for k in self.keys[m]] if m in self.keys else [m])]
         self.input_names = [*inputs, *(f"{m}_lengths" for m in self.lengths), *(f"present_{m}" for m in self.modalities)]
 
@@ -66,6 +66,16 @@ class ServingModel(nn.Module):
         batch.update({f"{m}_lengths": named[f"{m}_lengths"] for m in self.lengths})
         batch["present"] = {m: named[f"present_{m}"] for m in self.modalities}
         return self.model(batch)
+
+
+def _input_keys(encoder: nn.Module) -> tuple[str, ...]:
+    """The keys of an encoder's dict input (empty for a tensor input), read off its example input
+    without touching the global RNG (the caller's random inputs stay what they were)."""
+    if not takes_raw(encoder):
+        return ()
+    with torch.random.fork_rng(devices=[]):
+        x = encoder.example_input(1)
+    return tuple(x) if isinstance(x, Mapping) else ()
 
 
 def example_inputs(serving: ServingModel, batch_size: int = 3, shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[Tensor, ...]:

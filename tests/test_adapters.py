@@ -65,7 +65,7 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(name):
     for checkpointing in (False, True):
         torch.manual_seed(0)
         enc = fz.ENCODERS.get(name).example(gradient_checkpointing=checkpointing, adapter=LORA).eval()
-        assert getattr(enc.backbone, "is_gradient_checkpointing", getattr(enc.backbone, "grad_checkpointing", None)) is checkpointing
+        assert getattr(enc.backbone, "is_activation_checkpointing", getattr(enc.backbone, "grad_checkpointing", None)) is checkpointing
         x = enc.example_input(2)
         out = enc(x)
         out.sum().backward()
