@@ -78,3 +78,20 @@ def offline(cfg: dict, folder: Path) -> dict:
         if enc["name"] == "timm":
             enc["pretrained"] = False
     return cfg
+
+
+def clip_folder(folder: Path) -> Path:
+    """A tiny random-weight OpenCLIP model written as a ``local-dir:`` folder (config + safetensors)."""
+    import json
+
+    open_clip = pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+
+    from fusionzoo.encoders.open_clip import TINY_CLIP
+
+    folder.mkdir(parents=True)
+    preprocess = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": preprocess}))
+    model = open_clip.create_model("local-dir:" + str(folder), load_weights=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return folder

@@ -1,6 +1,6 @@
 """Modality encoders, one file per modality; importing this package registers them in ``ENCODERS``."""
 
-from fusionzoo.encoders import audio, features, hf, text, timm, visual
+from fusionzoo.encoders import audio, features, hf, open_clip, text, timm, visual
 from fusionzoo.encoders.audio import AudioResNet18, AudioSpecCNN, LogMelFrontEnd
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.encoders.features import FeatureMLPEncoder
@@ -11,6 +11,7 @@ from fusionzoo.encoders.text import (
     TextTransformerEncoder,
     load_word_vectors,
 )
+from fusionzoo.encoders.open_clip import OpenCLIPImageEncoder, OpenCLIPTextEncoder
 from fusionzoo.encoders.timm import TimmEncoder
 from fusionzoo.encoders.visual import BACKBONES, LeNet, TorchvisionBackbone, VisualCNN
 
@@ -25,6 +26,8 @@ __all__ = [
     "HFVisionEncoder",
     "LeNet",
     "LogMelFrontEnd",
+    "OpenCLIPImageEncoder",
+    "OpenCLIPTextEncoder",
     "TextEmbeddingEncoder",
     "TextLSTMEncoder",
     "TextTransformerEncoder",
@@ -35,6 +38,7 @@ __all__ = [
     "features",
     "hf",
     "load_word_vectors",
+    "open_clip",
     "text",
     "timm",
     "visual",

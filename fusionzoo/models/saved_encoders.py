@@ -4,7 +4,7 @@ An encoder that owns its preprocessing (``hf_text``'s tokenizer, ``hf_vision``'s
 writes it, with the backbone's architecture, into ``<folder>/encoders/<modality>/`` through its
 ``save_preprocessing``; ``<folder>/encoders.yaml`` records the constructor arguments that point the
 encoder there (``{text: {model: encoders/text, tokenizer: encoders/text}}``; paths relative to the
-folder) or that keep it from downloading (``{visual: {pretrained: false}}``). ``eval``, ``--resume``,
+folder, after a library's schema such as ``local-dir:``) or that keep it from downloading (``{visual: {pretrained: false}}``). ``eval``, ``--resume``,
 ``embed`` and ``from_pretrained`` rebuild the encoders with those arguments, so training and
 inference tokenize, resample and resize alike even when the hub's copy or the original folder has
 changed or gone. The config itself stays as the user wrote it.
@@ -12,6 +12,7 @@ changed or gone. The config itself stays as the user wrote it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def save_encoders(encoders: Mapping[str, nn.Module], folder: str | Path) -> dict
         with atomic_folder(target) as tmp:
             args = save(tmp)
         relative = f"{ENCODER_DIR}/{m}"
-        args = {k: relative if v == str(tmp) else v for k, v in args.items()}
+        args = {k: v.replace(str(tmp), relative) if isinstance(v, str) else v for k, v in args.items()}
         if not any(target.iterdir()):
             target.rmdir()
         if args:
@@ -59,8 +60,12 @@ def load_encoder_overrides(folder: str | Path) -> dict[str, dict[str, Any]]:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(f"{path}: expected {{modality: {{argument: value}}}}, got {type(data).__name__}")
-    prefix = f"{ENCODER_DIR}/"
-    return {
-        m: {k: str(folder / v) if isinstance(v, str) and v.startswith(prefix) else v for k, v in args.items()}
-        for m, args in data.items()
-    }
+    return {m: {k: _absolute(v, folder) for k, v in args.items()} for m, args in data.items()}
+
+
+def _absolute(value: Any, folder: Path) -> Any:
+    """``encoders/<m>`` (after a library's schema such as ``local-dir:``, if any) resolved in ``folder``."""
+    if not isinstance(value, str):
+        return value
+    match = re.match(rf"^([a-z-]+:)?({ENCODER_DIR}/.*)$", value)
+    return value if match is None else (match.group(1) or "") + str(folder / match.group(2))
