@@ -196,6 +196,8 @@ class ManifestDataset(Dataset):
                 )
         self.modalities = tuple(sorted(self.specs))
         self.standardized = tuple(m for m, s in self.specs.items() if s.kind == "image" and s.reader.normalized)
+        #: Modalities not to read at all (their samples come from elsewhere: the frozen-feature cache).
+        self.skip: set[str] = set()
         #: Modalities whose training samples are augmented at random (different at every read).
         self.augmented = tuple(m for m, s in self.specs.items() if s.options.get("augment")) if split == "train" else ()
         self._label(label)
@@ -457,7 +459,7 @@ class ManifestDataset(Dataset):
         train = self.split == "train"
         for m, spec in self.specs.items():
             value = record.values[m]
-            if value is None:
+            if value is None or m in self.skip:
                 continue
             if spec.reader is None:
                 sample[m] = value

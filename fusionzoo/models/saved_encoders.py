@@ -46,8 +46,12 @@ def save_encoders(encoders: Mapping[str, nn.Module], folder: str | Path) -> dict
             target.rmdir()
         if args:
             overrides[m] = args
+    if (folder / ENCODER_DIR).is_dir() and not any((folder / ENCODER_DIR).iterdir()):
+        (folder / ENCODER_DIR).rmdir()
     if overrides:
         write_text_atomic(folder / OVERRIDES_FILE, yaml.safe_dump(overrides, sort_keys=True))
+    else:
+        (folder / OVERRIDES_FILE).unlink(missing_ok=True)  # an earlier save's, which no longer applies
     return overrides
 
 

@@ -183,11 +183,15 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 class FeatureCache(Dataset):
-    """``dataset`` with each cached modality's input replaced by ``Features(output)``. Attributes
-    the wrapped dataset has (``num_classes``, ``task``, ``fitted``, ...) read through."""
+    """``dataset`` with each cached modality's input replaced by ``Features(output)``. A dataset
+    with a ``skip`` set (the manifest) is told not to read those modalities at all; the others are
+    read and dropped. Attributes the wrapped dataset has (``num_classes``, ``task``, ``fitted``, ...)
+    read through."""
 
     def __init__(self, dataset: Any, tables: dict[str, dict[int, Tensor]]) -> None:
         self.dataset, self.tables = dataset, tables
+        if isinstance(getattr(dataset, "skip", None), set):
+            dataset.skip |= set(tables)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -200,7 +204,8 @@ class FeatureCache(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = dict(self.dataset[index])
         for m, table in self.tables.items():
-            if sample.get(m) is not None:
+            sample.pop(m, None)
+            if index in table:  # the samples that hold m
                 sample[m] = Features(table[index])
         return sample
 
