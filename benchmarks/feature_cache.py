@@ -58,7 +58,7 @@ def config(manifest: Path, tokenizer: Path, epochs: int, cache: str) -> dict:
     return {
         "seed": 0,
         "data": {
-            "name": "manifest", "path": str(manifest), "label": {"column": "label"},
+            "name": "manifest", "path": str(manifest), "label": {"column": "label", "classes": ["0", "1", "2", "3"]},
             "modalities": {"visual": {"column": "image", "kind": "image"}, "audio": {"column": "audio", "kind": "audio", "sample_rate": 16000},
                            "text": {"column": "caption", "kind": "text"}},
         },

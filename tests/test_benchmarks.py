@@ -2,6 +2,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -56,3 +58,22 @@ def test_peers_verdict_reads_the_per_round_ratio_range():
     assert "| 1.02-1.05 | ours faster |" in lines["`a`"]
     assert "| 0.97-1.01 | tie (within noise) |" in lines["`b`"]
     assert "| 0.93-0.98 | peer faster |" in lines["`c`"]
+
+
+@pytest.mark.slow
+def test_feature_cache_script_compares_cached_and_uncached_runs(tmp_path):
+    pytest.importorskip("transformers")
+    import feature_cache
+
+    assert feature_cache.main(["--train", "3", "--epochs", "2", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "feature_cache.json").read_text())
+    assert set(data["results"]) == {"none", "memory"} and data["max_val_loss_difference"] < 1e-5
+    assert "| memory |" in (tmp_path / "feature_cache.md").read_text()
+
+
+def test_peft_benchmark_measures_one_variant():
+    pytest.importorskip("peft")
+    import peft_lora
+
+    row = peft_lora.measure("LoRA r=8 (query, value)", steps=1, batch=2, tokens=8)
+    assert 0 < row["trainable"] < 0.01 * row["total"] and row["step_s"] > 0
