@@ -223,9 +223,11 @@ def bench_callable(
 
 def build_encoder(name: str) -> nn.Module:
     """An encoder at its constructor's own (realistic) defaults, plus the example value of any
-    argument the constructor requires (``feature_mlp``'s ``in_dim``)."""
+    argument the constructor requires (``feature_mlp``'s ``in_dim``), overridden by the entry's
+    ``reference_kwargs`` (a foundation encoder's real-size architecture, with random weights)."""
     entry = ENCODERS.get(name)
-    return entry.build(**{k: entry.example_kwargs[k] for k in required_kwargs(entry.fn) if k in entry.example_kwargs})
+    required = {k: entry.example_kwargs[k] for k in required_kwargs(entry.fn) if k in entry.example_kwargs}
+    return entry.build(**{**required, **entry.reference_kwargs})
 
 
 def build_fusion(name: str, in_dims: dict[str, int] | None = None, out_dim: int = 256) -> nn.Module:

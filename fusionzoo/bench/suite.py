@@ -122,6 +122,15 @@ def _measure(records, base: dict, module, call, opts: SuiteOptions, peaks: dict,
             )
 
 
+def _to(x, device: str):
+    """A tensor, or a dict of them (at any depth), on ``device``."""
+    return {k: _to(v, device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+
+
+def _shape(x) -> list[int] | dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in x.items()} if isinstance(x, dict) else list(x.shape)
+
+
 class _Call:
     """``module(*args)`` as a zero-argument callable that can be rebound to a compiled module."""
 
@@ -190,14 +199,14 @@ def _bench_encoders(records: list[Measurement], opts: SuiteOptions, peaks: dict[
         for batch in opts.batch_sizes:
             torch.manual_seed(0)
             enc = build_encoder(encoder).to(device).train()
-            x = enc.example_input(batch).to(device)
-            layouts = [False, True] if (opts.channels_last and device.startswith("cuda") and x.dim() == 4) else [False]
+            x = _to(enc.example_input(batch), device)  # a tensor, or a preprocessed dict (token ids and mask)
+            layouts = [False, True] if (opts.channels_last and device.startswith("cuda") and isinstance(x, torch.Tensor) and x.dim() == 4) else [False]
             for channels_last in layouts:
                 if channels_last:
                     enc, x = enc.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
                 for dtype in dtypes:
                     base = {"target": encoder, "kind": "encoder", "batch_size": batch, "device": device,
-                            "variant": {"input": list(x.shape), **({"channels_last": True} if channels_last else {})}}
+                            "variant": {"input": _shape(x), **({"channels_last": True} if channels_last else {})}}
                     _measure(records, base, enc, _Call(enc, x), opts, peaks, dtype)
 
 
@@ -209,7 +218,7 @@ def _bench_models(records: list[Measurement], opts: SuiteOptions, peaks: dict[st
         for batch in opts.batch_sizes:
             torch.manual_seed(0)
             model = build_model(cfg).to(device).train()
-            example = {k: v.to(device) for k, v in model.example_input(batch).items()}
+            example = _to(model.example_input(batch), device)
             for dtype in dtypes:
                 base = {"target": Path(path).stem, "kind": "model", "batch_size": batch, "device": device, "variant": {"config": str(path)}}
                 _measure(records, base, model, _Call(model, example), opts, peaks, dtype, with_step=True)

@@ -275,6 +275,7 @@ class _HFEncoder(Encoder):
         "tokenizer": ["a", "red", "blue", "circle", "square", "big", "small", "the"],
         "out_dim": 24,
     },
+    reference_kwargs={"model": {"model_type": "bert"}, "tokenizer": ["a", "the", "red", "blue", "cat", "dog", "circle", "square", "small", "big"]},  # bert-base, random weights
     modality="text",
     paper="https://arxiv.org/abs/1810.04805",
     tags=("pretrained", "transformer", "huggingface", "extra:hf"),
@@ -366,6 +367,7 @@ class HFTextEncoder(_HFEncoder):
                   "feat_extract_norm": "layer"},
         "out_dim": 24,
     },
+    reference_kwargs={"model": {"model_type": "wav2vec2"}},  # wav2vec2-base, random weights
     modality="audio",
     paper="https://arxiv.org/abs/2006.11477",
     tags=("pretrained", "transformer", "speech", "huggingface", "extra:hf"),
@@ -472,6 +474,7 @@ class _HFImageTransform:
                   "intermediate_size": 64, "image_size": 32, "patch_size": 8},
         "out_dim": 24,
     },
+    reference_kwargs={"model": {"model_type": "vit"}},  # ViT-B/16 at 224, random weights
     modality="visual",
     paper="https://arxiv.org/abs/2010.11929",
     tags=("pretrained", "transformer", "huggingface", "extra:hf"),

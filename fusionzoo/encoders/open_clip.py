@@ -140,6 +140,7 @@ class _OpenCLIPTransform:
 @ENCODERS.register(
     "open_clip_image",
     example_kwargs={"model": TINY_CLIP, "out_dim": 24},
+    reference_kwargs={"model": "ViT-B-32"},  # random weights: no pretrained tag
     modality="visual",
     paper="https://arxiv.org/abs/2103.00020",
     tags=("pretrained", "transformer", "clip", "extra:clip"),
@@ -220,6 +221,7 @@ class CLIPTextPreprocessor:
 @ENCODERS.register(
     "open_clip_text",
     example_kwargs={"model": TINY_CLIP, "out_dim": 24},
+    reference_kwargs={"model": "ViT-B-32"},
     modality="text",
     paper="https://arxiv.org/abs/2103.00020",
     tags=("pretrained", "transformer", "clip", "extra:clip"),

@@ -47,6 +47,7 @@ class _TimmTransform:
 @ENCODERS.register(
     "timm",
     example_kwargs={"model": "test_vit", "model_kwargs": {"img_size": 32, "patch_size": 8}, "out_dim": 24},
+    reference_kwargs={"model": "vit_base_patch16_224"},
     modality="visual",
     paper="https://github.com/huggingface/pytorch-image-models",
     tags=("pretrained", "cnn", "transformer", "extra:timm"),
