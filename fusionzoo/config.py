@@ -34,6 +34,7 @@ from torch import nn
 
 from fusionzoo.encoders.base import takes_raw
 from fusionzoo.errors import ConfigError
+from fusionzoo.extras import MissingExtraError
 from fusionzoo.models.alignment import AlignmentModel
 from fusionzoo.models.multimodal import MultimodalModel
 from fusionzoo.registry import (
@@ -283,7 +284,7 @@ def build_from_section(registry: Registry, section: Mapping[str, Any], path: str
     kwargs.update({k: v for k, v in derived.items() if var_kw or k in taken})
     try:
         return registry.create(section["name"], **kwargs)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, MissingExtraError) as e:  # a missing extra too: one line naming the key and the extra
         raise ConfigError(f"{origin}: {path}: {e}") from e
 
 

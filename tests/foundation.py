@@ -77,6 +77,10 @@ def offline(cfg: dict, folder: Path) -> dict:
             enc.pop("tokenizer", None)
         if enc["name"] == "timm":
             enc["pretrained"] = False
+        if enc["name"].startswith("open_clip_"):
+            from fusionzoo.encoders.open_clip import TINY_CLIP
+
+            enc["model"], enc["pretrained"] = dict(TINY_CLIP), None
     return cfg
 
 

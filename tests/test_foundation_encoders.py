@@ -265,3 +265,19 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
     with pytest.raises(MissingExtraError, match=r"timm \(model='test_resnet'\) needs the 'timm' library .*fusionzoo\[timm\]"):
         fz.create_encoder("timm", model="test_resnet")
     assert "hf_text" in fz.list_encoders() and "timm" in fz.list_encoders()  # listed all the same
+
+
+def test_a_config_whose_extra_is_missing_is_one_cli_line_naming_the_key(monkeypatch, tmp_path, capsys):
+    import importlib
+
+    from fusionzoo.cli import main
+
+    from common import config_file
+
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "timm" else real(name, *a, **k))
+    cfg = {"model": {"encoders": {"visual": {"name": "timm", "model": "resnet18"}, "audio": {"name": "feature_mlp", "in_dim": 4, "out_dim": 4}},
+                     "fusion": {"name": "concat_mlp", "out_dim": 4}, "head": {"name": "linear", "out_dim": 2}}}
+    assert main(["info", str(config_file(tmp_path, cfg))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.encoders.visual: timm (model='resnet18') needs the 'timm' library" in err and "fusionzoo[timm]" in err

@@ -173,3 +173,11 @@ def test_multitask_history_is_part_of_its_state():
     b = fz.create_loss("multitask", tasks=["x", "y"], weighting="dwa")
     b.load_state_dict(a.state_dict())
     assert b.weights() == a.weights() != {"x": 1.0, "y": 1.0}
+
+
+def test_class_recall_with_fewer_candidates_than_k_counts_every_candidate():
+    from fusionzoo.training.retrieval import retrieval_metrics
+
+    a, b = torch.eye(3), torch.eye(3)
+    out = retrieval_metrics(a, b, ks=(1, 5), labels=torch.tensor([0, 1, 0]))
+    assert out["a->b class R@1"] == 1.0 and out["a->b class R@5"] == 1.0 and out["a->b R@5"] == 1.0

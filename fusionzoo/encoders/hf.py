@@ -151,6 +151,7 @@ class _HFEncoder(Encoder):
     #: Reads raw samples through ``self.preprocessor`` (the data hands it strings, waveforms, images).
     takes_raw = True
     auto = "AutoModel"
+    registry_name = "hf"
 
     def __init__(
         self, *, model: ModelSpec, pool: str, layer: int | None, out_dim: int | None, gradient_checkpointing: bool,
@@ -190,8 +191,6 @@ class _HFEncoder(Encoder):
         self.proj: nn.Module = nn.Identity() if out_dim is None else nn.Linear(hidden, out_dim)
         self.out_dim = hidden if out_dim is None else out_dim
         self.model_inputs = tuple(inspect.signature(backbone.forward).parameters)
-
-    registry_name = "hf"
 
     def _takes_pooling_flag(self, model: ModelSpec) -> bool:
         transformers = _transformers(self.what)

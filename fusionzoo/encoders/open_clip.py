@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from fusionzoo.encoders.base import Encoder
-from fusionzoo.encoders.preprocess import ImagePreprocessor
+from fusionzoo.encoders.preprocess import ImagePreprocessor, PerImage
 from fusionzoo.extras import require
 from fusionzoo.registry import ENCODERS
 
@@ -127,16 +127,6 @@ class _OpenCLIPTower(Encoder):
         return {"model": f"local-dir:{folder}", "pretrained": None}
 
 
-class _OpenCLIPTransform:
-    """open_clip's evaluation transform (on tensors as on PIL images), image by image, stacked."""
-
-    def __init__(self, transform: Any) -> None:
-        self.transform = transform
-
-    def __call__(self, images: list[Tensor]) -> Tensor:
-        return torch.stack([self.transform(x) for x in images])
-
-
 @ENCODERS.register(
     "open_clip_image",
     example_kwargs={"model": TINY_CLIP, "out_dim": 24},
@@ -160,7 +150,7 @@ class OpenCLIPImageEncoder(_OpenCLIPTower):
         self.modality = modality
         clip, _, transform = self._setup(model, pretrained, out_dim)
         self.visual = clip.visual
-        self.preprocessor = ImagePreprocessor(_OpenCLIPTransform(transform), channels=3, modality=modality)
+        self.preprocessor = ImagePreprocessor(PerImage(transform), channels=3, modality=modality)
 
     def _check(self, x: object) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["TextPreprocessor", "AudioPreprocessor", "ImagePreprocessor", "as_image", "as_waveform"]
+__all__ = ["TextPreprocessor", "AudioPreprocessor", "ImagePreprocessor", "PerImage", "as_image", "as_waveform"]
 
 
 def _kind(x: object) -> str:
@@ -137,6 +137,17 @@ def as_image(x: object, i: int, channels: int, modality: str) -> Tensor:
         else:
             raise ValueError(f"{modality}: sample {i} has {x.shape[0]} channels, the model reads {channels}")
     return x.float()
+
+
+class PerImage:
+    """A one-image torchvision transform (timm's, OpenCLIP's: they run on tensors as on PIL images)
+    applied image by image, the results stacked."""
+
+    def __init__(self, transform: Callable[[Tensor], Tensor]) -> None:
+        self.transform = transform
+
+    def __call__(self, images: list[Tensor]) -> Tensor:
+        return torch.stack([self.transform(x) for x in images])
 
 
 class ImagePreprocessor:

@@ -27,21 +27,11 @@ from torch import Tensor, nn
 
 from fusionzoo.encoders.adapters import add_adapter
 from fusionzoo.encoders.base import Encoder
-from fusionzoo.encoders.preprocess import ImagePreprocessor
+from fusionzoo.encoders.preprocess import ImagePreprocessor, PerImage
 from fusionzoo.extras import require
 from fusionzoo.registry import ENCODERS
 
 __all__ = ["TimmEncoder"]
-
-
-class _TimmTransform:
-    """timm's evaluation transform, image by image, stacked."""
-
-    def __init__(self, transform: Any) -> None:
-        self.transform = transform
-
-    def __call__(self, images: list[Tensor]) -> Tensor:
-        return torch.stack([self.transform(x) for x in images])
 
 
 @ENCODERS.register(
@@ -116,7 +106,7 @@ class TimmEncoder(Encoder):
             config["input_size"] = (in_channels, *size)
         self.data_config = dict(config)
         transform = timm.data.create_transform(**config, is_training=False)
-        self.preprocessor = ImagePreprocessor(_TimmTransform(transform), channels=in_channels, modality=modality)
+        self.preprocessor = ImagePreprocessor(PerImage(transform), channels=in_channels, modality=modality)
 
     def save_preprocessing(self, folder: Path) -> dict[str, Any]:
         """Nothing to write (timm's preprocessing comes from the architecture's own data config); the

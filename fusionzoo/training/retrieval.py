@@ -46,7 +46,7 @@ def retrieval_metrics(
             out[f"{direction} R@{k}"] = (ranks <= k).float().mean().item()
         out[f"{direction} median rank"] = ranks.median().item()
         if labels is not None:
-            top = s.topk(max(ks), dim=1).indices  # [b, k]
+            top = s.topk(min(max(ks), s.shape[1]), dim=1).indices  # [b, k]; every candidate when there are fewer than k
             same = labels[top] == labels[:, None]
             for k in ks:
                 out[f"{direction} class R@{k}"] = same[:, :k].any(dim=1).float().mean().item()
