@@ -50,8 +50,17 @@ def write_data(root: Path, n_train: int, n_eval: int, classes: int = 4) -> Path:
     return root / "items.csv"
 
 
-def config(manifest: Path, tokenizer: Path, epochs: int, cache: str) -> dict:
-    encoders = {m: {"name": name, "model": spec} for m, (name, _, spec) in ARCHITECTURES.items()}
+#: ``--size tiny``: the same model types at a few thousand parameters (the script's own test).
+TINY = {
+    "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+    "visual": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, "patch_size": 8},
+    "audio": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "conv_dim": [16, 16],
+              "conv_stride": [5, 4], "conv_kernel": [10, 8], "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2},
+}
+
+
+def config(manifest: Path, tokenizer: Path, epochs: int, cache: str, size: str = "base") -> dict:
+    encoders = {m: {"name": name, "model": {**spec, **(TINY[m] if size == "tiny" else {})}} for m, (name, _, spec) in ARCHITECTURES.items()}
     encoders["text"]["tokenizer"] = str(tokenizer)
     encoders["audio"]["sample_rate"] = 16000
     encoders["visual"]["pool"] = "cls"
@@ -82,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--train", type=int, default=48, help="training rows (val and test get a third each)")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--size", choices=("base", "tiny"), default="base", help="tiny: small architectures, for the script's test")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out or Path(__file__).parent / "results" / machine_tag()
@@ -91,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         manifest = write_data(tmp / "data", args.train, args.train // 3)
         word_tokenizer(WORDS, max_length=512).save_pretrained(tmp / "tok")
-        results = {mode: run(config(manifest, tmp / "tok", args.epochs, mode), tmp / f"run-{mode}") for mode in ("none", "memory")}
+        results = {mode: run(config(manifest, tmp / "tok", args.epochs, mode, args.size), tmp / f"run-{mode}") for mode in ("none", "memory")}
     plain, cached = results["none"], results["memory"]
     later = slice(1, None)
     speedup = np.mean(plain["epoch_s"][later]) / np.mean(cached["epoch_s"][later])
     diff = max(abs(a - b) for a, b in zip(plain["val_loss"], cached["val_loss"]))
-    payload = {"command": script_command("feature_cache.py", argv), "machine": machine_info(), "architectures": {m: a[1] for m, a in ARCHITECTURES.items()},
+    payload = {"command": script_command("feature_cache.py", argv), "machine": machine_info(), "size": args.size, "architectures": {m: a[1] for m, a in ARCHITECTURES.items()},
                "rows": {"train": args.train, "val": args.train // 3, "test": args.train // 3}, "results": results,
                "epoch_speedup_after_the_first": speedup, "max_val_loss_difference": diff}
     lines = [

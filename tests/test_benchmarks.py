@@ -65,7 +65,7 @@ def test_feature_cache_script_compares_cached_and_uncached_runs(tmp_path):
     pytest.importorskip("transformers")
     import feature_cache
 
-    assert feature_cache.main(["--train", "3", "--epochs", "2", "--out", str(tmp_path)]) == 0
+    assert feature_cache.main(["--train", "3", "--epochs", "2", "--size", "tiny", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "feature_cache.json").read_text())
     assert set(data["results"]) == {"none", "memory"} and data["max_val_loss_difference"] < 1e-5
     assert "| memory |" in (tmp_path / "feature_cache.md").read_text()
