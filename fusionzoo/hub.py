@@ -34,7 +34,9 @@ from fusionzoo.data.loader import make_loader
 from fusionzoo.encoders.base import preprocessors
 from fusionzoo.errors import CheckpointError
 from fusionzoo.models.multimodal import MultimodalModel
+from fusionzoo.encoders.text import attach_vocabularies
 from fusionzoo.models.saved_encoders import load_encoder_overrides
+from fusionzoo.vocab import vocabularies_of
 from fusionzoo.registry import MODELS
 from fusionzoo.training.checkpoint import DATA_STATE, load_data_state, load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import evaluate
@@ -82,6 +84,9 @@ def _load_folder(folder: Path) -> MultimodalModel:
         raise CheckpointError(f"{folder / 'model.safetensors'} is not a readable safetensors file: {e}") from None
     _check_weights(model, weights, folder)
     model.load_state_dict(weights)
+    state = folder / DATA_STATE
+    if state.is_file():
+        attach_vocabularies(model.encoders, vocabularies_of(json.loads(state.read_text())))
     return model.eval()
 
 

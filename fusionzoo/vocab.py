@@ -16,7 +16,7 @@ from torch import Tensor
 
 from fusionzoo.atomic import write_text_atomic
 
-__all__ = ["Vocab", "tokenize", "PAD_ID", "UNK_ID"]
+__all__ = ["Vocab", "tokenize", "vocabularies_of", "PAD_ID", "UNK_ID"]
 
 PAD_ID = 0
 UNK_ID = 1
@@ -93,3 +93,9 @@ class Vocab:
     def load(cls, path: str | Path) -> Vocab:
         data = json.loads(Path(path).read_text())
         return cls(data["itos"], lower=data.get("lower", True))
+
+
+def vocabularies_of(fitted: dict | None) -> dict[str, Vocab]:
+    """The word vocabularies (modality -> :class:`Vocab`) a dataset's fitted state holds (a run's
+    ``data_state.json``); ``{}`` without any."""
+    return {m: Vocab(v["itos"], lower=v.get("lower", True)) for m, v in ((fitted or {}).get("vocabs") or {}).items()}

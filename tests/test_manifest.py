@@ -343,3 +343,18 @@ def test_feature_files_npy_and_safetensors_with_a_key(tmp_path):
     with pytest.raises(CellError, match=r"expected a 1-D numeric vector, got float64 of shape \[2, 3\]"):
         read_features("m.npy", tmp_path)
     assert read_features([1, 2.5], tmp_path).tolist() == [1.0, 2.5]  # a JSONL list
+
+
+def test_a_word_level_encoder_carries_its_vocabulary_for_preprocess(tmp_path):
+    from fusionzoo.hub import save_run
+
+    root, _ = build_folder(tmp_path)
+    train(config(root, epochs=1), run_dir=tmp_path / "run", log=False)
+    ds = fz.create_dataset("manifest", **{k: v for k, v in data_section(root).items() if k != "name"})
+    want = ds.vocab.encode(["a small cat", "the big dog"])
+    model, _, _ = load_run(tmp_path / "run")
+    assert torch.equal(model.encoders["text"].preprocess(["a small cat", "the big dog"]), want)
+    save_run(tmp_path / "run", tmp_path / "saved")
+    assert torch.equal(fz.from_pretrained(tmp_path / "saved").encoders["text"].preprocess(["a small cat", "the big dog"]), want)
+    with pytest.raises(ValueError, match="text: TextEmbeddingEncoder has no vocabulary attached"):
+        fz.create_encoder("text_embedding", vocab_size=32).preprocess(["a cat"])

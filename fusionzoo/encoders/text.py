@@ -9,6 +9,7 @@ Every encoder ignores padding in its pooling, and a row that is all padding enco
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from fusionzoo.layers.masking import masked_max, masked_mean
 from fusionzoo.layers.validation import check_positive_int, check_range, check_tensor
 from fusionzoo.registry import ENCODERS
 
-__all__ = ["TextEmbeddingEncoder", "TextLSTMEncoder", "TextTransformerEncoder", "load_word_vectors"]
+__all__ = ["TextEmbeddingEncoder", "TextLSTMEncoder", "TextTransformerEncoder", "attach_vocabularies", "load_word_vectors"]
 
 
 def load_word_vectors(embedding: nn.Embedding, path: str | Path, vocab: Vocab | None = None) -> dict[str, int]:
@@ -67,6 +68,24 @@ class _TextEncoder(Encoder):
     modality = "text"
     vocab_size: int
     embedding: nn.Embedding
+    #: The word vocabulary its ids index: preprocessing state fitted on the training split (the
+    #: dataset applies it in training; the engine, ``load_run`` and ``from_pretrained`` attach it, so
+    #: ``preprocess`` turns strings into the ids the model was trained on). None until attached.
+    vocab: Vocab | None = None
+
+    def preprocess(self, texts: Sequence[str], max_length: int | None = None) -> Tensor:
+        """``long [b, l]`` ids of ``texts`` in the attached vocabulary (0-padded; ``max_length`` cuts, explicitly)."""
+        if self.vocab is None:
+            raise ValueError(
+                f"{self.modality}: {type(self).__name__} has no vocabulary attached: it is fitted on a training split "
+                "(a trained run or saved folder carries it); attach one with encoder.vocab = Vocab.build(texts)"
+            )
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"{self.modality}: sample {i} is {type(t).__name__}, expected a string")
+        if len(self.vocab) > self.vocab_size:
+            raise ValueError(f"{self.modality}: the vocabulary has {len(self.vocab)} words, more than vocab_size={self.vocab_size}")
+        return self.vocab.encode(list(texts), max_length)
 
     def _check(self, ids: Tensor) -> Tensor:
         check_tensor(ids, name="text", shape=("B", "L"), dtype="int", what="token ids")
@@ -82,6 +101,17 @@ class _TextEncoder(Encoder):
         lengths = torch.randint(1, 13, (batch_size,))
         lengths[0] = 12
         return torch.where(torch.arange(12) < lengths.unsqueeze(1), ids, PAD_ID)
+
+
+def attach_vocabularies(encoders: Mapping[str, nn.Module], vocabs: Mapping[str, Vocab]) -> list[str]:
+    """Give each word-level text encoder the vocabulary of its modality (its preprocessing state);
+    returns the modalities that got one."""
+    attached = []
+    for m, encoder in encoders.items():
+        if isinstance(encoder, _TextEncoder) and m in vocabs:
+            encoder.vocab = vocabs[m]
+            attached.append(m)
+    return attached
 
 
 def _zero_empty_rows(out: Tensor, mask: Tensor) -> Tensor:

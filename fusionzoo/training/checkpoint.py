@@ -41,7 +41,9 @@ from torch import nn
 from fusionzoo.atomic import write_text_atomic
 from fusionzoo.config import ExperimentConfig, build_model, load_config
 from fusionzoo.errors import CheckpointError
+from fusionzoo.encoders.text import attach_vocabularies
 from fusionzoo.models.saved_encoders import load_encoder_overrides
+from fusionzoo.vocab import vocabularies_of
 
 __all__ = [
     "CheckpointError",
@@ -252,4 +254,5 @@ def load_run(path: str | Path) -> tuple[nn.Module, ExperimentConfig, Path]:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, load_encoder_overrides(run_dir))
     load_model_weights(model, checkpoint)
+    attach_vocabularies(model.encoders, vocabularies_of(load_data_state(run_dir)))
     return model.eval(), cfg, checkpoint
