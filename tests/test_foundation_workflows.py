@@ -152,3 +152,21 @@ def test_export_pt2_of_a_saved_foundation_model_matches_eager_on_real_batches(tm
         inputs += [batch["visual"]] + [batch["present"][m] for m in serving.modalities]
         with torch.no_grad():
             torch.testing.assert_close(program(*inputs), model(batch), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_ensemble_reads_each_run_through_its_own_preprocessing(tmp_path):
+    from fusionzoo.training import ensemble_runs
+
+    cfg = fm_config(tmp_path, epochs=1)
+    train(cfg, run_dir=tmp_path / "foundation", log=False)
+    words = dict(cfg, model={
+        "encoders": {"text": {"name": "text_embedding", "vocab_size": 32, "embed_dim": 8, "out_dim": 8},
+                     "audio": {"name": "audio_spec_cnn", "sample_rate": 8000, "n_fft": 128, "hop_length": 64, "n_mels": 16, "channels": [4], "out_dim": 8}},
+        "fusion": {"name": "concat_mlp", "out_dim": 8}, "head": {"name": "linear", "out_dim": 3}})
+    train(words, run_dir=tmp_path / "words", log=False)  # the same data, read as word ids
+    result = ensemble_runs([tmp_path / "foundation", tmp_path / "words"], out=tmp_path / "ens")
+    full = result["test"][0]
+    assert full["modalities"] == ["audio", "text", "visual"] and len(result["test"]) == 7
+    for r, run in enumerate(("foundation", "words")):
+        assert full["runs"][r] == json.loads((tmp_path / run / "metrics.json").read_text())["test"]["accuracy"]

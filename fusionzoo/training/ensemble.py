@@ -4,7 +4,8 @@
 (or :func:`ensemble_runs`) evaluates, on the data of the first run's config (every run's modalities
 must be in it), the weighted average of the runs' class probabilities (``probs``, the default) or
 logits, under every subset of the modalities, on ``val`` and ``test``. Each run sees only its own
-modalities. A run that sees none of a sample's modalities (not in the subset, or missing in that
+modalities, read through its own preprocessing (a tokenizer, an image processor) and fitted state
+(vocabulary, label list); runs whose data disagree on a sample's label are refused. A run that sees none of a sample's modalities (not in the subset, or missing in that
 sample) has no say for that sample: the weights of the others are renormalised, so an image model
 and a speech model fall back to one another per sample, as late fusion does.
 
@@ -26,11 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fusionzoo.atomic import write_text_atomic
-from fusionzoo.config import build_dataset
+from fusionzoo.config import ExperimentConfig, build_dataset
 from fusionzoo.data.loader import make_loader
-from fusionzoo.encoders.base import takes_raw
+from fusionzoo.encoders.base import preprocessors
 from fusionzoo.training.checkpoint import load_data_state, load_run, resolve_checkpoint
-from fusionzoo.training.evaluate import move_batch, subsets
+from fusionzoo.training.evaluate import modality_of, move_batch, subsets
 from fusionzoo.training.tasks import get_task
 
 __all__ = ["ensemble_runs", "combine_predictions", "fit_weights"]
@@ -77,28 +78,52 @@ def fit_weights(logits: Sequence[Tensor | None], available: Sequence[Tensor], la
 
 
 @torch.no_grad()
-def _predictions(models: Sequence, loader, keep: set[str]) -> tuple[list[Tensor | None], list[Tensor], Tensor]:
+def _predictions(models: Sequence, loaders: Sequence, keep: set[str]) -> tuple[list[Tensor | None], list[Tensor], Tensor]:
+    """Each run's logits on its own loader (the same samples in the same order, each through that
+    run's preprocessing and fitted state), which modalities it saw per sample, and the labels."""
     outputs: list[list[Tensor] | None] = [[] if keep & set(m.modalities) else None for m in models]
     available: list[list[Tensor]] = [[] for _ in models]
     labels = []
-    for batch in loader:
-        batch = move_batch(batch, next(models[0].parameters()).device)
-        batch = {k: v for k, v in batch.items() if k in keep or k == "label" or k.removesuffix("_lengths") in keep or k == "present"}
-        present = {m: p for m, p in batch.get("present", {}).items() if m in keep}
-        batch["present"] = present
-        n = batch["label"].shape[0]
-        for r, model in enumerate(models):
-            seen = [m for m in model.modalities if m in keep and m in batch]
+    device = next(models[0].parameters()).device
+    for batches in zip(*loaders, strict=True):
+        batches = [_keep(move_batch(b, device), keep) for b in batches]
+        label = batches[0]["label"]
+        if any(not torch.equal(b["label"], label) for b in batches[1:]):
+            raise ValueError("ensemble: the runs' data give different labels for the same samples (another label list or class order?)")
+        n = label.shape[0]
+        for r, (model, batch) in enumerate(zip(models, batches)):
+            present = batch["present"]
+            seen = [m for m in model.modalities if m in keep and m in present]
             if not seen:
                 available[r].append(torch.zeros(n, dtype=torch.bool))
                 continue
             outputs[r].append(model(batch).float().cpu())
             ok = torch.zeros(n, dtype=torch.bool)
             for m in seen:
-                ok |= present[m].cpu() if m in present else torch.ones(n, dtype=torch.bool)
+                ok |= present[m].cpu()
             available[r].append(ok)
-        labels.append(batch["label"].cpu())
+        labels.append(label.cpu())
     return [None if o is None else torch.cat(o) for o in outputs], [torch.cat(a) for a in available], torch.cat(labels)
+
+
+def _keep(batch: dict, keep: set[str]) -> dict:
+    out = {k: v for k, v in batch.items() if k == "label" or (k != "present" and modality_of(k) in keep)}
+    out["present"] = {m: p for m, p in batch.get("present", {}).items() if m in keep}
+    return out
+
+
+def _loaders(loaded: Sequence, data: Any, split: str, batch_size: int) -> list:
+    """One loader per run over ``split`` of the first run's ``data`` section, built with that run's
+    config (its encoders' raw modalities) and fitted state (vocabulary, label list)."""
+    loaders = []
+    for model, cfg, checkpoint in loaded:
+        run_dir, _ = resolve_checkpoint(checkpoint)
+        run_cfg = ExperimentConfig(raw={**cfg.to_dict(), "data": data}, origin=cfg.origin, train=cfg.train)
+        dataset = build_dataset(run_cfg, split, load_data_state(run_dir))
+        loaders.append(make_loader(dataset, batch_size, preprocess=preprocessors(model.encoders)))
+    if len({len(loader.dataset) for loader in loaders}) > 1:
+        raise ValueError(f"ensemble: the runs' {split} splits differ in size ({[len(x.dataset) for x in loaders]}): another data state")
+    return loaders
 
 
 def ensemble_runs(
@@ -122,10 +147,6 @@ def ensemble_runs(
     for (model, cfg, _), run in zip(loaded, runs):
         if cfg.kind != "model":
             raise ValueError(f"ensemble: {run} is not a classifier run")
-    for model, run in zip(models, runs):
-        owning = [m for m, enc in model.encoders.items() if takes_raw(enc)]
-        if owning:
-            raise ValueError(f"ensemble: {run}'s {owning[0]} encoder owns its preprocessing (a tokenizer or processor); ensembles of such runs are not supported yet")
     classes = {m.out_dim for m in models}
     if len(classes) != 1:
         raise ValueError(f"ensemble: the runs predict different numbers of classes: {[m.out_dim for m in models]}")
@@ -134,17 +155,14 @@ def ensemble_runs(
     if len(weights) != len(runs) or any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"ensemble: one weight >= 0 per run ({len(runs)}), not all 0; got {list(weights)}")
     run_dir, _ = resolve_checkpoint(runs[0])
-    cfg = loaded[0][1]
-    fitted = load_data_state(run_dir)
     union = sorted({m for model in models for m in model.modalities})
-    sets = {s: build_dataset(cfg, s, fitted) for s in ("val", "test")}
-    have = getattr(sets["test"], "modalities", union)
-    if get_task(sets["test"]).name != "multiclass":
+    loaders = {s: _loaders(loaded, loaded[0][1].data, s, batch_size) for s in ("val", "test")}
+    first = loaders["test"][0].dataset
+    if get_task(first).name != "multiclass":
         raise ValueError("ensemble: multi-class runs only")
-    lacking = [m for m in union if m not in have]
+    lacking = [m for m in union if m not in getattr(first, "modalities", union)]
     if lacking:
         raise ValueError(f"ensemble: the data of {runs[0]} has no {lacking[0]!r}, which a run reads; put the run with every modality first")
-    loaders = {s: make_loader(d, batch_size) for s, d in sets.items()}
     task = get_task("multiclass")
     if fit == "val":
         weights = list(fit_weights(*_predictions(models, loaders["val"], set(union)), combine))
