@@ -5,11 +5,10 @@ Legend: ``b`` batch, ``m`` modality, ``n`` tokens, ``d`` features.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import copy
 
 import torch
 import yaml
