@@ -17,7 +17,8 @@ test: $(STAMP)
 # Quick benchmark suite (under 5 minutes on 2 CPU cores); results in benchmarks/results/<machine>/.
 bench: $(STAMP)
 	$(BIN)/fusionzoo bench --fusions '*' --batch-sizes 256 --modality-sweep 2,4,8 --missing-sweep 0,0.5 --min-time 0.2 --name quick_fusions
-	$(BIN)/fusionzoo bench --encoders '*' --batch-sizes 32 --min-time 0.2 --name quick_encoders
+	$(BIN)/fusionzoo bench --encoders '*' --exclude 'hf_*,timm,open_clip_*' --batch-sizes 32 --min-time 0.2 --name quick_encoders
+	$(BIN)/fusionzoo bench --encoders 'hf_*,timm,open_clip_*' --batch-sizes 4 --min-time 0.2 --name quick_foundation_encoders
 	$(BIN)/fusionzoo bench --models configs/experiments/quickstart.yaml --batch-sizes 64 --min-time 0.5 --name quick_models
 	$(BIN)/python benchmarks/loader_speed.py
 

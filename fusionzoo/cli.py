@@ -259,7 +259,7 @@ def _bench(args: argparse.Namespace) -> int:
         encoders=args.encoders, fusions=args.fusions, models=args.models, batch_sizes=_csv(args.batch_sizes, int),
         device=args.device, dtypes=_csv(args.dtypes), compile=args.compile, channels_last=args.channels_last,
         modality_sweep=_csv(args.modality_sweep, int), missing_sweep=_csv(args.missing_sweep, float),
-        min_time=args.min_time, memory=not args.no_memory,
+        min_time=args.min_time, memory=not args.no_memory, exclude=_csv(args.exclude),
     )
     out = Path(args.out) if args.out else Path("benchmarks") / "results" / machine_tag(args.device)
     command = "fusionzoo bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "fusionzoo bench (from Python)"
@@ -269,8 +269,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="time encoders, fusion blocks and models against the measured matmul rate")
-    p.add_argument("--encoders", default=None, metavar="PATTERN", help="fnmatch pattern over encoder names")
-    p.add_argument("--fusions", default=None, metavar="PATTERN", help="fnmatch pattern over fusion names")
+    p.add_argument("--encoders", default=None, metavar="PATTERN", help="fnmatch patterns over encoder names (comma-separated)")
+    p.add_argument("--exclude", default="", metavar="PATTERNS", help="comma-separated fnmatch patterns of encoder and fusion names to leave out")
+    p.add_argument("--fusions", default=None, metavar="PATTERN", help="fnmatch patterns over fusion names (comma-separated)")
     p.add_argument("--models", nargs="*", default=[], metavar="CONFIG", help="model / experiment configs")
     p.add_argument("--batch-sizes", default="256", help="comma-separated batch sizes (a sweep when several)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

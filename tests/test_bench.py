@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 
+import fusionzoo as fz
+
 from fusionzoo.bench import SuiteOptions, count_flops, run_suite, time_callable
 from fusionzoo.cli import main
 
@@ -62,3 +64,10 @@ def test_gpu_path_is_skipped_cleanly_without_cuda(tmp_path, capsys):
 def test_bench_needs_a_target(capsys):
     assert main(["bench"]) == 2
     assert "choose what to time" in capsys.readouterr().err
+
+
+def test_bench_selects_encoders_by_patterns_and_excludes():
+    from fusionzoo.bench.suite import _selected
+
+    assert _selected(fz.ENCODERS, "hf_*,timm", ["hf_audio"]) == ["hf_text", "hf_vision", "timm"]
+    assert _selected(fz.ENCODERS, None, []) == []

@@ -7,6 +7,8 @@ markdown table and PNG plots under ``out``.
 
 from __future__ import annotations
 
+import fnmatch
+
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,11 +58,13 @@ class SuiteOptions:
         missing_sweep: Sequence[float] = (),
         min_time: float = 0.5,
         memory: bool = True,
+        exclude: Sequence[str] = (),
     ) -> None:
         for d in dtypes:
             if d not in DTYPES:
                 raise ValueError(f"unknown dtype {d!r}; choose from {sorted(DTYPES)}")
         self.encoders, self.fusions, self.models = encoders, fusions, list(models)
+        self.exclude = list(exclude)  # fnmatch patterns of encoder and fusion names left out
         self.batch_sizes, self.device, self.dtypes = list(batch_sizes), device, list(dtypes)
         self.compile, self.channels_last = compile, channels_last
         self.modality_sweep, self.missing_sweep = list(modality_sweep), list(missing_sweep)
@@ -122,6 +126,12 @@ def _measure(records, base: dict, module, call, opts: SuiteOptions, peaks: dict,
             )
 
 
+def _selected(registry, pattern: str | None, exclude: Sequence[str]) -> list[str]:
+    """The names ``pattern`` (comma-separated fnmatch patterns) selects, less those an ``exclude`` pattern matches."""
+    names = sorted({n for p in pattern.split(",") if p.strip() for n in registry.list(p.strip())}) if pattern else []
+    return [n for n in names if not any(fnmatch.fnmatchcase(n, x) for x in exclude)]
+
+
 def _to(x, device: str):
     """A tensor, or a dict of them (at any depth), on ``device``."""
     return {k: _to(v, device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
@@ -174,7 +184,7 @@ def run_suite(opts: SuiteOptions, out: Path, name: str, command: str) -> list[Me
 def _bench_fusions(records: list[Measurement], opts: SuiteOptions, peaks: dict[str, float], dtypes: list[str]) -> None:
     """Every selected block per batch size and dtype, then its modality and missing-rate sweeps."""
     device = opts.device
-    for fusion in FUSIONS.list(opts.fusions) if opts.fusions else []:
+    for fusion in _selected(FUSIONS, opts.fusions, opts.exclude):
         for batch in opts.batch_sizes:
             torch.manual_seed(0)
             block = build_fusion(fusion).to(device).train()
@@ -195,7 +205,7 @@ def _bench_fusions(records: list[Measurement], opts: SuiteOptions, peaks: dict[s
 def _bench_encoders(records: list[Measurement], opts: SuiteOptions, peaks: dict[str, float], dtypes: list[str]) -> None:
     """Every selected encoder per batch size and dtype (and channels-last on CUDA)."""
     device = opts.device
-    for encoder in ENCODERS.list(opts.encoders) if opts.encoders else []:
+    for encoder in _selected(ENCODERS, opts.encoders, opts.exclude):
         for batch in opts.batch_sizes:
             torch.manual_seed(0)
             enc = build_encoder(encoder).to(device).train()

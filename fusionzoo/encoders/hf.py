@@ -452,8 +452,9 @@ class HFAudioEncoder(_HFEncoder):
 
     def example_input(self, batch_size: int = 2) -> dict[str, Tensor]:
         g = torch.Generator().manual_seed(batch_size)
-        lengths = [1600 - 400 * (i % 3) for i in range(batch_size)]
-        return self.preprocess([torch.randn(n, generator=g) for n in lengths], sample_rate=self.preprocessor.model_rate)
+        rate = self.preprocessor.model_rate  # up to 1 s: long enough for the model's training-time time masks
+        lengths = [rate - rate // 4 * (i % 3) for i in range(batch_size)]
+        return self.preprocess([torch.randn(n, generator=g) for n in lengths], sample_rate=rate)
 
 
 class _HFImageTransform:

@@ -79,7 +79,7 @@ def _load(model: str | dict, pretrained: str | None, what: str) -> tuple[Any, An
         else:
             local = name.startswith("local-dir:")
             weights = local and any(Path(name.removeprefix("local-dir:")).glob(p) for p in ("*.safetensors", "*.bin", "*.pth"))
-            with _quiet() if local and not weights else contextlib.nullcontext():
+            with _quiet() if (local and not weights) or (not local and pretrained is None) else contextlib.nullcontext():
                 clip, _, transform = open_clip.create_model_and_transforms(name, pretrained=pretrained, load_weights=not local or weights)
             tokenizer = open_clip.get_tokenizer(name)
     except (OSError, RuntimeError, ValueError, KeyError) as e:
