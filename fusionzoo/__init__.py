@@ -15,6 +15,7 @@ from fusionzoo.encoders.base import Encoder
 from fusionzoo.errors import ConfigError
 from fusionzoo.fusion.base import FusionBlock
 from fusionzoo.hub import from_pretrained
+from fusionzoo.training.explain import explain
 from fusionzoo.models.alignment import AlignmentModel
 from fusionzoo.models.multimodal import MultimodalModel
 from fusionzoo.registry import (
@@ -116,6 +117,7 @@ __all__ = [
     "Registry",
     "__version__",
     "build_model",
+    "explain",
     "from_pretrained",
     "load_config",
     *(f"{verb}_{kind}" for kind in KINDS for verb in ("create", "register")),

@@ -1,4 +1,4 @@
-"""The ``fusionzoo`` command: ``list``, ``info``, ``train``, ``eval``, ``compare``, ``bench``."""
+"""The ``fusionzoo`` command: ``list``, ``info``, ``train``, ``eval``, ``explain``, ``compare``, ``bench``, ..."""
 
 from __future__ import annotations
 
@@ -242,6 +242,16 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from fusionzoo.training.explain import explain_run, render_summary
+
+    summary = explain_run(args.run, split=args.split, out=args.out, samples=args.samples, value=args.value, batch_size=args.batch_size)
+    out = Path(args.out) if args.out else Path(summary["run"]) / "explain" / args.split
+    print(render_summary(summary).rstrip())
+    print(f"\nwritten to: {out} (shapley.csv, summary.md, summary.json, plots)")
+    return 0
+
+
 def _csv(text: str, kind=str) -> list:
     return [kind(v) for v in text.split(",") if v.strip()]
 
@@ -320,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", action="append", default=[], metavar="M=LEVEL", help="noise added to a modality")
     p.add_argument("--levels", default="0,0.25,0.5,1,2", help="noise levels of the robustness curves")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("explain", help="each modality's Shapley value for every prediction of a split (exact over all subsets)")
+    p.add_argument("run", help="a run directory (its selected checkpoint) or a checkpoint folder")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", default=None, help="output folder (default: <run>/explain/<split>)")
+    p.add_argument("--samples", type=int, default=None, help="explain the first N samples of the split only")
+    p.add_argument("--value", default="logit", choices=("logit", "prob", "log_prob"), help="the output explained, of the predicted class")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=_explain)
 
     p = sub.add_parser("compare", help="train a grid of fusion blocks / settings over seeds and write a leaderboard")
     p.add_argument("config", nargs="?", default=None, help="the base experiment config")

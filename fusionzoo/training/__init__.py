@@ -14,6 +14,7 @@ from fusionzoo.training.embed import embed_run
 from fusionzoo.training.engine import train
 from fusionzoo.training.ensemble import ensemble_runs
 from fusionzoo.training.evaluate import evaluate, subsets
+from fusionzoo.training.explain import explain, explain_run
 from fusionzoo.training.objectives import (
     Alignment,
     AuxiliaryHeads,
@@ -42,6 +43,8 @@ __all__ = [
     "ensemble_runs",
     "evaluate",
     "evaluate_run",
+    "explain",
+    "explain_run",
     "get_task",
     "latest_checkpoint",
     "load_checkpoint",
