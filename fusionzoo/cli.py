@@ -145,9 +145,23 @@ def _train(args: argparse.Namespace) -> int:
     print(_done_line(summary))
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun one process evaluates
     if args.evaluate and rank0 and summary["test"] is not None and "accuracy" in summary["test"]:
+        explained = _explain_classifier(summary["run_dir"])  # before eval/: a run with eval/results.json is finished
         result = evaluate_run(summary["run_dir"])
-        print(f"evaluated under {len(result['subsets'])} modality subsets and noise: {Path(summary['run_dir']) / 'eval'}")
+        print(f"evaluated under {len(result['subsets'])} modality subsets and noise: {Path(summary['run_dir']) / 'eval'}"
+              + (f"; modality Shapley values: {Path(summary['run_dir']) / 'explain' / 'test'}" if explained else ""))
     return 0
+
+
+def _explain_classifier(run_dir: str | Path) -> bool:
+    """``explain_run`` for a classifier run (a ``model:`` config whose test metrics have accuracy:
+    multi-class), what ``compare``'s leaderboard reads; False for an alignment run."""
+    from fusionzoo.training import explain_run
+    from fusionzoo.training.checkpoint import load_run_config
+
+    if load_run_config(run_dir).kind != "model":
+        return False
+    explain_run(run_dir)
+    return True
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from fusionzoo.vocab import vocabularies_of
 from fusionzoo.registry import MODELS
 from fusionzoo.training.checkpoint import DATA_STATE, load_data_state, load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import evaluate
+from fusionzoo.training.explain import explain_run
 from fusionzoo.training.robustness import evaluate_run
 from fusionzoo.training.tasks import get_task
 
@@ -135,8 +136,9 @@ def save_run(
     model, cfg, _ = load_run(run)
     if not isinstance(model, MultimodalModel):
         raise ValueError(f"save_run: {run_dir} is an alignment run; only classifiers (model: configs) are saved as pretrained folders")
-    with tempfile.TemporaryDirectory() as tmp:  # evaluate_run writes its files; the card keeps what it needs
+    with tempfile.TemporaryDirectory() as tmp:  # evaluate_run and explain_run write files; the card keeps what it needs
         result = evaluate_run(run, levels=(0.0,), out_dir=tmp)
+        explained = explain_run(run, out=Path(tmp) / "explain") if result["task"] == "multiclass" else None
     metrics = json.loads((run_dir / "metrics.json").read_text())
     record = {
         "name": name or run_dir.name,
@@ -153,6 +155,7 @@ def save_run(
         "params": result["params"],
         "command": command or f"fusionzoo train {shlex.quote(str(cfg.origin))}",
         "limitations": limitations,
+        "contributions": None if explained is None else {"value": explained["value"], "classes": explained["classes"]},
         "fusionzoo": _version(),
     }
     state = load_data_state(run_dir)
@@ -188,6 +191,21 @@ def input_shapes(source: str | Path) -> dict[str, list[int]] | None:
     """The per-sample input shapes a saved folder's card records (None without a card)."""
     folder = _resolve(source)
     return read_card(folder).get("input_shapes") if (folder / CARD).is_file() else None
+
+
+def _contributions_section(record: dict[str, Any]) -> str:
+    """The card's table of each modality's share of the prediction per class (``fusionzoo explain``)."""
+    found = record.get("contributions")
+    if not found:
+        return ""
+    mods = record["modalities"]
+    rows = "\n".join(f"| {r['class']} | {r['n']} | " + " | ".join(f"{100 * r['share'][m]:.0f}%" for m in mods) + " |" for r in found["classes"])
+    return (
+        "## What each modality contributes\n\n"
+        f"Each modality's share of the mean |Shapley value| of the predicted class's {found['value']} on the test split, per true "
+        "class (`fusionzoo explain`: exact, over every subset of modalities).\n\n"
+        f"| class | samples | {' | '.join(mods)} |\n|---|---:|" + "---:|" * len(mods) + f"\n{rows}\n\n"
+    )
 
 
 def render_card(record: dict[str, Any]) -> str:
@@ -236,7 +254,7 @@ Each row hides the other modalities from the model (the missing-modality path ev
 |---|---:|---:|
 {subsets}
 
-## Limitations
+{_contributions_section(record)}## Limitations
 
 {record['limitations'] or 'Trained on one dataset with one seed: the numbers above say how it does on that test split, not elsewhere.'}
 """

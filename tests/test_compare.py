@@ -150,10 +150,12 @@ def test_compare_runs_the_grid_writes_the_leaderboard_and_skips_finished_cells(t
     assert board["problems"]["fusion=bilinear"]["status"] == "skipped"
     row = board["cells"][0]["metrics"]
     assert row["test/accuracy"]["n"] == 2 and {"subset/audio+visual/accuracy", "robustness/mean", "params", "flops_per_sample"} <= set(row)
+    shares = [v["mean"] for k, v in row.items() if k.startswith("share/")]
+    assert len(shares) >= 2 and abs(sum(shares) - 1) < 1e-6  # fusionzoo explain's shares of each modality, per cell
     metrics = json.loads((out / "cells" / "fusion=attention" / "seed-1" / "metrics.json").read_text())
     assert metrics["seed"] == 1 and metrics["select"] == "best"
     md = (out / "leaderboard.md").read_text()
-    assert "fusion=concat_mlp" in md and "bilinear` skipped" in md and "95% t-interval" in md
+    assert "fusion=concat_mlp" in md and "bilinear` skipped" in md and "95% t-interval" in md and "contribution shares (%)" in md
     stamp = (out / "cells" / "fusion=concat_mlp" / "seed-0" / "metrics.json").stat().st_mtime_ns
     (out / "cells" / "fusion=attention" / "seed-1" / "eval" / "results.json").unlink()  # as if interrupted there
     capsys.readouterr()

@@ -43,6 +43,8 @@ def test_card_records_every_subset_and_renders(saved):
     readme = (folder / "README.md").read_text()
     assert readme.startswith("---\nlibrary_name: fusionzoo\n") and "| text + visual |" in readme and "a test model" in readme
     assert "## Training recipe" in readme and card["command"] in readme
+    assert "## What each modality contributes" in readme and card["contributions"]["classes"][-1]["class"] == "all"
+    assert abs(sum(card["contributions"]["classes"][-1]["share"].values()) - 1) < 1e-6
     assert evaluate_folder(folder)["accuracy"] == card["test"]["accuracy"]
 
 

@@ -68,6 +68,10 @@ def run_numbers(run_dir: str | Path) -> dict[str, Any]:
         if rel:
             numbers["robustness/mean"] = sum(rel.values()) / len(rel)
             numbers["robustness/drop"] = sign * sum(rel[m] - curves[m][0] for m in rel) / len(rel)
+    explained = run_dir / "explain" / "test" / "summary.json"  # written by `fusionzoo train --evaluate`
+    if explained.is_file():
+        overall = json.loads(explained.read_text())["classes"][-1]
+        numbers.update({f"share/{m}": float(v) for m, v in overall["share"].items()})
     return {"run_dir": str(run_dir), "seed": metrics.get("seed"), "metric": metric, "numbers": numbers, "curves": curves, "levels": levels}
 
 
@@ -182,8 +186,10 @@ def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header
     mods = _modalities(rows)
     has_eff = any("robustness/effective" in r["metrics"] for r in rows)
     label = "test acc. (%)" if metric == "accuracy" else f"test {metric}" + (" (%)" if metric in PERCENT else "")
+    shares = [m for m in mods if any(f"share/{m}" in r["metrics"] for r in rows)]
     head = ["#", "cell", "seeds", label] + [f"{m} missing" for m in mods] + ["rel. robustness"]
     head += ["eff. robustness"] if has_eff else []
+    head += ["contribution shares (%)"] if shares else []
     head += ["params", "MFLOPs/sample", "train s"]
     lines = [f"# {title}", "", *header_lines, "" if header_lines else "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows, 1):
@@ -191,6 +197,8 @@ def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header
         without = [show(m.get(f"subset/{'+'.join(x for x in mods if x != gone)}/{metric}")) if len(mods) > 1 else "-" for gone in mods]
         cells = [str(i), r["cell"], str(len(r["seeds"])), show(m.get(headline)), *without, show(m.get("robustness/mean"))]
         cells += [show(m.get("robustness/effective"))] if has_eff else []
+        if shares:
+            cells.append(", ".join(f"{x} {100 * m[f'share/{x}']['mean']:.0f}" if f"share/{x}" in m else f"{x} -" for x in shares))
         params = m.get("params", {}).get("mean")
         flops = m.get("flops_per_sample", {}).get("mean")
         seconds = m.get("train_seconds", {}).get("mean")
@@ -208,6 +216,11 @@ def _notes(board: Mapping[str, Any]) -> list[str]:
         f"checkpoint selected on validation. *m missing*: test {metric} with modality *m* removed. "
         f"*rel. robustness*: area under test {metric} vs noise level, divided by the level range (mean over the noised modalities)."
     ]
+    if any(k.startswith("share/") for r in board["cells"] for k in r["metrics"]):
+        notes.append(
+            "*contribution shares*: each modality's share of the mean |Shapley value| of the predicted class's logit over the "
+            "test samples (`fusionzoo explain`), mean over seeds: a method that ignores a modality shows it near 0."
+        )
     if board["reference"]:
         notes.append(f"*eff. robustness*: the run's {metric} drop under noise minus the mean drop of `{board['reference']}` (above 0: loses less).")
     overlap = board["overlap"]
