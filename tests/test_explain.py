@@ -105,3 +105,15 @@ def test_explain_cli_on_a_trained_run_writes_values_summary_and_plots(tmp_path, 
     for name in ("summary.md", "shapley_classes.png", "shapley_samples.png", "interaction.png"):
         assert (out / name).is_file(), name
     assert main(["explain", str(tmp_path / "run"), "--samples", "0"]) == 2
+
+
+def test_the_attention_block_s_weights_are_exported_beside_the_values():
+    from fusionzoo.training.explain import explain
+
+    model = _model("attention")
+    batch = _batch(model.modalities, missing="text")
+    result = explain(model, [batch])
+    weights = result["attention"]
+    assert weights.shape == (16, 3) and torch.allclose(weights.sum(1), torch.ones(16))
+    assert torch.all(weights[::3, model.modalities.index("text")] == 0)  # a missing modality gets no weight
+    assert "attention" not in explain(_model("concat_mlp"), [_batch(("audio", "text", "visual"))])

@@ -10,7 +10,8 @@ index (synergy > 0, redundancy < 0) of every pair of modalities, for the predict
 * ``shapley.csv``: one row per sample: its index in the split, its row in the data file where the
   dataset knows it (the manifest's line), label, prediction, ``v(all)`` and ``v(none)``, one column
   per modality (``phi:<m>``, predicted class), one per modality for the true class
-  (``phi_true:<m>``) and one per pair (``interaction:<a>+<b>``);
+  (``phi_true:<m>``) and one per pair (``interaction:<a>+<b>``); for the ``attention`` block also its
+  softmax weights over the modalities (``attention:<m>``: weights the block computed, not attributions);
 * ``summary.md`` / ``summary.json``: per true class, the mean |value| of each modality and its share
   of the total, and the mean interaction of each pair;
 * ``shapley_classes.png`` (mean contribution per class), ``shapley_samples.png`` (every sample's
@@ -72,9 +73,22 @@ def explain(model: torch.nn.Module, loader: Any, value: str = "logit", exact_up_
             phi_true, _ = permutation_shapley(model, batch, label.clamp(min=0), value, permutations, generator)
             got = {"phi": phi, "phi_true": phi_true, "se": se, "v_all": v[-1].double(), "v_none": v[0].double()}
         got |= {"pred": pred, "label": label}
+        weights = _attention_weights(model, batch)
+        if weights is not None:
+            got["attention"] = weights
         for k, t in got.items():
             parts.setdefault(k, []).append(t.cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _attention_weights(model: torch.nn.Module, batch: dict) -> Tensor | None:
+    """``[b, m]``: the ``attention`` block's softmax weights over the modalities (0 for a missing one),
+    for a model whose fusion block has them; weights, not attributions."""
+    fusion = model.fusion
+    if not hasattr(fusion, "attention_weights") or fusion.input_kind != "pooled":
+        return None
+    features, present = model.encode(batch)
+    return fusion.attention_weights(*fusion.prepare(features, present or None)).float()
 
 
 def summarize(result: dict[str, Tensor], modalities: tuple[str, ...], classes: list[str] | None = None) -> dict[str, Any]:
@@ -139,6 +153,8 @@ def _csv(result: dict[str, Tensor], modalities: tuple[str, ...], dataset: Any) -
     header += [f"phi_true:{m}" for m in modalities] + [f"interaction:{modalities[i]}+{modalities[j]}" for i, j in pairs]
     if "interaction" not in result:
         header += [f"se:{m}" for m in modalities]
+    if "attention" in result:
+        header += [f"attention:{m}" for m in modalities]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
@@ -148,6 +164,8 @@ def _csv(result: dict[str, Tensor], modalities: tuple[str, ...], dataset: Any) -
         row += [f"{result['interaction'][k, i, j]:.6g}" for i, j in pairs]
         if "interaction" not in result:
             row += [f"{x:.3g}" for x in result["se"][k].tolist()]
+        if "attention" in result:
+            row += [f"{x:.4g}" for x in result["attention"][k].tolist()]
         writer.writerow(row)
     return buf.getvalue()
 
