@@ -43,6 +43,7 @@ class Frames:
 
     data: Tensor
 
+
 @dataclass(frozen=True)
 class Features:
     """A sample's cached encoder output, ``[d]`` (pooled) or ``[n, d]`` (its valid tokens): collate
