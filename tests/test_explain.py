@@ -117,3 +117,32 @@ def test_the_attention_block_s_weights_are_exported_beside_the_values():
     assert weights.shape == (16, 3) and torch.allclose(weights.sum(1), torch.ones(16))
     assert torch.all(weights[::3, model.modalities.index("text")] == 0)  # a missing modality gets no weight
     assert "attention" not in explain(_model("concat_mlp"), [_batch(("audio", "text", "visual"))])
+
+
+def test_the_transformer_s_cls_attention_is_the_one_its_sdpa_uses():
+    from fusionzoo.training.explain import cls_attention
+
+    model = _model("transformer")
+    batch = _batch(model.modalities, missing="text")
+    with torch.no_grad():
+        features, present = model.fusion.prepare(*model.encode(batch))
+        weights = cls_attention(model.fusion, features, present)
+        # the CLS query's output of the last layer's attention, rebuilt from these probabilities, is SDPA's
+        fusion = model.fusion
+        x, mask = fusion.tokens(features, present)
+        for block in fusion.blocks[:-1]:
+            x = block(x, mask)
+        attn = fusion.blocks[-1].attn
+        h = fusion.blocks[-1].norm1(x)
+        heads = attn.num_heads
+        q = attn.to_q(h[:, :1]).unflatten(-1, (heads, -1)).transpose(1, 2)
+        k, v = attn.to_kv(h).unflatten(-1, (2, heads, -1)).unbind(2)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        probs = ((q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5).masked_fill(~mask[:, None, None, :], float("-inf")).softmax(-1)
+        rebuilt = attn.to_out((probs @ v).transpose(1, 2).flatten(2))[:, 0]
+        torch.testing.assert_close(rebuilt, attn(h, mask=mask)[:, 0], rtol=1e-5, atol=1e-6)
+        sizes = [features[m].shape[1] for m in fusion.modalities]
+        want = torch.stack([p.sum(-1) for p in probs.mean(1)[:, 0, 1:].split(sizes, dim=1)], dim=1)
+        torch.testing.assert_close(weights, want, rtol=0, atol=1e-6)
+    assert weights.shape == (16, 3) and torch.all(weights.sum(1) <= 1 + 1e-6) and torch.all(weights >= 0)
+    assert torch.all(weights[::3, model.modalities.index("text")] == 0)

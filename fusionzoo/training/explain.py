@@ -10,8 +10,9 @@ index (synergy > 0, redundancy < 0) of every pair of modalities, for the predict
 * ``shapley.csv``: one row per sample: its index in the split, its row in the data file where the
   dataset knows it (the manifest's line), label, prediction, ``v(all)`` and ``v(none)``, one column
   per modality (``phi:<m>``, predicted class), one per modality for the true class
-  (``phi_true:<m>``) and one per pair (``interaction:<a>+<b>``); for the ``attention`` block also its
-  softmax weights over the modalities (``attention:<m>``: weights the block computed, not attributions);
+  (``phi_true:<m>``) and one per pair (``interaction:<a>+<b>``); for the ``attention`` and
+  ``transformer`` blocks also their attention per modality (``attention:<m>``: weights the block
+  computed, not attributions);
 * ``summary.md`` / ``summary.json``: per true class, the mean |value| of each modality and its share
   of the total, and the mean interaction of each pair;
 * ``shapley_classes.png`` (mean contribution per class), ``shapley_samples.png`` (every sample's
@@ -82,13 +83,39 @@ def explain(model: torch.nn.Module, loader: Any, value: str = "logit", exact_up_
 
 
 def _attention_weights(model: torch.nn.Module, batch: dict) -> Tensor | None:
-    """``[b, m]``: the ``attention`` block's softmax weights over the modalities (0 for a missing one),
-    for a model whose fusion block has them; weights, not attributions."""
+    """``[b, m]`` attention weights per modality, for the blocks that have a per-sample reading of
+    them (weights the block computed, not attributions; 0 for a missing modality): the ``attention``
+    block's softmax over the modalities; for ``transformer``, the attention its CLS token pays in
+    the last layer (mean over heads) to each modality's tokens, the rest going to itself."""
+    from fusionzoo.fusion.attention import AttentionFusion
+    from fusionzoo.fusion.transformer import TransformerFusion
+
     fusion = model.fusion
-    if not hasattr(fusion, "attention_weights") or fusion.input_kind != "pooled":
+    if not isinstance(fusion, (AttentionFusion, TransformerFusion)):
         return None
     features, present = model.encode(batch)
-    return fusion.attention_weights(*fusion.prepare(features, present or None)).float()
+    features, present = fusion.prepare(features, present or None)
+    if isinstance(fusion, AttentionFusion):
+        return fusion.attention_weights(features, present).float()
+    return cls_attention(fusion, features, present)
+
+
+def cls_attention(fusion: torch.nn.Module, features: dict[str, Tensor], present: dict[str, Tensor] | None) -> Tensor:
+    """``[b, m]``: the last layer's attention (mean over heads) from a ``transformer`` block's CLS
+    token to each modality's tokens, as its SDPA computes it (``prepare``d inputs)."""
+    x, mask = fusion.tokens(features, present)
+    for block in fusion.blocks[:-1]:
+        x = block(x, mask)
+    last = fusion.blocks[-1]
+    h, heads = last.norm1(x), last.attn.num_heads
+    q = last.attn.to_q(h[:, :1]).unflatten(-1, (heads, -1)).transpose(1, 2)  # [b, k, 1, d]
+    k = last.attn.to_kv(h).unflatten(-1, (2, heads, -1))[:, :, 0].transpose(1, 2)  # [b, k, s, d]
+    scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    probs = scores.softmax(-1).mean(1)[:, 0]  # [b, s]
+    sizes = [features[m].shape[1] for m in fusion.modalities]
+    return torch.stack([part.sum(-1) for part in probs[:, 1:].split(sizes, dim=1)], dim=1).float()
 
 
 def summarize(result: dict[str, Tensor], modalities: tuple[str, ...], classes: list[str] | None = None) -> dict[str, Any]:
