@@ -38,6 +38,8 @@ from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
 from fusionzoo.config import build_dataset
 from fusionzoo.data.loader import make_loader
 from fusionzoo.encoders.base import preprocessors
+from fusionzoo.fusion.attention import AttentionFusion
+from fusionzoo.fusion.transformer import TransformerFusion
 from fusionzoo.training.checkpoint import load_data_state, load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import move_batch
 from fusionzoo.training.shapley import exact_shapley, interaction_index, pattern_outputs, permutation_shapley, select_value
@@ -87,9 +89,6 @@ def _attention_weights(model: torch.nn.Module, batch: dict) -> Tensor | None:
     them (weights the block computed, not attributions; 0 for a missing modality): the ``attention``
     block's softmax over the modalities; for ``transformer``, the attention its CLS token pays in
     the last layer (mean over heads) to each modality's tokens, the rest going to itself."""
-    from fusionzoo.fusion.attention import AttentionFusion
-    from fusionzoo.fusion.transformer import TransformerFusion
-
     fusion = model.fusion
     if not isinstance(fusion, (AttentionFusion, TransformerFusion)):
         return None
