@@ -62,6 +62,7 @@ __all__ = [
     "build_loss",
     "build_from_section",
     "num_classes_of",
+    "data_vocabularies",
     "check_model_fits_data",
 ]
 
@@ -352,6 +353,13 @@ def num_classes_of(dataset: Any) -> int:
     return int(max(int(dataset[i]["label"]) for i in range(len(dataset)))) + 1
 
 
+def data_vocabularies(dataset: Any, modalities: Iterable[str]) -> dict[str, Any]:
+    """The word vocabulary the data uses for each of ``modalities``: its own per modality
+    (``dataset.vocabs``), else its one ``dataset.vocab``."""
+    vocabs, vocab = getattr(dataset, "vocabs", None) or {}, getattr(dataset, "vocab", None)
+    return {m: vocabs.get(m, vocab) for m in modalities if vocabs.get(m, vocab) is not None}
+
+
 def check_model_fits_data(cfg: ExperimentConfig, model: nn.Module, dataset: Any) -> int:
     """The data's number of classes, after checking the encoders' modalities (when the dataset
     declares ``modalities``), the head, the text vocabularies and the input standardisation (an
@@ -361,8 +369,7 @@ def check_model_fits_data(cfg: ExperimentConfig, model: nn.Module, dataset: Any)
         task = getattr(dataset, "task", "multiclass")
         what = {"regression": "regression targets", "multilabel": "labels"}.get(task, "classes")
         raise cfg.error("model.head.out_dim", f"the data has {classes} {what} ({task}), the head outputs {model.out_dim}")
-    vocabs = getattr(dataset, "vocabs", None) or {}
-    vocab = getattr(dataset, "vocab", None)
+    vocabs = data_vocabularies(dataset, model.encoders)
     section = "align" if cfg.kind == "align" else "model"
     available = getattr(dataset, "modalities", None)
     unknown = [m for m in model.encoders if available is not None and m not in available]
@@ -379,7 +386,7 @@ def check_model_fits_data(cfg: ExperimentConfig, model: nn.Module, dataset: Any)
                 f"{type(enc).__name__} standardises its input with its weights' mean and std, and the data already "
                 f"standardises {m!r}: turn one off (the data's normalize, or the encoder's normalize: false)",
             )
-        size, words = getattr(enc, "vocab_size", None), vocabs.get(m, vocab)
+        size, words = getattr(enc, "vocab_size", None), vocabs.get(m)
         if words is not None and size is not None and size < len(words):
             raise cfg.error(f"{section}.encoders.{m}.vocab_size", f"{size} is smaller than the data's vocabulary ({len(words)})")
     return classes

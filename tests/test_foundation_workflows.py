@@ -18,7 +18,7 @@ from fusionzoo.training import evaluate_run, load_run, train
 from fusionzoo.training.checkpoint import load_data_state
 
 from common import build_folder, config_file
-from foundation import AUDIO_CONFIGS, audio_model, text_model
+from foundation import AUDIO_CONFIGS, text_model
 
 pytest.importorskip("transformers")
 pytest.importorskip("timm")

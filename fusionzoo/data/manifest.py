@@ -186,14 +186,7 @@ class ManifestDataset(Dataset):
         self.split, self.on_error, self.cache = split, on_error, cache
         self._disk = DiskCache(cache_dir if cache_dir is not None else self.path.parent / ".fusionzoo-cache") if cache == "disk" else None
         self.specs = self._modalities(modalities)
-        self.raw = tuple(m for m in raw if m in self.specs)
-        for m in self.raw:
-            word_options = sorted(set(self.specs[m].options) & set(TEXT_OPTIONS))
-            if word_options:
-                raise ValueError(
-                    f"modalities.{m}.{word_options[0]}: a word-vocabulary option, but the model's {m} encoder tokenizes "
-                    "the text itself (its tokenizer's max_length and truncation say how long a text may be)"
-                )
+        self.raw = self._raw(raw)
         self.modalities = tuple(sorted(self.specs))
         self.standardized = tuple(m for m, s in self.specs.items() if s.kind == "image" and s.reader.normalized)
         #: Modalities not to read at all (their samples come from elsewhere: the frozen-feature cache).
@@ -252,6 +245,19 @@ class ManifestDataset(Dataset):
                 reader = AudioReader(**options, where=where)
             specs[m] = _Modality(m, str(spec["column"]), kind, options, reader)
         return specs
+
+    def _raw(self, raw: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+        """The modalities given as they are (their encoder preprocesses them); a word-vocabulary option
+        on one of them is refused."""
+        kept = tuple(m for m in raw if m in self.specs)
+        for m in kept:
+            word_options = sorted(set(self.specs[m].options) & set(TEXT_OPTIONS))
+            if word_options:
+                raise ValueError(
+                    f"modalities.{m}.{word_options[0]}: a word-vocabulary option, but the model's {m} encoder tokenizes "
+                    "the text itself (its tokenizer's max_length and truncation say how long a text may be)"
+                )
+        return kept
 
     def _label(self, label: Mapping[str, Any]) -> None:
         if not isinstance(label, Mapping) or "column" not in label:

@@ -34,6 +34,7 @@ from fusionzoo.encoders.base import Encoder
 from fusionzoo.encoders.preprocess import AudioPreprocessor, ImagePreprocessor, TextPreprocessor
 from fusionzoo.extras import require
 from fusionzoo.layers.masking import masked_mean
+from fusionzoo.layers.validation import check_tensor
 from fusionzoo.registry import ENCODERS
 
 __all__ = ["HFTextEncoder", "HFAudioEncoder", "HFVisionEncoder", "load_hf", "word_tokenizer"]
@@ -347,9 +348,7 @@ class HFTextEncoder(_HFEncoder):
 
     def _inputs(self, x: Any) -> tuple[dict[str, Tensor], Tensor | None]:
         inputs = self._check_dict(x, ("input_ids", "attention_mask"))
-        ids = inputs["input_ids"]
-        if ids.dim() != 2 or ids.dtype not in (torch.long, torch.int):
-            raise ValueError(f"{self.modality}: input_ids must be int [b, l], got {ids.dtype} {list(ids.shape)}")
+        check_tensor(inputs["input_ids"], name=self.modality, shape=("B", "L"), dtype="int", what="input_ids")
         return inputs, x["attention_mask"]
 
     def example_input(self, batch_size: int = 2) -> dict[str, Tensor]:
@@ -437,8 +436,7 @@ class HFAudioEncoder(_HFEncoder):
 
     def _inputs(self, x: Any) -> tuple[dict[str, Tensor], Tensor | None]:
         key = "input_values" if "input_values" in self.model_inputs else "input_features"
-        if not isinstance(x, Mapping) or key not in x or "attention_mask" not in x:
-            self._check_dict(x, (key, "attention_mask"))
+        self._check_dict(x, (key, "attention_mask"))
         inputs = {key: x[key]}
         if self.pass_mask:
             inputs["attention_mask"] = x["attention_mask"]
@@ -527,10 +525,7 @@ class HFVisionEncoder(_HFEncoder):
     def _inputs(self, x: Any) -> tuple[dict[str, Tensor], Tensor | None]:
         if isinstance(x, Mapping):
             x = x.get("pixel_values")
-        if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
-            got = f"{x.dtype} {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-            raise TypeError(f"{self.modality}: {type(self).__name__} takes pixel_values float [b, c, h, w] (encoder.preprocess(images)); got {got}")
-        return {"pixel_values": x}, None
+        return {"pixel_values": check_tensor(x, name=self.modality, shape=("B", "C", "H", "W"), what="pixel values (encoder.preprocess(images))")}, None
 
     def example_input(self, batch_size: int = 2) -> Tensor:
         g = torch.Generator().manual_seed(batch_size)

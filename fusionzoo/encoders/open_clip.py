@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.encoders.preprocess import ImagePreprocessor, PerImage
 from fusionzoo.extras import require
+from fusionzoo.layers.validation import check_tensor
 from fusionzoo.registry import ENCODERS
 
 __all__ = ["OpenCLIPImageEncoder", "OpenCLIPTextEncoder", "TINY_CLIP"]
@@ -153,10 +154,7 @@ class OpenCLIPImageEncoder(_OpenCLIPTower):
         self.preprocessor = ImagePreprocessor(PerImage(transform), channels=3, modality=modality)
 
     def _check(self, x: object) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
-            got = f"{x.dtype} {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-            raise TypeError(f"{self.modality}: open_clip_image takes float [b, 3, h, w] (encoder.preprocess(images)); got {got}")
-        return x
+        return check_tensor(x, name=self.modality, shape=("B", 3, "H", "W"), what="pixel values (encoder.preprocess(images))")
 
     def forward(self, x: Tensor) -> Tensor:
         self.visual.output_tokens = False
@@ -240,10 +238,7 @@ class OpenCLIPTextEncoder(_OpenCLIPTower):
         self.preprocessor = CLIPTextPreprocessor(tokenizer, truncation=truncation, modality=modality)
 
     def _check(self, ids: object) -> Tensor:
-        if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype not in (torch.long, torch.int):
-            got = f"{ids.dtype} {list(ids.shape)}" if isinstance(ids, Tensor) else type(ids).__name__
-            raise TypeError(f"{self.modality}: open_clip_text takes token ids long [b, l] (encoder.preprocess(texts)); got {got}")
-        return ids
+        return check_tensor(ids, name=self.modality, shape=("B", "L"), dtype="int", what="token ids (encoder.preprocess(texts))")
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.proj(self.clip.encode_text(self._check(ids)))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torchaudio.functional as AF
 from torch import Tensor
 
 __all__ = ["TextPreprocessor", "AudioPreprocessor", "ImagePreprocessor", "PerImage", "as_image", "as_waveform"]
@@ -51,7 +52,8 @@ class TextPreprocessor:
                 )
         if not texts:
             raise ValueError(f"{self.modality}: no texts to preprocess")
-        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+        out = self.tokenizer(texts, padding=True, return_tensors="pt", verbose=False)  # no truncation: the true lengths
+        lengths = out["attention_mask"].sum(1).tolist()
         too_long = [i for i, n in enumerate(lengths) if n > self.max_length]
         if too_long and not self.truncation:
             i = too_long[0]
@@ -63,8 +65,7 @@ class TextPreprocessor:
             if self.truncated == 0:
                 warnings.warn(f"{self.modality}: texts longer than {self.max_length} tokens are cut (truncation: true)", stacklevel=2)
             self.truncated += len(too_long)
-        cut = {"truncation": True, "max_length": self.max_length} if too_long else {}
-        out = self.tokenizer(texts, padding=True, return_tensors="pt", **cut)
+            out = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {k: out[k] for k in self.keys if k in out}
 
 
@@ -100,8 +101,6 @@ class AudioPreprocessor:
         self.resample, self.min_samples, self.modality = bool(resample), int(min_samples), modality
 
     def __call__(self, waves: Sequence[object], sample_rate: int | None = None) -> dict[str, Tensor]:
-        import torchaudio.functional as AF
-
         rate = sample_rate or self.sample_rate or self.model_rate
         if rate != self.model_rate and not self.resample:
             raise ValueError(f"{self.modality}: the audio is at {rate} Hz, the model reads {self.model_rate} Hz (resample: false)")

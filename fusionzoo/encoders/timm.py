@@ -29,6 +29,7 @@ from fusionzoo.encoders.adapters import add_adapter
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.encoders.preprocess import ImagePreprocessor, PerImage
 from fusionzoo.extras import require
+from fusionzoo.layers.validation import check_tensor
 from fusionzoo.registry import ENCODERS
 
 __all__ = ["TimmEncoder"]
@@ -118,10 +119,7 @@ class TimmEncoder(Encoder):
         return self.preprocessor(images)
 
     def _check(self, x: object) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
-            got = f"{x.dtype} {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-            raise TypeError(f"{self.modality}: timm takes float [b, c, h, w] (encoder.preprocess(images)); got {got}")
-        return x
+        return check_tensor(x, name=self.modality, shape=("B", "C", "H", "W"), what="pixel values (encoder.preprocess(images))")
 
     def forward(self, x: Tensor) -> Tensor:
         feats = self.backbone.forward_features(self._check(x))

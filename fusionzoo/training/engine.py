@@ -45,6 +45,7 @@ from fusionzoo.config import (
     build_from_section,
     build_model,
     check_model_fits_data,
+    data_vocabularies,
     load_config,
 )
 from fusionzoo.data.frontend_cache import FrontendCache
@@ -152,7 +153,7 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tu
     # A resumed run rebuilds its encoders from the preprocessing it saved, as eval does.
     model = build_model(cfg, load_encoder_overrides(run_dir) if resume else None)
     classes = check_model_fits_data(cfg, model, datasets["train"])
-    attach_vocabularies(model.encoders, _vocabularies(datasets["train"], model.encoders))
+    attach_vocabularies(model.encoders, data_vocabularies(datasets["train"], model.encoders))
     if settings.cache_frontend:
         datasets = cache_frontends(cfg, model, datasets)
     model.to(device)
@@ -205,13 +206,6 @@ def _datasets(cfg: ExperimentConfig, resumed: Path | None) -> tuple[dict[str, An
     if len(set(tasks.values())) > 1:
         raise cfg.error("data", f"the splits disagree on the task: {tasks}")
     return datasets, files
-
-
-def _vocabularies(dataset: Any, modalities: Iterable[str]) -> dict[str, Any]:
-    """The word vocabulary the data uses for each modality: its own per modality (``vocabs``), else
-    its one ``vocab``, as ``check_model_fits_data`` reads them."""
-    vocabs, vocab = getattr(dataset, "vocabs", None) or {}, getattr(dataset, "vocab", None)
-    return {m: vocabs.get(m, vocab) for m in modalities if vocabs.get(m, vocab) is not None}
 
 
 def _cache_features(cfg: ExperimentConfig, model: nn.Module, datasets: dict[str, Any], device: torch.device, say) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from fusionzoo.config import ExperimentConfig, build_dataset
 from fusionzoo.data.loader import make_loader
 from fusionzoo.encoders.base import preprocessors
 from fusionzoo.training.checkpoint import load_data_state, load_run, resolve_checkpoint
-from fusionzoo.training.evaluate import modality_of, move_batch, subsets
+from fusionzoo.training.evaluate import keep_modalities, move_batch, subsets
 from fusionzoo.training.tasks import get_task
 
 __all__ = ["ensemble_runs", "combine_predictions", "fit_weights"]
@@ -86,7 +86,7 @@ def _predictions(models: Sequence, loaders: Sequence, keep: set[str]) -> tuple[l
     labels = []
     device = next(models[0].parameters()).device
     for batches in zip(*loaders, strict=True):
-        batches = [_keep(move_batch(b, device), keep) for b in batches]
+        batches = [keep_modalities(move_batch(b, device), keep) for b in batches]
         label = batches[0]["label"]
         if any(not torch.equal(b["label"], label) for b in batches[1:]):
             raise ValueError("ensemble: the runs' data give different labels for the same samples (another label list or class order?)")
@@ -104,12 +104,6 @@ def _predictions(models: Sequence, loaders: Sequence, keep: set[str]) -> tuple[l
             available[r].append(ok)
         labels.append(label.cpu())
     return [None if o is None else torch.cat(o) for o in outputs], [torch.cat(a) for a in available], torch.cat(labels)
-
-
-def _keep(batch: dict, keep: set[str]) -> dict:
-    out = {k: v for k, v in batch.items() if k == "label" or (k != "present" and modality_of(k) in keep)}
-    out["present"] = {m: p for m, p in batch.get("present", {}).items() if m in keep}
-    return out
 
 
 def _loaders(loaded: Sequence, data: Any, split: str, batch_size: int) -> list:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from fusionzoo.training.tasks import Task, get_task
 
-__all__ = ["evaluate", "subsets", "add_noise", "move_batch", "NOISE_LEVELS"]
+__all__ = ["evaluate", "subsets", "add_noise", "keep_modalities", "modality_of", "move_batch", "NOISE_LEVELS"]
 
 NOISE_LEVELS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
@@ -55,7 +55,7 @@ def add_noise(batch: dict, modality: str, level: float, generator: torch.Generat
 
 
 def _noisy(x: Tensor, level: float, generator: torch.Generator, valid: Tensor | None) -> Tensor:
-    """``x`` corrupted where ``valid`` (same shape as ``x``, or its trailing dims; None: everywhere)."""
+    """``x`` corrupted where ``valid`` (a bool mask broadcastable to ``x``; None: everywhere)."""
     if x.is_floating_point():
         noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
         noisy = x + level * x.std() * noise
@@ -74,6 +74,14 @@ def modality_of(key: str) -> str:
         if key.endswith(suffix):
             return key.removesuffix(suffix)
     return key
+
+
+def keep_modalities(batch: dict, keep: set[str]) -> dict:
+    """``batch`` with only the modalities in ``keep`` (their inputs, lengths, cached features and
+    presence): the others are absent, which the model treats as missing for the whole batch."""
+    out = {k: v for k, v in batch.items() if k == "label" or (k != "present" and modality_of(k) in keep)}
+    out["present"] = {m: p for m, p in batch.get("present", {}).items() if m in keep}
+    return out
 
 
 def subsets(modalities: Iterable[str]) -> list[tuple[str, ...]]:
@@ -104,8 +112,7 @@ def evaluate(
     for batch in loader:
         batch = move_batch(batch, device)
         if keep is not None:
-            batch = {k: v for k, v in batch.items() if k in ("label", "present") or modality_of(k) in keep}
-            batch["present"] = {m: p for m, p in batch.get("present", {}).items() if m in keep}
+            batch = keep_modalities(batch, keep)
         for m, level in (noise or {}).items():
             batch = add_noise(batch, m, level, generator)
         outputs.append(model(batch).float().cpu())

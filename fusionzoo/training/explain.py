@@ -61,22 +61,23 @@ def explain(model: torch.nn.Module, loader: Any, value: str = "logit", exact_up_
     for batch in loader:
         batch = move_batch(batch, device)
         label = batch["label"]
+        encoded = model.encode(batch)  # the encoders once per batch; every subset reuses their output
         if exact:
-            logits = pattern_outputs(model, batch)  # [2^m, b, c]
+            logits = pattern_outputs(model, batch, encoded=encoded)  # [2^m, b, c]
             pred = logits[-1].argmax(-1)
             v, v_true = select_value(logits, pred, value), select_value(logits, label.clamp(min=0), value)
             got = {"phi": exact_shapley(v), "phi_true": exact_shapley(v_true), "interaction": interaction_index(v),
                    "v_all": v[-1].double(), "v_none": v[0].double()}
             got["se"] = torch.zeros_like(got["phi"])
         else:
-            ends = pattern_outputs(model, batch, [0, (1 << len(model.modalities)) - 1])
+            ends = pattern_outputs(model, batch, [0, (1 << len(model.modalities)) - 1], encoded)
             pred = ends[-1].argmax(-1)
             v = select_value(ends, pred, value)
-            phi, se = permutation_shapley(model, batch, pred, value, permutations, generator)
-            phi_true, _ = permutation_shapley(model, batch, label.clamp(min=0), value, permutations, generator)
+            phi, se = permutation_shapley(model, batch, pred, value, permutations, generator, encoded)
+            phi_true, _ = permutation_shapley(model, batch, label.clamp(min=0), value, permutations, generator, encoded)
             got = {"phi": phi, "phi_true": phi_true, "se": se, "v_all": v[-1].double(), "v_none": v[0].double()}
         got |= {"pred": pred, "label": label}
-        weights = _attention_weights(model, batch)
+        weights = _attention_weights(model, encoded)
         if weights is not None:
             got["attention"] = weights
         for k, t in got.items():
@@ -84,7 +85,7 @@ def explain(model: torch.nn.Module, loader: Any, value: str = "logit", exact_up_
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def _attention_weights(model: torch.nn.Module, batch: dict) -> Tensor | None:
+def _attention_weights(model: torch.nn.Module, encoded: tuple[dict[str, Tensor], dict[str, Tensor]]) -> Tensor | None:
     """``[b, m]`` attention weights per modality, for the blocks that have a per-sample reading of
     them (weights the block computed, not attributions; 0 for a missing modality): the ``attention``
     block's softmax over the modalities; for ``transformer``, the attention its CLS token pays in
@@ -92,8 +93,7 @@ def _attention_weights(model: torch.nn.Module, batch: dict) -> Tensor | None:
     fusion = model.fusion
     if not isinstance(fusion, (AttentionFusion, TransformerFusion)):
         return None
-    features, present = model.encode(batch)
-    features, present = fusion.prepare(features, present or None)
+    features, present = fusion.prepare(encoded[0], encoded[1] or None)
     if isinstance(fusion, AttentionFusion):
         return fusion.attention_weights(features, present).float()
     return cls_attention(fusion, features, present)

@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 from fusionzoo.atomic import write_bytes_atomic
 from fusionzoo.data.collate import Features, collate
 from fusionzoo.encoders.base import input_kwargs, preprocessors
+from fusionzoo.training.evaluate import move_batch
 
 __all__ = ["FeatureCache", "encoder_digest", "sample_digest", "cacheable_modalities", "compute_features", "default_cache_dir"]
 
@@ -159,7 +160,7 @@ def compute_features(
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             batch = collate([{m: raw, "label": 0} for _, _, raw in chunk], preprocess=preprocess)
-            batch = _to(batch, device)
+            batch = move_batch(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 if tokens:
                     feats, mask = encoder.forward_tokens(batch[m], **input_kwargs(encoder, batch, m))
@@ -171,15 +172,6 @@ def compute_features(
                 store.added += 1
         out[split] = table
     return out
-
-
-def _to(batch: dict, device: torch.device) -> dict:
-    def move(v: Any) -> Any:
-        if isinstance(v, Tensor):
-            return v.to(device)
-        return {k: move(x) for k, x in v.items()} if isinstance(v, dict) else v
-
-    return {k: move(v) for k, v in batch.items()}
 
 
 class FeatureCache(Dataset):

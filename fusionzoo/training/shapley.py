@@ -30,13 +30,17 @@ __all__ = ["pattern_outputs", "exact_shapley", "interaction_index", "permutation
 VALUES = ("logit", "prob", "log_prob")
 
 
+Encoded = tuple[dict[str, Tensor], dict[str, Tensor]]
+
+
 @torch.no_grad()
-def pattern_outputs(model: torch.nn.Module, batch: dict, patterns: Sequence[int] | None = None) -> Tensor:
+def pattern_outputs(model: torch.nn.Module, batch: dict, patterns: Sequence[int] | None = None, encoded: Encoded | None = None) -> Tensor:
     """The model's logits ``[p, b, c]`` with only the modalities of each pattern present (bit ``k`` of a
-    pattern is ``model.modalities[k]``; default every pattern ``0 .. 2^m - 1``)."""
+    pattern is ``model.modalities[k]``; default every pattern ``0 .. 2^m - 1``). ``encoded`` is
+    ``model.encode(batch)`` when the caller has it already (the encoders then do not run again)."""
     modalities = model.modalities
     patterns = range(1 << len(modalities)) if patterns is None else patterns
-    features, present = model.encode(batch)
+    features, present = model.encode(batch) if encoded is None else encoded
     n = batch["label"].shape[0]
     full = {m: present[m] if m in present else _ones(features[m], n) for m in features}
     outs = []
@@ -97,16 +101,19 @@ def interaction_index(v: Tensor) -> Tensor:
 @torch.no_grad()
 def permutation_shapley(
     model: torch.nn.Module, batch: dict, classes: Tensor, value: str = "logit", permutations: int = 64, generator: torch.Generator | None = None,
+    encoded: Encoded | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(estimate [b, m], standard error [b, m])`` of the Shapley values from ``permutations`` random
-    orders of the modalities (the same orders for the whole batch): ``m + 1`` subsets each."""
+    orders of the modalities (the same orders for the whole batch): ``m + 1`` subsets each, the
+    encoders run once."""
     m = len(model.modalities)
     generator = generator or torch.Generator().manual_seed(0)
+    encoded = model.encode(batch) if encoded is None else encoded
     marginals = torch.zeros(permutations, classes.shape[0], m, dtype=torch.float64)
     for k in range(permutations):
         order = torch.randperm(m, generator=generator).tolist()
         prefixes = [sum(1 << i for i in order[:j]) for j in range(m + 1)]
-        v = select_value(pattern_outputs(model, batch, prefixes), classes, value).double().cpu()  # [m + 1, b]
+        v = select_value(pattern_outputs(model, batch, prefixes, encoded), classes, value).double().cpu()  # [m + 1, b]
         for j, i in enumerate(order):
             marginals[k, :, i] = v[j + 1] - v[j]
     se = marginals.std(dim=0, unbiased=True) / math.sqrt(permutations) if permutations > 1 else torch.full_like(marginals[0], float("nan"))
