@@ -5,14 +5,17 @@ A reader sees the old file or the new one, never a half-written one.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["write_bytes_atomic", "write_text_atomic", "atomic_path", "atomic_folder", "pyplot", "save_figure_atomic"]
+__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "strict_json", "atomic_path", "atomic_folder", "pyplot", "save_figure_atomic"]
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -33,6 +36,27 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def strict_json(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as standard JSON: NaN and infinities (undefined metrics) become ``null``, never the
+    bare ``NaN`` that strict parsers (``jq``, browsers, other languages) refuse."""
+    return json.dumps(_finite_or_none(obj), indent=indent, allow_nan=False)
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """:func:`strict_json` of ``obj``, written atomically."""
+    write_text_atomic(path, strict_json(obj, indent))
 
 
 @contextmanager

@@ -153,8 +153,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _explain_classifier(run_dir: str | Path) -> bool:
-    """``explain_run`` for a classifier run (a ``model:`` config whose test metrics have accuracy:
-    multi-class), what ``compare``'s leaderboard reads; False for an alignment run."""
+    """``explain_run`` for a run with a head (a ``model:`` config, any task), what ``compare``'s
+    leaderboard reads; False for an alignment run."""
     from fusionzoo.training import explain_run
     from fusionzoo.training.checkpoint import load_run_config
 
@@ -350,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", default=None, help="output folder (default: <run>/explain/<split>)")
     p.add_argument("--samples", type=int, default=None, help="explain the first N samples of the split only")
-    p.add_argument("--value", default="logit", choices=("logit", "prob", "log_prob"), help="the output explained, of the predicted class")
+    p.add_argument("--value", default=None, choices=("logit", "prob", "log_prob", "output"),
+                   help="what is explained: the predicted class's (each label's) logit, prob or log_prob (default logit); "
+                   "a regression target's output")
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=_explain)
 

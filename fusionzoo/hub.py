@@ -138,7 +138,7 @@ def save_run(
         raise ValueError(f"save_run: {run_dir} is an alignment run; only classifiers (model: configs) are saved as pretrained folders")
     with tempfile.TemporaryDirectory() as tmp:  # evaluate_run and explain_run write files; the card keeps what it needs
         result = evaluate_run(run, levels=(0.0,), out_dir=tmp)
-        explained = explain_run(run, out=Path(tmp) / "explain") if result["task"] == "multiclass" else None
+        explained = explain_run(run, out=Path(tmp) / "explain")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     record = {
         "name": name or run_dir.name,
@@ -155,7 +155,7 @@ def save_run(
         "params": result["params"],
         "command": command or f"fusionzoo train {shlex.quote(str(cfg.origin))}",
         "limitations": limitations,
-        "contributions": None if explained is None else {"value": explained["value"], "classes": explained["classes"]},
+        "contributions": {k: explained[k] for k in ("value", "explained", "unit", "classes")},
         "fusionzoo": _version(),
     }
     state = load_data_state(run_dir)
@@ -198,13 +198,14 @@ def _contributions_section(record: dict[str, Any]) -> str:
     found = record.get("contributions")
     if not found:
         return ""
-    mods = record["modalities"]
+    mods, unit = record["modalities"], found.get("unit", "class")
     rows = "\n".join(f"| {r['class']} | {r['n']} | " + " | ".join(f"{100 * r['share'][m]:.0f}%" for m in mods) + " |" for r in found["classes"])
+    explained = found.get("explained", f"the predicted class's {found['value']}")
     return (
         "## What each modality contributes\n\n"
-        f"Each modality's share of the mean |Shapley value| of the predicted class's {found['value']} on the test split, per true "
-        "class (`fusionzoo explain`: exact, over every subset of modalities).\n\n"
-        f"| class | samples | {' | '.join(mods)} |\n|---|---:|" + "---:|" * len(mods) + f"\n{rows}\n\n"
+        f"Each modality's share of the mean |Shapley value| of {explained} on the test split, "
+        f"{'per true class' if unit == 'class' else 'per ' + unit} (`fusionzoo explain`: exact, over every subset of modalities).\n\n"
+        f"| {unit} | samples | {' | '.join(mods)} |\n|---|---:|" + "---:|" * len(mods) + f"\n{rows}\n\n"
     )
 
 

@@ -75,7 +75,7 @@ def test_the_permutation_estimate_agrees_with_the_exact_values_within_its_error(
     batch = _batch(model.modalities)
     pred = model(batch).argmax(-1)
     exact = exact_shapley(select_value(pattern_outputs(model, batch), pred))
-    estimate, se = permutation_shapley(model, batch, pred, permutations=300)
+    estimate, se = permutation_shapley(model, batch, lambda logits: select_value(logits, pred), permutations=300)
     assert torch.all((estimate - exact).abs() <= 4 * se + 1e-6)
     assert se.max() > 0
 
@@ -113,36 +113,85 @@ def test_the_attention_block_s_weights_are_exported_beside_the_values():
     model = _model("attention")
     batch = _batch(model.modalities, missing="text")
     result = explain(model, [batch])
-    weights = result["attention"]
+    weights = torch.stack([result[f"attention:{m}"] for m in model.modalities], dim=1)
     assert weights.shape == (16, 3) and torch.allclose(weights.sum(1), torch.ones(16))
     assert torch.all(weights[::3, model.modalities.index("text")] == 0)  # a missing modality gets no weight
-    assert "attention" not in explain(_model("concat_mlp"), [_batch(("audio", "text", "visual"))])
+    assert not any(k.startswith("attention:") for k in explain(_model("concat_mlp"), [_batch(("audio", "text", "visual"))]))
 
 
-def test_the_transformer_s_cls_attention_is_the_one_its_sdpa_uses():
-    from fusionzoo.training.explain import cls_attention
+def test_attention_probabilities_are_the_ones_sdpa_applies():
+    """The output rebuilt from ``probs`` (``to_out(probs @ v)``) is the layer's own, masks included."""
+    from einops import rearrange
 
-    model = _model("transformer")
-    batch = _batch(model.modalities, missing="text")
+    from fusionzoo.layers.attention import Attention, GroupedCrossAttentionBlock
+
+    torch.manual_seed(0)
+    attn = Attention(8, num_heads=2, context_dim=6).eval()
+    x, context = torch.randn(3, 4, 8), torch.randn(3, 5, 6)
+    mask = torch.rand(3, 5) > 0.4
+    mask[:, 0] = True
     with torch.no_grad():
-        features, present = model.fusion.prepare(*model.encode(batch))
-        weights = cls_attention(model.fusion, features, present)
-        # the CLS query's output of the last layer's attention, rebuilt from these probabilities, is SDPA's
-        fusion = model.fusion
-        x, mask = fusion.tokens(features, present)
-        for block in fusion.blocks[:-1]:
-            x = block(x, mask)
-        attn = fusion.blocks[-1].attn
-        h = fusion.blocks[-1].norm1(x)
-        heads = attn.num_heads
-        q = attn.to_q(h[:, :1]).unflatten(-1, (heads, -1)).transpose(1, 2)
-        k, v = attn.to_kv(h).unflatten(-1, (2, heads, -1)).unbind(2)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)
-        probs = ((q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5).masked_fill(~mask[:, None, None, :], float("-inf")).softmax(-1)
-        rebuilt = attn.to_out((probs @ v).transpose(1, 2).flatten(2))[:, 0]
-        torch.testing.assert_close(rebuilt, attn(h, mask=mask)[:, 0], rtol=1e-5, atol=1e-6)
-        sizes = [features[m].shape[1] for m in fusion.modalities]
-        want = torch.stack([p.sum(-1) for p in probs.mean(1)[:, 0, 1:].split(sizes, dim=1)], dim=1)
-        torch.testing.assert_close(weights, want, rtol=0, atol=1e-6)
-    assert weights.shape == (16, 3) and torch.all(weights.sum(1) <= 1 + 1e-6) and torch.all(weights >= 0)
-    assert torch.all(weights[::3, model.modalities.index("text")] == 0)
+        probs = attn.probs(x, context, mask)
+        v = rearrange(attn.to_kv(context), "b s (two k d) -> two b k s d", two=2, k=2)[1]
+        rebuilt = attn.to_out(rearrange(probs @ v, "b k n d -> b n (k d)"))
+        torch.testing.assert_close(rebuilt, attn(x, context, mask), rtol=1e-5, atol=1e-6)
+        assert torch.all(probs.masked_select(~mask[:, None, None, :].expand_as(probs)) == 0)
+        block = GroupedCrossAttentionBlock(2, 8, num_heads=2).eval()
+        x, context, mask = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 5, 8), torch.rand(2, 3, 5) > 0.4
+        mask[..., 0] = True
+        probs = block.probs(x, context, mask)
+        v = rearrange(block.to_kv(block.norm_kv(context)), "g b s (two k d) -> two g b k s d", two=2, k=2)[1]
+        attended = x + block.to_out(rearrange(probs @ v, "g b k n d -> g b n (k d)"))
+        rebuilt = attended + block.fc2(block.act(block.fc1(block.norm2(attended))))
+        torch.testing.assert_close(rebuilt, block(x, context, mask), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["transformer", "bottleneck", "cross_attention"])
+def test_token_blocks_attention_readings(name):
+    """Per sample, the readings are shares of one attention row: in [0, 1], their sum at most 1, and 0
+    for a modality (or, in ``cross_attention``, a source or a target) the sample lacks."""
+    from fusionzoo.registry import FUSIONS
+    from fusionzoo.training.attention_maps import attention_readings
+
+    torch.manual_seed(0)
+    dims, tokens = {"audio": 5, "text": 3, "visual": 4}, {"audio": 6, "text": 4, "visual": 1}
+    block = FUSIONS.get(name).build(in_dims=dims, out_dim=8, hidden_dim=16, num_heads=2, depth=2).eval()
+    features = {m: torch.randn(5, tokens[m], d) for m, d in dims.items()}
+    present = {m: torch.ones(5, tokens[m], dtype=torch.bool) for m in dims}
+    present["text"][0] = False  # sample 0 lacks text
+    present["audio"][1, 3:] = False  # sample 1's audio is shorter
+    with torch.no_grad():
+        readings = attention_readings(block, *block.prepare(features, present))
+    values = torch.stack(list(readings.values()), dim=1)
+    assert values.shape == (5, 6 if name == "cross_attention" else 3)
+    assert torch.all(values >= 0) and torch.all(values <= 1 + 1e-6)
+    if name == "cross_attention":
+        assert set(readings) == {f"{t}<-{s}" for t in dims for s in dims if s != t}
+        for key, value in readings.items():
+            assert ("text" not in key or value[0] == 0) and value[1:].gt(0).all(), key  # text missing as a source or a target
+    else:
+        assert list(readings) == sorted(dims) and torch.all(values.sum(1) <= 1 + 1e-6) and readings["text"][0] == 0
+        assert values[1:].gt(0).all()
+
+
+@pytest.mark.parametrize("task,value", [("multilabel", "prob"), ("regression", "output")])
+def test_every_output_of_a_multilabel_or_regression_model_is_explained(task, value):
+    """Each label's (target's) values sum to its output minus the empty model's; the permutation
+    estimate agrees with them within its error; a classification value is refused for regression."""
+    from fusionzoo.training.explain import explain
+
+    model = _model("attention", modalities=("audio", "extra", "text", "visual"))
+    batch = _batch(model.modalities, missing="text")
+    batch["label"] = torch.rand(16, 4) if task == "regression" else (torch.rand(16, 4) > 0.5).float()
+    result = explain(model, [batch], value=value, task=task)
+    assert result["phi"].shape == (16, 4, 4) and result["interaction"].shape == (16, 4, 4, 4)
+    torch.testing.assert_close(result["phi"].sum(-1), result["v_all"] - result["v_none"], rtol=0, atol=1e-5)
+    with torch.no_grad():
+        outputs = model(batch)
+    torch.testing.assert_close(result["v_all"].float(), outputs.sigmoid() if value == "prob" else outputs, rtol=0, atol=1e-6)
+    estimate = explain(model, [batch], value=value, task=task, exact_up_to=0, permutations=200)
+    assert "interaction" not in estimate and estimate["phi"].shape == (16, 4, 4)
+    error = (estimate["phi"] - result["phi"]).abs()
+    assert torch.all(error <= 4 * estimate["se"] + 1e-6)
+    with pytest.raises(ValueError, match="for a regression run the value must be one of output"):
+        explain(model, [batch], value="logit", task="regression")

@@ -18,7 +18,7 @@ from fusionzoo.config import build_dataset, load_config
 from fusionzoo.data.decode import IMAGENET_MEAN, IMAGENET_STD
 from fusionzoo.data.export import export_avdigits
 from fusionzoo.data.manifest import ManifestDataset, draw_splits, read_manifest
-from fusionzoo.training import evaluate_run, load_run, train
+from fusionzoo.training import evaluate_run, explain_run, load_run, train
 from fusionzoo.training.checkpoint import load_data_state
 
 from common import AVDIGITS, CLASSES, ROOT, MODALITIES, build_folder, data_section, needs_avdigits, write_rows, write_wav
@@ -140,6 +140,14 @@ def test_multilabel_task_trains_with_bce_and_reports_map(tmp_path):
     assert set(summary["test"]) >= {"mAP", "micro_f1", "exact_match", "loss"}
     result = evaluate_run(tmp_path / "run", levels=(0.0, 1.0))
     assert "mAP" in result["subsets"][0] and result["metric"] == "mAP"
+    summary = explain_run(tmp_path / "run", out=tmp_path / "explained")  # every label's logit, per label
+    assert summary["unit"] == "label" and [r["class"] for r in summary["classes"]] == ds.classes + ["all"]
+    rows = list(csv.DictReader((tmp_path / "explained" / "shapley.csv").open()))
+    assert len(rows) == summary["samples"] > 0
+    for row in rows:
+        for label in ds.classes:
+            total = sum(float(row[f"phi:{label}:{m}"]) for m in sorted(MODALITIES))
+            assert abs(total - (float(row[f"output:{label}"]) - float(row[f"v_none:{label}"]))) < 1e-4
 
 
 def test_regression_task_trains_with_mse_and_reports_mae_rmse_r(tmp_path):
@@ -148,6 +156,12 @@ def test_regression_task_trains_with_mse_and_reports_mae_rmse_r(tmp_path):
     cfg = config(root, data=data, out_dim=1, epochs=3)
     summary = train(cfg, run_dir=tmp_path / "run", log=False)
     assert summary["select_metric"] == "mae" and set(summary["test"]) >= {"mae", "rmse", "pearson_r", "loss"}
+    explained = explain_run(tmp_path / "run", out=tmp_path / "explained")
+    assert explained["unit"] == "target" and explained["value"] == "output" and [r["class"] for r in explained["classes"]] == ["target", "all"]
+    header = (tmp_path / "explained" / "shapley.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["index", "row", "label:target", "output:target", "v_none:target"] and "interaction:target:audio+extra" in header
+    card = (fz.hub.save_run(tmp_path / "run", tmp_path / "saved") / "README.md").read_text()
+    assert "of each target's prediction on the test split, per target" in card and "| target | samples |" in card
     bad = config(root, data=data, out_dim=3)
     with pytest.raises(fz.ConfigError, match=r"model\.head\.out_dim: the data has 1 regression targets"):
         train(bad, run_dir=tmp_path / "bad", log=False)

@@ -218,8 +218,9 @@ def _notes(board: Mapping[str, Any]) -> list[str]:
     ]
     if any(k.startswith("share/") for r in board["cells"] for k in r["metrics"]):
         notes.append(
-            "*contribution shares*: each modality's share of the mean |Shapley value| of the predicted class's logit over the "
-            "test samples (`fusionzoo explain`), mean over seeds: a method that ignores a modality shows it near 0."
+            "*contribution shares*: each modality's share of the mean |Shapley value| over the test samples (`fusionzoo explain`: "
+            "of the predicted class's logit; of each label's logit, of the prediction for multi-label and regression runs), "
+            "mean over seeds: a method that ignores a modality shows it near 0."
         )
     if board["reference"]:
         notes.append(f"*eff. robustness*: the run's {metric} drop under noise minus the mean drop of `{board['reference']}` (above 0: loses less).")

@@ -78,6 +78,20 @@ class CrossAttentionFusion(FusionBlock):
 
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
         features, present = self.prepare(features, present)
+        queries, context, context_mask, masks = self.streams(features, present)
+        for block in self.blocks:
+            queries = block(queries, context, context_mask)
+        streams = rearrange(queries, "(t s) b n h -> t b n (s h)", t=len(self.modalities))
+        pooled = []
+        for i, t in enumerate(self.modalities):
+            z = masked_mean(streams[i], mask_of(masks, t), dim=1)
+            pooled.append(z if present is None else torch.where(present[t].any(dim=1, keepdim=True), z, self.missing[t]))
+        return self.out(torch.cat(pooled, dim=-1))
+
+    def streams(self, features: dict[str, Tensor], present: dict[str, Tensor] | None) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Tensor] | None]:
+        """The first block's inputs from ``prepare``d features: queries ``[g, b, n, h]`` (stream ``i``
+        is ``pairs[i]``), context ``[g, b, 1 + n, h]`` (the null token first), its mask ``[g, b, 1 + n]``
+        and every modality's token mask padded to ``n`` (both None when nothing is missing or padded)."""
         x = {m: self.proj[m](features[m]) for m in self.modalities}
         b = x[self.modalities[0]].shape[0]
         n = max(t.shape[1] for t in x.values())
@@ -90,14 +104,7 @@ class CrossAttentionFusion(FusionBlock):
         if masks is not None:
             always = torch.ones(b, 1, dtype=torch.bool, device=null.device)
             context_mask = torch.stack([torch.cat([always, masks[s]], dim=1) for _, s in self.pairs])
-        for block in self.blocks:
-            queries = block(queries, context, context_mask)
-        streams = rearrange(queries, "(t s) b n h -> t b n (s h)", t=len(self.modalities))
-        pooled = []
-        for i, t in enumerate(self.modalities):
-            z = masked_mean(streams[i], mask_of(masks, t), dim=1)
-            pooled.append(z if present is None else torch.where(present[t].any(dim=1, keepdim=True), z, self.missing[t]))
-        return self.out(torch.cat(pooled, dim=-1))
+        return queries, context, context_mask, masks
 
 
 def _padded_masks(x: dict[str, Tensor], present: dict[str, Tensor] | None, n: int) -> dict[str, Tensor] | None:

@@ -14,7 +14,19 @@ from torch import Tensor, nn
 
 from fusionzoo.layers.mlp import MLP, get_activation
 
-__all__ = ["Attention", "TransformerBlock", "CrossAttentionBlock", "GroupedLinear", "GroupedLayerNorm", "GroupedCrossAttentionBlock"]
+__all__ = ["attention_probs", "Attention", "TransformerBlock", "CrossAttentionBlock", "GroupedLinear", "GroupedLayerNorm", "GroupedCrossAttentionBlock"]
+
+
+def attention_probs(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The probabilities ``softmax(q k^T / sqrt(d))`` that ``scaled_dot_product_attention`` applies
+    (without dropout), masked keys at 0: for reading attention, never in a forward pass.
+
+    Shapes: q ``[..., n, d]``, k ``[..., s, d]``, mask bool broadcastable to ``[..., n, s]`` -> ``[..., n, s]``.
+    """
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1)
 
 
 class Attention(nn.Module):
@@ -44,6 +56,13 @@ class Attention(nn.Module):
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
         return self.to_out(rearrange(out, "b k n d -> b n (k d)"))
+
+    def probs(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """``[b, k, n, s]``: the attention probabilities of :meth:`forward` (in eval mode) per head."""
+        context = x if context is None else context
+        q = rearrange(self.to_q(x), "b n (k d) -> b k n d", k=self.num_heads)
+        k = rearrange(self.to_kv(context), "b s (two k d) -> two b k s d", two=2, k=self.num_heads)[0]
+        return attention_probs(q, k, None if mask is None else rearrange(mask, "b s -> b 1 1 s"))
 
 
 class TransformerBlock(nn.Module):
@@ -149,3 +168,9 @@ class GroupedCrossAttentionBlock(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         x = x + self.to_out(rearrange(out, "(g b) k n d -> g b n (k d)", g=g))
         return x + self.fc2(self.drop(self.act(self.fc1(self.norm2(x)))))
+
+    def probs(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``[g, b, k, n, s]``: the attention probabilities of :meth:`forward` (in eval mode) per head."""
+        q = rearrange(self.to_q(self.norm_q(x)), "g b n (k d) -> g b k n d", k=self.num_heads)
+        k = rearrange(self.to_kv(self.norm_kv(context)), "g b s (two k d) -> two g b k s d", two=2, k=self.num_heads)[0]
+        return attention_probs(q, k, None if mask is None else rearrange(mask, "g b s -> g b 1 1 s"))

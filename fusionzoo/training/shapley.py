@@ -20,14 +20,17 @@ cheap next to the encoders). A modality a sample lacks in the data contributes n
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["pattern_outputs", "exact_shapley", "interaction_index", "permutation_shapley", "select_value", "VALUES"]
+__all__ = ["pattern_outputs", "exact_shapley", "interaction_index", "permutation_shapley", "select_value", "output_value", "VALUES"]
 
-VALUES = ("logit", "prob", "log_prob")
+#: What a value can be, per task: a class's or label's logit, probability or log-probability, or a
+#: regression target's prediction.
+VALUES = {"multiclass": ("logit", "prob", "log_prob"), "multilabel": ("logit", "prob", "log_prob"), "regression": ("output",)}
 
 
 Encoded = tuple[dict[str, Tensor], dict[str, Tensor]]
@@ -56,19 +59,27 @@ def _ones(x: Tensor, n: int) -> Tensor:
 
 def select_value(logits: Tensor, classes: Tensor, value: str = "logit") -> Tensor:
     """``[p, b]``: the ``value`` (logit, probability or log-probability) of each sample's class in ``classes [b]``."""
-    if value not in VALUES:
-        raise ValueError(f"explain: value must be one of {VALUES}, got {value!r}")
+    if value not in VALUES["multiclass"]:
+        raise ValueError(f"explain: value must be one of {VALUES['multiclass']}, got {value!r}")
     scores = logits if value == "logit" else logits.softmax(-1) if value == "prob" else logits.log_softmax(-1)
     return scores.gather(-1, classes.view(1, -1, 1).expand(scores.shape[0], -1, 1)).squeeze(-1)
 
 
+def output_value(logits: Tensor, value: str = "logit") -> Tensor:
+    """``[p, b, k]``: every output's ``value``: a multi-label head's logit, probability (sigmoid) or
+    log-probability, or (``output``) a regression head's prediction."""
+    if value not in ("logit", "prob", "log_prob", "output"):
+        raise ValueError(f"explain: value must be one of logit, prob, log_prob, output, got {value!r}")
+    return logits.sigmoid() if value == "prob" else F.logsigmoid(logits) if value == "log_prob" else logits
+
+
 def exact_shapley(v: Tensor) -> Tensor:
-    """``[b, m]`` Shapley values from the values ``v [2^m, b]`` of every pattern."""
+    """``[b, ..., m]`` Shapley values from the values ``v [2^m, b, ...]`` of every pattern."""
     p, m = v.shape[0], int(math.log2(v.shape[0]))
     if 1 << m != p:
         raise ValueError(f"explain: {p} values is not 2^m")
+    shape, v = v.shape[1:], v.reshape(p, -1).double()
     out = torch.zeros(v.shape[1], m, dtype=torch.float64, device=v.device)
-    v = v.double()
     for i in range(m):
         for s in range(p):
             if s >> i & 1:
@@ -76,14 +87,14 @@ def exact_shapley(v: Tensor) -> Tensor:
             size = bin(s).count("1")
             weight = math.factorial(size) * math.factorial(m - size - 1) / math.factorial(m)
             out[:, i] += weight * (v[s | 1 << i] - v[s])
-    return out
+    return out.view(*shape, m)
 
 
 def interaction_index(v: Tensor) -> Tensor:
-    """``[b, m, m]`` pairwise Shapley interaction indices from ``v [2^m, b]`` (zero diagonal)."""
+    """``[b, ..., m, m]`` pairwise Shapley interaction indices from ``v [2^m, b, ...]`` (zero diagonal)."""
     p, m = v.shape[0], int(math.log2(v.shape[0]))
+    shape, v = v.shape[1:], v.reshape(p, -1).double()
     out = torch.zeros(v.shape[1], m, m, dtype=torch.float64, device=v.device)
-    v = v.double()
     for i in range(m):
         for j in range(i + 1, m):
             pair = 1 << i | 1 << j
@@ -95,26 +106,28 @@ def interaction_index(v: Tensor) -> Tensor:
                 term = weight * (v[s | pair] - v[s | 1 << i] - v[s | 1 << j] + v[s])
                 out[:, i, j] += term
                 out[:, j, i] += term
-    return out
+    return out.view(*shape, m, m)
 
 
 @torch.no_grad()
 def permutation_shapley(
-    model: torch.nn.Module, batch: dict, classes: Tensor, value: str = "logit", permutations: int = 64, generator: torch.Generator | None = None,
-    encoded: Encoded | None = None,
+    model: torch.nn.Module, batch: dict, value_of: Callable[[Tensor], Tensor], permutations: int = 64,
+    generator: torch.Generator | None = None, encoded: Encoded | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``(estimate [b, m], standard error [b, m])`` of the Shapley values from ``permutations`` random
-    orders of the modalities (the same orders for the whole batch): ``m + 1`` subsets each, the
-    encoders run once."""
+    """``(estimate [b, ..., m], standard error [b, ..., m])`` of the Shapley values of ``value_of``
+    (logits ``[p, b, c]`` -> values ``[p, b, ...]``) from ``permutations`` random orders of the
+    modalities (the same orders for the whole batch): ``m + 1`` subsets each, the encoders run once."""
     m = len(model.modalities)
     generator = generator or torch.Generator().manual_seed(0)
     encoded = model.encode(batch) if encoded is None else encoded
-    marginals = torch.zeros(permutations, classes.shape[0], m, dtype=torch.float64)
+    marginals = None
     for k in range(permutations):
         order = torch.randperm(m, generator=generator).tolist()
         prefixes = [sum(1 << i for i in order[:j]) for j in range(m + 1)]
-        v = select_value(pattern_outputs(model, batch, prefixes, encoded), classes, value).double().cpu()  # [m + 1, b]
+        v = value_of(pattern_outputs(model, batch, prefixes, encoded)).double().cpu()  # [m + 1, b, ...]
+        if marginals is None:
+            marginals = torch.zeros(permutations, *v.shape[1:], m, dtype=torch.float64)
         for j, i in enumerate(order):
-            marginals[k, :, i] = v[j + 1] - v[j]
+            marginals[k, ..., i] = v[j + 1] - v[j]
     se = marginals.std(dim=0, unbiased=True) / math.sqrt(permutations) if permutations > 1 else torch.full_like(marginals[0], float("nan"))
     return marginals.mean(dim=0), se
