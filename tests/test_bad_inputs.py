@@ -488,3 +488,77 @@ def test_a_permission_error_is_one_line_naming_the_path(tmp_path, capsys, monkey
     assert main(["train", str(path), "--run-dir", str(tmp_path / "locked" / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Permission denied" in err and "locked" in err
+
+
+# ---------------------------------------------------------------- degenerate validation and training splits
+
+
+def _manifest_run(tmp_path, label, blank=(), tags=None, out_dim=4, epochs=1):
+    """A small manifest run (visual + text) whose ``blank`` splits have empty label cells."""
+    from common import CLASSES, build_folder, data_section, write_rows
+
+    root, rows = build_folder(tmp_path)
+    for r in rows:
+        if tags is not None:
+            r["tags"] = tags(r)
+        if r["split"] in blank:
+            r[label["column"]] = ""
+    write_rows(root / "items.csv", rows)
+    modalities = {m: spec for m, spec in data_section(root)["modalities"].items() if m in ("visual", "text")}
+    return {
+        "seed": 0,
+        "data": data_section(root, modalities=modalities, label=label),
+        "model": {
+            "encoders": {"visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4], "out_dim": 8},
+                         "text": {"name": "text_embedding", "vocab_size": 32, "embed_dim": 8, "out_dim": 8}},
+            "fusion": {"name": "concat_mlp", "out_dim": 8},
+            "head": {"name": "linear", "out_dim": len(CLASSES) if out_dim is None else out_dim},
+        },
+        "train": {"epochs": epochs, "batch_size": 8, "lr": 0.01},
+    }
+
+
+@pytest.mark.parametrize("case", ["multiclass", "regression", "multilabel"])
+def test_a_validation_split_that_defines_no_metric_is_refused_not_selected_on(tmp_path, case):
+    """No labelled validation sample (multi-class, regression) or no positive label (multi-label):
+    the selection metric is undefined; before, "val accuracy 0.000" was invented and epoch 1 kept."""
+    from common import CLASSES
+
+    if case == "multiclass":
+        config = _manifest_run(tmp_path, {"column": "label", "allow_unlabelled": True}, blank=("val",), out_dim=None)
+        want = r"the val split gives no accuracy \(it has no labelled sample\)"
+    elif case == "regression":
+        config = _manifest_run(tmp_path, {"column": "score", "task": "regression", "allow_unlabelled": True}, blank=("val",), out_dim=1)
+        want = r"the val split gives no mae \(it has no labelled sample\)"
+    else:
+        config = _manifest_run(tmp_path, {"column": "tags", "task": "multilabel"}, out_dim=len(CLASSES),
+                               tags=lambda r: "" if r["split"] == "val" else r["label"])
+        want = r"the val split gives no mAP \(mAP and micro-F1 need a positive label; it has none\)"
+    with pytest.raises(ValueError, match=want):
+        train(config, run_dir=tmp_path / "run", log=False)
+    assert not (tmp_path / "run" / "metrics.json").exists() and not list((tmp_path / "run").glob("checkpoints/epoch-*"))
+    assert main(["train", str(config_file(tmp_path, config)), "--run-dir", str(tmp_path / "cli")]) == 2
+
+
+def test_all_unlabelled_training_data_is_refused_after_its_first_epoch(tmp_path):
+    from common import CLASSES
+
+    config = _manifest_run(tmp_path, {"column": "label", "allow_unlabelled": True, "classes": list(CLASSES)}, blank=("train",), out_dim=len(CLASSES))
+    with pytest.raises(ValueError, match=r"epoch 1: no training sample has a label .*this epoch was not saved"):
+        train(config, run_dir=tmp_path / "run", log=False)
+
+
+def test_metrics_json_is_strict_json_with_null_for_an_undefined_metric(tmp_path):
+    from common import CLASSES
+
+    config = _manifest_run(tmp_path, {"column": "label", "allow_unlabelled": True}, blank=("test",), out_dim=len(CLASSES))
+    summary = train(config, run_dir=tmp_path / "run", log=False)
+    assert math.isnan(summary["test"]["accuracy"]) and summary["test"]["n"] == 0
+
+    def refuse(name):
+        raise AssertionError(f"bare {name} in strict JSON")
+
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics["test"]["accuracy"] is None and metrics["test"]["n"] == 0 and metrics["val"]["accuracy"] is not None
+    for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=refuse)

@@ -21,9 +21,15 @@ def history(*values, metric="accuracy"):
 def test_selection_best_min_delta_and_patience():
     s = Selection.for_metric("accuracy", {"patience": 2, "min_delta": 0.05})
     h = history(0.5, 0.53, 0.60, 0.62, 0.64)
-    assert s.best(h) == (3, 0.60)  # 0.53 and 0.62 do not beat the best by more than 0.05
+    assert s.best(h) == (5, 0.64)  # the best value is the best epoch: min_delta is for stopping only
+    # improvements by more than 0.05: epochs 1 and 3 (0.53, 0.62, 0.64 do not beat 0.5 / 0.60 by it)
     assert not s.should_stop(h[:4]) and s.should_stop(h)
-    assert s.is_best(h[:3]) and not s.is_best(h)
+    assert s.is_best(h[:3]) and s.is_best(h[:4]) and s.is_best(h)
+    slow = history(0.50, 0.53, 0.56, 0.59)  # small steps add up: 0.56 beats the reference 0.50 by more than 0.05
+    assert not s.should_stop(slow) and s.best(slow) == (4, 0.59)
+    nan = float("nan")
+    assert s.best(history(nan, 0.4, nan, 0.3)) == (2, 0.4) and s.best(history(nan, None)) == (None, None)  # NaN never best
+    assert Selection.for_metric("accuracy").best(history(0.133, 0.260, 0.2)) == (2, 0.26)
     loss = Selection.for_metric("loss")
     assert loss.mode == "min" and loss.best(history(1.0, 0.7, 0.9, metric="loss")) == (2, 0.7)
     assert not loss.should_stop(history(1.0, 2.0, 3.0, metric="loss"))  # no patience: never stops
@@ -54,14 +60,16 @@ def test_test_split_is_evaluated_once_after_the_last_epoch(tmp_path, monkeypatch
 
 def test_early_stopping_keeps_the_best_checkpoint_and_tests_it(tmp_path):
     run = tmp_path / "run"
-    # Only epoch 1 can be "best" (no later loss beats it by 100), so patience 2 stops after epoch 3.
+    # No later loss beats epoch 1's by 100, so patience 2 stops after epoch 3; the best of the three is kept.
     opts = {"epochs": 6, "select_metric": "loss", "early_stopping": {"patience": 2, "min_delta": 100.0}, "keep_checkpoints": 1}
     summary = train(cfg(**opts), run_dir=run, log=False)
-    assert summary["epochs_run"] == 3 and summary["stopped_early"] and summary["best_epoch"] == 1
-    assert sorted(p.name for p in (run / "checkpoints").glob("epoch-*")) == ["epoch-001", "epoch-003"]
-    assert (run / "checkpoints" / "best").read_text().strip() == "epoch-001"
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    best = min(records, key=lambda r: r["val"]["loss"])["epoch"]
+    assert summary["epochs_run"] == 3 and summary["stopped_early"] and summary["best_epoch"] == best
+    assert sorted(p.name for p in (run / "checkpoints").glob("epoch-*")) == sorted({f"epoch-{best:03d}", "epoch-003"})
+    assert (run / "checkpoints" / "best").read_text().strip() == f"epoch-{best:03d}"
     _, checkpoint = resolve_checkpoint(run)  # what eval, init_from and teachers load
-    assert checkpoint.name == "epoch-001"
+    assert checkpoint.name == f"epoch-{best:03d}"
     model, _, _ = load_run(run)
     from fusionzoo.config import build_dataset, load_config
     from fusionzoo.data.loader import make_loader
@@ -72,7 +80,7 @@ def test_early_stopping_keeps_the_best_checkpoint_and_tests_it(tmp_path):
     assert again["accuracy"] == summary["test"]["accuracy"] and again["loss"] == pytest.approx(summary["test"]["loss"])
     resumed = train(cfg(**opts), run_dir=run, resume=True, log=False)  # a stopped run stays stopped
     assert resumed["epochs_run"] == 3 and resumed["test"] == summary["test"]
-    assert evaluate_run(run)["checkpoint"].endswith("epoch-001")
+    assert evaluate_run(run)["checkpoint"].endswith(f"epoch-{best:03d}")
 
 
 def test_select_last_tests_the_last_epoch(tmp_path):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fusionzoo.atomic import write_text_atomic
+from fusionzoo.atomic import write_json_atomic, write_text_atomic
 from fusionzoo.compare.leaderboard import aggregate, format_aggregate, run_numbers
 from fusionzoo.config import load_config
 from fusionzoo.training.engine import default_run_dir, train
@@ -42,6 +41,6 @@ def train_seeds(
         records.append({**run_numbers(seed_dir), "seed": seed})
     stats = aggregate(records)
     result = {"config": cfg.origin, "seeds": seeds, "runs": [r["run_dir"] for r in records], "aggregate": stats}
-    write_text_atomic(root / "aggregate.json", json.dumps(result, indent=2))
+    write_json_atomic(root / "aggregate.json", result)
     write_text_atomic(root / "aggregate.md", f"# {cfg.name}: {len(seeds)} seeds ({', '.join(map(str, seeds))})\n\n" + format_aggregate(stats))
     return result

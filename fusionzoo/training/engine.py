@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -38,7 +39,7 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
+from fusionzoo.atomic import pyplot, save_figure_atomic, strict_json, write_json_atomic, write_text_atomic
 from fusionzoo.config import (
     ExperimentConfig,
     build_dataset,
@@ -331,7 +332,7 @@ def _write_run_files(run: _Run, state: TrainState) -> None:
     if not (run.run_dir / OVERRIDES_FILE).is_file():  # kept as first written: a resume reads it
         save_encoders(state.model.encoders, run.run_dir)
     # The log restarts from what the checkpoint knows, so epochs after it are not duplicated.
-    write_text_atomic(run.run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
+    write_text_atomic(run.run_dir / "log.jsonl", "".join(strict_json(r) + "\n" for r in state.history))
 
 
 def _wrap(run: _Run, state: TrainState) -> nn.Module:
@@ -389,6 +390,9 @@ def _train_epoch(run: _Run, state: TrainState, step: nn.Module, epoch: int) -> d
     if run.world > 1:
         dist.all_reduce(totals)
     seconds = time.perf_counter() - t0
+    why = run.objective.learned_nothing(totals.cpu())
+    if why is not None:
+        raise ValueError(f"{run.run_dir}: epoch {epoch + 1}: {why}; this epoch was not saved")
     train = run.objective.summarize(totals.cpu())
     run.objective.end_epoch(train)
     samples = totals[run.objective.stat_names.index("samples")].item()
@@ -428,6 +432,14 @@ def _validate(run: _Run, state: TrainState) -> dict[str, Any]:
         shared = [metrics]
         dist.broadcast_object_list(shared, src=0)
         metrics = shared[0]
+    metric = run.selection.metric
+    if math.isnan(run.selection.value({"val": metrics})):
+        why = ("it has no labelled sample" if metrics.get("n") == 0 else "mAP and micro-F1 need a positive label; it has none"
+               if metric in ("mAP", "micro_f1") else "the model's outputs on it are not finite")
+        raise ValueError(
+            f"{run.run_dir}: the val split gives no {metric} ({why}): there is nothing to select a checkpoint on or to stop on. "
+            "Label validation samples, or select on another metric (train.select_metric)"
+        )
     return metrics
 
 
@@ -440,7 +452,7 @@ def _end_epoch(run: _Run, state: TrainState, record: dict[str, Any]) -> None:
     run.say(f"epoch {state.epoch:3d}/{run.cfg.train.epochs}  {run.objective.headline(record)}  {record['samples_per_s']:.0f} samples/s{mark}")
     if run.is_main:
         with (run.run_dir / "log.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json(record) + "\n")
         save_checkpoint(run.run_dir, state.epoch, state.model, state.state_dict(), keep=run.cfg.train.keep_checkpoints, best=best)
 
 
@@ -492,7 +504,7 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
         "weights_identical_across_ranks": len(set(digests)) == 1,
     }
     if run.is_main:
-        write_text_atomic(run.run_dir / "metrics.json", json.dumps(summary, indent=2))
+        write_json_atomic(run.run_dir / "metrics.json", summary)
         if history:
             _plot(history, best_epoch, run.run_dir / "curves.png")
     if run.world > 1:

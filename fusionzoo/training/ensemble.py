@@ -17,7 +17,6 @@ validation loss; ``test`` is never looked at to choose them. Writes ``ensemble.j
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fusionzoo.atomic import write_text_atomic
+from fusionzoo.atomic import write_json_atomic
 from fusionzoo.config import ExperimentConfig, build_dataset
 from fusionzoo.data.loader import make_loader
 from fusionzoo.encoders.base import preprocessors
@@ -171,5 +170,5 @@ def ensemble_runs(
             rows.append(row)
         result[split] = rows
     out = Path(out) if out is not None else run_dir / "ensemble"
-    write_text_atomic(out / "ensemble.json", json.dumps(result, indent=2))
+    write_json_atomic(out / "ensemble.json", result)
     return result

@@ -56,6 +56,10 @@ class Objective(nn.Module):
     def end_epoch(self, train: Mapping[str, Any]) -> None:
         """Called once per epoch with the summarized train metrics."""
 
+    def learned_nothing(self, totals: Tensor) -> str | None:
+        """Why an epoch with these training statistics had nothing to learn from; None when it had."""
+        return None
+
     def headline(self, record: Mapping[str, Any]) -> str:
         return f"train loss {record['train']['loss']:.4f}"
 
@@ -83,6 +87,10 @@ class Classification(Objective):
     def summarize(self, totals: Tensor) -> dict[str, Any]:
         stats = dict(zip(self.stat_names, totals.tolist()))
         return {"loss": stats["loss_sum"] / max(stats["labelled"], 1.0), **self.task.summarize(stats)}
+
+    def learned_nothing(self, totals: Tensor) -> str | None:
+        labelled = totals[self.stat_names.index("labelled")].item()
+        return None if labelled else "no training sample has a label (each is missing, -1 or NaN): the loss had nothing to learn from"
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loaders: Mapping[str, Any], split: str, device: torch.device) -> dict[str, Any]:
@@ -130,6 +138,9 @@ class Distillation(Classification):
         zero = loss.new_zeros(())
         extra = (loss.new_ones(()), terms.get("hard", zero).detach(), terms["soft"].detach(), terms.get("feature", zero).detach())
         return loss, self._stats(loss, logits, batch["label"], *extra)
+
+    def learned_nothing(self, totals: Tensor) -> str | None:
+        return None  # the teacher's soft targets teach every sample, labelled or not
 
     def summarize(self, totals: Tensor) -> dict[str, Any]:
         stats = dict(zip(self.stat_names, totals.tolist()))

@@ -8,12 +8,11 @@ reference method's (:mod:`fusionzoo.compare.leaderboard`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
+from fusionzoo.atomic import pyplot, save_figure_atomic, write_json_atomic
 from fusionzoo.bench.measure import count_flops
 from fusionzoo.config import build_dataset
 from fusionzoo.data.loader import make_loader
@@ -85,7 +84,7 @@ def evaluate_run(
         "flops_per_sample": _flops_per_sample(model, loader),
     }
     out = Path(out_dir) if out_dir is not None else run_dir / "eval" / condition_name(missing, noise)
-    write_text_atomic(out / "results.json", json.dumps(result, indent=2))
+    write_json_atomic(out / "results.json", result)
     _plot_curves(curves, metric, out / "robustness.png")
     return result
 

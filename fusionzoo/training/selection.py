@@ -7,6 +7,7 @@ uninterrupted one without saving anything extra.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,10 @@ __all__ = ["Selection"]
 
 @dataclass(frozen=True)
 class Selection:
-    """Select on ``metric`` of the validation split (``mode`` ``max`` or ``min``): an epoch is the new
-    best when it beats the best so far by more than ``min_delta``; with ``patience``, training stops
-    after that many epochs without a new best."""
+    """Select on ``metric`` of the validation split (``mode`` ``max`` or ``min``): the best epoch has
+    the best value (the earliest on a tie; NaN never is). ``min_delta`` is for stopping only: with
+    ``patience``, training stops after that many epochs without an improvement by more than
+    ``min_delta`` on the best value so far."""
 
     metric: str
     mode: str = "max"
@@ -34,15 +36,19 @@ class Selection:
         return cls(metric, "min" if lower_is_better(metric) else "max", float(stop.get("min_delta", 0.0)), stop.get("patience"))
 
     def value(self, record: Mapping[str, Any]) -> float:
-        return float(record["val"][self.metric])
+        value = record["val"][self.metric]
+        return math.nan if value is None else float(value)  # None: undefined (NaN in metrics.json)
 
-    def improves(self, value: float, best: float | None) -> bool:
+    def improves(self, value: float, best: float | None, by: float = 0.0) -> bool:
+        """Whether ``value`` beats ``best`` by more than ``by`` (any finite value beats None; NaN nothing)."""
+        if math.isnan(value):
+            return False
         if best is None:
             return True
-        return value > best + self.min_delta if self.mode == "max" else value < best - self.min_delta
+        return value > best + by if self.mode == "max" else value < best - by
 
     def best(self, history: Sequence[Mapping[str, Any]]) -> tuple[int | None, float | None]:
-        """``(best epoch, its validation value)``; ``(None, None)`` before the first epoch."""
+        """``(best epoch, its validation value)``; ``(None, None)`` before the first epoch with a value."""
         epoch, best = None, None
         for record in history:
             value = self.value(record)
@@ -55,7 +61,13 @@ class Selection:
         return bool(history) and self.best(history)[0] == history[-1]["epoch"]
 
     def should_stop(self, history: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether ``patience`` epochs have passed since the last epoch that improved by more than
+        ``min_delta`` on the value of the previous such epoch (as Keras' ``EarlyStopping``)."""
         if self.patience is None or not history:
             return False
-        epoch, _ = self.best(history)
-        return history[-1]["epoch"] - epoch >= self.patience
+        improved, reference = 0, None
+        for record in history:
+            value = self.value(record)
+            if self.improves(value, reference, self.min_delta):
+                improved, reference = record["epoch"], value
+        return history[-1]["epoch"] - improved >= self.patience

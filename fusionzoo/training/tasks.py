@@ -15,10 +15,15 @@ A dataset names its task in ``dataset.task`` (``multiclass`` when it does not):
 Training sums a few statistics per batch on the device (:meth:`Task.stats`); evaluation scores all
 of a split's outputs at once, in float64 (:meth:`Task.metrics`). ``metric_names`` are what a run can
 select on; :func:`lower_is_better` says which way each one points.
+
+A metric that the split cannot define (nothing labelled; mAP or micro-F1 without a positive label)
+is NaN, never 0; a run refuses to select on it (:func:`~fusionzoo.training.engine.train`) and
+writes it as ``null`` in its JSON files.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -82,10 +87,12 @@ class MultiClass(Task):
         recall = tp / confusion.sum(1).clamp(min=1)
         f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
         seen = (confusion.sum(0) + confusion.sum(1)) > 0
+        if n == 0:  # nothing labelled: every metric is undefined, not 0
+            return {"accuracy": math.nan, "macro_f1": math.nan, "loss": math.nan, "n": 0}
         return {
-            "accuracy": tp.sum().item() / max(n, 1),
-            "macro_f1": f1[seen].mean().item() if seen.any() else 0.0,
-            "loss": F.cross_entropy(outputs, labels, reduction="sum").item() / max(n, 1),
+            "accuracy": tp.sum().item() / n,
+            "macro_f1": f1[seen].mean().item(),
+            "loss": F.cross_entropy(outputs, labels, reduction="sum").item() / n,
             "n": n,
         }
 
@@ -131,12 +138,13 @@ class MultiLabel(Task):
         tp, fp, fn = (pred & truth).sum().item(), (pred & ~truth).sum().item(), (~pred & truth).sum().item()
         ap = average_precision(outputs, labels)
         scored = ~torch.isnan(ap)
-        return {
-            "mAP": ap[scored].mean().item() if scored.any() else 0.0,
-            "micro_f1": 2 * tp / max(2 * tp + fp + fn, 1),
-            "exact_match": (pred == truth).all(1).double().mean().item(),
-            "loss": F.binary_cross_entropy_with_logits(outputs, labels).item(),
-            "n": labels.shape[0],
+        n = labels.shape[0]
+        return {  # undefined (NaN), not 0: mAP and micro-F1 without a single positive label, all of them without samples
+            "mAP": ap[scored].mean().item() if scored.any() else math.nan,
+            "micro_f1": 2 * tp / (2 * tp + fp + fn) if tp + fn > 0 else math.nan,
+            "exact_match": (pred == truth).all(1).double().mean().item() if n else math.nan,
+            "loss": F.binary_cross_entropy_with_logits(outputs, labels).item() if n else math.nan,
+            "n": n,
         }
 
 
