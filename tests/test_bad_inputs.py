@@ -562,3 +562,40 @@ def test_metrics_json_is_strict_json_with_null_for_an_undefined_metric(tmp_path)
     assert metrics["test"]["accuracy"] is None and metrics["test"]["n"] == 0 and metrics["val"]["accuracy"] is not None
     for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=refuse)
+
+
+# ---------------------------------------------------------------- ensembles of runs that disagree
+
+
+def test_an_ensemble_aligns_runs_by_class_name_and_refuses_other_classes(tmp_path):
+    """Run B numbers the classes in reverse (``label.classes``): each run is scored as it scores
+    alone and the average is over the same classes (before: 5% for a run that scores 46% alone)."""
+    from common import CLASSES
+
+    from fusionzoo.training import ensemble_runs
+
+    config = _manifest_run(tmp_path, {"column": "label"}, out_dim=len(CLASSES), epochs=3)
+    train(config, run_dir=tmp_path / "a", log=False)
+    reverse = json.loads(json.dumps(config))
+    reverse["data"]["label"] = {"column": "label", "classes": list(reversed(CLASSES))}
+    train(reverse, run_dir=tmp_path / "b", log=False)
+    alone = [evaluate_run(tmp_path / r, levels=(0.0,), out_dir=tmp_path / f"eval-{r}")["subsets"][0]["accuracy"] for r in "ab"]
+    result = ensemble_runs([tmp_path / "a", tmp_path / "b"], out=tmp_path / "ens")
+    both = next(r for r in result["test"] if len(r["modalities"]) == 2)
+    assert both["runs"] == pytest.approx(alone)
+    flipped = ensemble_runs([tmp_path / "b", tmp_path / "a"], out=tmp_path / "ens2")
+    assert next(r for r in flipped["test"] if len(r["modalities"]) == 2)["accuracy"] == pytest.approx(both["accuracy"])
+    fewer = json.loads(json.dumps(config))
+    fewer["data"]["label"] = {"column": "label", "classes": list(CLASSES) + ["zebra"]}
+    fewer["model"]["head"]["out_dim"] = len(CLASSES) + 1
+    train(fewer, run_dir=tmp_path / "c", log=False)
+    with pytest.raises(ValueError, match=r"the runs predict different numbers of classes: \[3, 4\]"):
+        ensemble_runs([tmp_path / "a", tmp_path / "c"], out=tmp_path / "ens3")
+    from fusionzoo.training.ensemble import _ClassOrder
+
+    with pytest.raises(ValueError, match=r"run-c predicts other classes than the first run \(its own: \['zebra'\], lacking: \['owl'\]\)"):
+        _ClassOrder(["cat", "dog", "owl"], ["zebra", "dog", "cat"], "run-c")
+    order = _ClassOrder(["cat", "dog", "owl"], ["owl", "cat", "dog"], "run-b")
+    assert order.columns.tolist() == [1, 2, 0] and order.inverse.tolist() == [2, 0, 1]
+    for weights in ("nan,1", "inf,1", "-1,2"):
+        assert main(["ensemble", str(tmp_path / "a"), str(tmp_path / "b"), f"--weights={weights}", "--out", str(tmp_path / "w")]) == 2

@@ -5,7 +5,8 @@
 must be in it), the weighted average of the runs' class probabilities (``probs``, the default) or
 logits, under every subset of the modalities, on ``val`` and ``test``. Each run sees only its own
 modalities, read through its own preprocessing (a tokenizer, an image processor) and fitted state
-(vocabulary, label list); runs whose data disagree on a sample's label are refused. A run that sees none of a sample's modalities (not in the subset, or missing in that
+(vocabulary, label list); runs that name their classes in another order are aligned by name (other
+classes are refused), and runs whose data disagree on a sample's label are refused. A run that sees none of a sample's modalities (not in the subset, or missing in that
 sample) has no say for that sample: the weights of the others are renormalised, so an image model
 and a speech model fall back to one another per sample, as late fusion does.
 
@@ -17,6 +18,7 @@ validation loss; ``test`` is never looked at to choose them. Writes ``ensemble.j
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -77,9 +79,12 @@ def fit_weights(logits: Sequence[Tensor | None], available: Sequence[Tensor], la
 
 
 @torch.no_grad()
-def _predictions(models: Sequence, loaders: Sequence, keep: set[str]) -> tuple[list[Tensor | None], list[Tensor], Tensor]:
+def _predictions(
+    models: Sequence, loaders: Sequence, keep: set[str], orders: Sequence[_ClassOrder | None]
+) -> tuple[list[Tensor | None], list[Tensor], Tensor]:
     """Each run's logits on its own loader (the same samples in the same order, each through that
-    run's preprocessing and fitted state), which modalities it saw per sample, and the labels."""
+    run's preprocessing and fitted state), its columns in the first run's class order, which
+    modalities it saw per sample, and the labels (as the first run numbers the classes)."""
     outputs: list[list[Tensor] | None] = [[] if keep & set(m.modalities) else None for m in models]
     available: list[list[Tensor]] = [[] for _ in models]
     labels = []
@@ -87,8 +92,10 @@ def _predictions(models: Sequence, loaders: Sequence, keep: set[str]) -> tuple[l
     for batches in zip(*loaders, strict=True):
         batches = [keep_modalities(move_batch(b, device), keep) for b in batches]
         label = batches[0]["label"]
-        if any(not torch.equal(b["label"], label) for b in batches[1:]):
-            raise ValueError("ensemble: the runs' data give different labels for the same samples (another label list or class order?)")
+        for order, b in zip(orders[1:], batches[1:]):
+            mine = b["label"] if order is None else torch.where(b["label"] >= 0, order.inverse.to(b["label"].device)[b["label"].clamp(min=0)], -1)
+            if not torch.equal(mine, label):
+                raise ValueError("ensemble: the runs' data give different labels for the same samples (another label column or data file?)")
         n = label.shape[0]
         for r, (model, batch) in enumerate(zip(models, batches)):
             present = batch["present"]
@@ -96,13 +103,39 @@ def _predictions(models: Sequence, loaders: Sequence, keep: set[str]) -> tuple[l
             if not seen:
                 available[r].append(torch.zeros(n, dtype=torch.bool))
                 continue
-            outputs[r].append(model(batch).float().cpu())
+            logits = model(batch).float().cpu()
+            outputs[r].append(logits if orders[r] is None else logits[:, orders[r].columns])
             ok = torch.zeros(n, dtype=torch.bool)
             for m in seen:
                 ok |= present[m].cpu()
             available[r].append(ok)
         labels.append(label.cpu())
     return [None if o is None else torch.cat(o) for o in outputs], [torch.cat(a) for a in available], torch.cat(labels)
+
+
+def _class_orders(loaders: Sequence, runs: Sequence) -> list[_ClassOrder | None]:
+    """Per run, how it numbers the first run's classes when both name them (``dataset.classes``) in
+    another order; None where the numbers agree (or the data names no classes: labels must agree)."""
+    first = getattr(loaders[0].dataset, "classes", None)
+    orders: list[_ClassOrder | None] = [None]
+    for loader, run in zip(loaders[1:], runs[1:]):
+        mine = getattr(loader.dataset, "classes", None)
+        orders.append(_ClassOrder(first, mine, run) if first is not None and mine is not None and list(first) != list(mine) else None)
+    return orders
+
+
+class _ClassOrder:
+    """How a run numbers the first run's classes: ``columns[k]`` is its output for the first run's
+    class ``k``; ``inverse[j]`` the first run's number of its class ``j``."""
+
+    def __init__(self, first: Sequence[str], mine: Sequence[str], run: Any) -> None:
+        if sorted(map(str, first)) != sorted(map(str, mine)) or len(set(map(str, mine))) != len(mine):
+            extra, lacking = sorted(set(map(str, mine)) - set(map(str, first))), sorted(set(map(str, first)) - set(map(str, mine)))
+            raise ValueError(f"ensemble: {run} predicts other classes than the first run (its own: {extra}, lacking: {lacking}); "
+                             "an ensemble averages the same classes")
+        index = {str(c): j for j, c in enumerate(mine)}
+        self.columns = torch.tensor([index[str(c)] for c in first])
+        self.inverse = torch.argsort(self.columns)
 
 
 def _loaders(loaded: Sequence, data: Any, split: str, batch_size: int) -> list:
@@ -145,7 +178,7 @@ def ensemble_runs(
         raise ValueError(f"ensemble: the runs predict different numbers of classes: {[m.out_dim for m in models]}")
     if weights is None:
         weights = [1.0 / len(runs)] * len(runs)
-    if len(weights) != len(runs) or any(w < 0 for w in weights) or sum(weights) <= 0:
+    if len(weights) != len(runs) or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"ensemble: one weight >= 0 per run ({len(runs)}), not all 0; got {list(weights)}")
     run_dir, _ = resolve_checkpoint(runs[0])
     union = sorted({m for model in models for m in model.modalities})
@@ -157,14 +190,15 @@ def ensemble_runs(
     if lacking:
         raise ValueError(f"ensemble: the data of {runs[0]} has no {lacking[0]!r}, which a run reads; put the run with every modality first")
     task = get_task("multiclass")
+    orders = _class_orders(loaders["test"], runs)
     if fit == "val":
-        weights = list(fit_weights(*_predictions(models, loaders["val"], set(union)), combine))
+        weights = list(fit_weights(*_predictions(models, loaders["val"], set(union), orders), combine))
     weights = [float(w) / sum(weights) for w in weights]
     result: dict[str, Any] = {"runs": [str(r) for r in runs], "weights": weights, "fitted_on": fit, "combine": combine, "modalities": union}
     for split, loader in loaders.items():
         rows = []
         for subset in subsets(union):
-            logits, available, labels = _predictions(models, loader, set(subset))
+            logits, available, labels = _predictions(models, loader, set(subset), orders)
             row = {"modalities": list(subset), **task.metrics(combine_predictions(logits, available, weights, combine), labels)}
             row["runs"] = [None if x is None else task.metrics(x, labels)["accuracy"] for x in logits]
             rows.append(row)
