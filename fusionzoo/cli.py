@@ -228,8 +228,15 @@ def _parse_noise(items: Sequence[str]) -> dict[str, float]:
             m, sep, level = part.partition("=")
             if not sep:
                 raise ConfigError(f"--noise {part!r}: expected MODALITY=LEVEL, e.g. audio=0.5")
-            noise[m.strip()] = float(level)
+            noise[m.strip()] = _number(level, f"--noise {part}")
     return noise
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {text.strip()!r} is not a number") from None
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -237,11 +244,11 @@ def _eval(args: argparse.Namespace) -> int:
     from fusionzoo.training.robustness import condition_name
 
     missing = [m for item in args.missing for m in item.split(",") if m]
-    levels = [float(v) for v in args.levels.split(",")]
+    levels = [_number(v, "--levels") for v in args.levels.split(",")]
     noise = _parse_noise(args.noise)
     result = evaluate_run(args.run, missing=missing, noise=noise, levels=levels)
     print(f"checkpoint: {result['checkpoint']}")
-    print(f"written to: {Path(result['checkpoint']).parent.parent / 'eval' / condition_name(missing, noise)}")
+    print(f"written to: {Path(result['checkpoint']).parent.parent / 'eval' / condition_name(missing, noise, levels)}")
     if result["missing"] or result["noise"]:
         print(f"condition: missing {result['missing'] or 'none'}, noise {result['noise'] or 'none'}")
     metric = result.get("metric", "accuracy")

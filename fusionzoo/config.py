@@ -379,7 +379,15 @@ def check_model_fits_data(cfg: ExperimentConfig, model: nn.Module, dataset: Any)
             f"the data has no modality {unknown[0]!r}: it has {sorted(available)}, the config's encoders read {sorted(model.encoders)}",
         )
     standardized = set(getattr(dataset, "standardized", ()))
+    rates = getattr(dataset, "sample_rates", {})
     for m, enc in model.encoders.items():
+        rate = getattr(enc, "sample_rate", None)
+        if rate is not None and m in rates and rates[m] != rate:
+            raise cfg.error(
+                f"{section}.encoders.{m}.sample_rate",
+                f"{rate} Hz, but the data gives {m!r} at {rates[m]} Hz: the encoder would read it at the wrong rate "
+                f"(its filterbank, or a pretrained model's resampling); make the two equal",
+            )
         if getattr(enc, "normalizes_input", False) and m in standardized:
             raise cfg.error(
                 f"{section}.encoders.{m}",

@@ -599,3 +599,130 @@ def test_an_ensemble_aligns_runs_by_class_name_and_refuses_other_classes(tmp_pat
     assert order.columns.tolist() == [1, 2, 0] and order.inverse.tolist() == [2, 0, 1]
     for weights in ("nan,1", "inf,1", "-1,2"):
         assert main(["ensemble", str(tmp_path / "a"), str(tmp_path / "b"), f"--weights={weights}", "--out", str(tmp_path / "w")]) == 2
+
+
+# ---------------------------------------------------------------- options checked where they are read
+
+
+def test_an_audio_rate_other_than_the_encoder_s_is_refused(tmp_path):
+    """Before: data at 16000 Hz and the encoder's filterbank at 8000 trained at the wrong rate."""
+    from common import MODALITIES, build_folder, data_section
+
+    root, _ = build_folder(tmp_path)
+    config = {
+        "data": data_section(root, modalities={"audio": {**MODALITIES["audio"], "sample_rate": 16000}}),
+        "model": {"encoders": {"audio": {"name": "audio_spec_cnn", "sample_rate": 8000, "n_fft": 128, "hop_length": 64, "n_mels": 16,
+                                         "channels": [4], "out_dim": 8}},
+                  "fusion": {"name": "concat_mlp", "out_dim": 8}, "head": {"name": "linear", "out_dim": 3}},
+        "train": {"epochs": 1},
+    }
+    with pytest.raises(ConfigError, match=r"model\.encoders\.audio\.sample_rate: 8000 Hz, but the data gives 'audio' at 16000 Hz"):
+        train(config, run_dir=tmp_path / "run", log=False)
+
+
+@pytest.mark.parametrize("options,want", [
+    ({"kind": "text", "max_tokens": -2}, r"modalities\.m\.max_tokens: an int >= 1 or null, got -2"),
+    ({"kind": "text", "max_tokens": 0}, r"modalities\.m\.max_tokens: an int >= 1 or null, got 0"),
+    ({"kind": "text", "min_freq": 1.5}, r"modalities\.m\.min_freq: an int >= 1, got 1\.5"),
+    ({"kind": "text", "lower": "yes"}, r"modalities\.m\.lower: true or false"),
+    ({"kind": "image", "size": 8, "augment": {"crop": {"scal": [0.5, 1]}}}, r"modalities\.m\.augment\.crop: unknown option 'scal' \(allowed: scale\)"),
+    ({"kind": "image", "size": 8, "augment": {"crop": {"scale": [0.5, 2]}}}, r"augment\.crop\.scale: \[min, max\] with 0 < min <= max <= 1"),
+    ({"kind": "image", "augment": {"flip": 1.5}}, r"modalities\.m\.augment\.flip: a probability in \[0, 1\], got 1\.5"),
+    ({"kind": "image", "augment": {"rotate": -10}}, r"modalities\.m\.augment\.rotate: degrees in \[0, 180\]"),
+    ({"kind": "image", "augment": {"color_jitter": {"brigthness": 0.2}}}, r"augment\.color_jitter: unknown option 'brigthness'"),
+    ({"kind": "image", "max_pixels": 0}, r"modalities\.m\.max_pixels: an int >= 1 or null"),
+    ({"kind": "audio", "sample_rate": 8000, "augment": {"crop": "yes"}}, r"modalities\.m\.augment\.crop: true or false"),
+    ({"kind": "audio", "sample_rate": 8000, "augment": {"gain_db": float("nan")}}, r"modalities\.m\.augment\.gain_db: a gain range in dB"),
+])
+def test_nested_and_numeric_options_are_checked_where_they_are_read(tmp_path, options, want):
+    from fusionzoo.data.manifest import ManifestDataset
+
+    (tmp_path / "m.csv").write_text("x,label\na,cat\n")
+    with pytest.raises(ValueError, match=want):
+        ManifestDataset(path=tmp_path / "m.csv", modalities={"m": {"column": "x", **options}}, label={"column": "label"})
+
+
+# ---------------------------------------------------------------- small files, huge memory
+
+
+def _png_header(width, height):
+    """A PNG signature and an IHDR chunk declaring ``width x height``, then junk: never decodable."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 64
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path, monkeypatch):
+    """Before: a 875 KB PNG declaring 30000 x 30000 decoded to 5 GB. The header is compared with
+    ``max_pixels`` first; the decoder is never called (checked), so nothing is allocated."""
+    from common import write_rows
+
+    import fusionzoo.data.decode as decode
+    from fusionzoo.data.manifest import ManifestDataset
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "bomb.png").write_bytes(_png_header(30000, 30000))
+    write_rows(tmp_path / "m.csv", [{"image": "img/bomb.png", "label": "cat", "split": "train"}])
+    called = []
+    monkeypatch.setattr("torchvision.io.decode_image", lambda *a, **k: called.append(1))
+    with pytest.raises(ValueError, match=r"m\.csv: line 2: column .image.: image .*img/bomb\.png declares 30000 x 30000 pixels \(900,000,000\), more than "
+                                         r"modalities\.visual\.max_pixels \(89,478,485\)"):
+        ManifestDataset(path=tmp_path / "m.csv", modalities={"visual": {"column": "image", "kind": "image"}}, label={"column": "label"})
+    reader = decode.ImageReader(max_pixels=None)
+    reader.check(tmp_path / "img" / "bomb.png")  # no limit: the header passes (the decoder would then say what is wrong)
+    assert not called
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "gif", "webp", "webp_lossless", "progressive_jpeg"])
+def test_image_headers_give_the_decoded_size(tmp_path, fmt):
+    from PIL import Image
+
+    from fusionzoo.data.image_header import image_size
+
+    image = Image.new("RGB", (37, 23), (10, 200, 30))
+    path = tmp_path / f"x.{fmt}"
+    kind = {"progressive_jpeg": "jpeg", "webp_lossless": "webp"}.get(fmt, fmt)
+    extra = {"progressive": True, "exif": b"Exif\x00\x00" + b"\x00" * 3000} if fmt == "progressive_jpeg" else {"lossless": True} if fmt == "webp_lossless" else {}
+    image.save(path, format=kind.upper(), **extra)
+    assert image_size(path) == (37, 23)
+    (tmp_path / "junk").write_bytes(b"\xff\xd8\x00\x00junk")
+    assert image_size(tmp_path / "junk") is None
+
+
+def test_a_long_clip_without_max_seconds_is_refused_at_the_start_check(tmp_path, monkeypatch):
+    """Before: a 30-minute clip padded its batch to 14 M samples per clip and ended in an allocator
+    traceback. The start check reads the frame count from the header; here the limit is lowered
+    instead of writing a long file."""
+    from common import write_rows, write_wav
+    import numpy as np
+
+    from fusionzoo.data.decode import AudioReader
+    from fusionzoo.data.manifest import ManifestDataset
+
+    write_wav(tmp_path / "a.wav", np.zeros(8000, dtype=np.float32), 8000)
+    write_rows(tmp_path / "m.csv", [{"audio": "a.wav", "label": "cat", "split": "train"}])
+    monkeypatch.setattr(AudioReader, "LONG_SECONDS", 0.5)
+    spec = {"column": "audio", "kind": "audio", "sample_rate": 8000}
+    with pytest.raises(ValueError, match=r"line 2.*a\.wav lasts 1 s and modalities\.audio\.max_seconds is not set: its batch would be padded to 8,000"):
+        ManifestDataset(path=tmp_path / "m.csv", modalities={"audio": spec}, label={"column": "label"})
+    ManifestDataset(path=tmp_path / "m.csv", modalities={"audio": {**spec, "max_seconds": 0.5}}, label={"column": "label"})
+
+
+# ---------------------------------------------------------------- eval options
+
+
+def test_eval_refuses_bad_levels_noise_and_missing_and_other_levels_have_their_own_folder(finished, capsys):
+    for args, want in ((["--levels", "nan"], "--levels: distinct finite noise levels >= 0"), (["--levels=-1,0"], "--levels: distinct finite"),
+                       (["--levels", "abc"], "--levels: 'abc' is not a number"), (["--noise", "visual=abc"], "--noise visual=abc: 'abc' is not a number"),
+                       (["--noise", "visual=-1"], "--noise visual=-1.0: a noise level is a finite number >= 0"),
+                       (["--missing", "visual,text"], "--missing names every modality of the model")):
+        assert main(["eval", str(finished), *args]) == 2, args
+        assert want in capsys.readouterr().err, args
+    assert main(["eval", str(finished)]) == 0
+    before = (finished / "eval" / "results.json").read_bytes()
+    assert main(["eval", str(finished), "--levels", "0,1"]) == 0
+    assert json.loads((finished / "eval" / "levels=0+1" / "results.json").read_text())["robustness"]["visual"][1]["level"] == 1.0
+    assert (finished / "eval" / "results.json").read_bytes() == before  # what compare reads is not overwritten by other levels

@@ -273,6 +273,7 @@ class AVDigits(Dataset):
                 )
         self.split, self.difficulty, self.val_speaker = split, difficulty, val_speaker
         self.modalities = ("audio", "visual")
+        self.sample_rates = {"audio": SAMPLE_RATE}
         data = _load_split(self.root, "test" if split == "test" else "train", int(round(clip_seconds * SAMPLE_RATE)))
         if split != "test" and val_speaker not in {r["speaker"] for r in data["rows"]}:
             speakers = sorted({r["speaker"] for r in data["rows"]})

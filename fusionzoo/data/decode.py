@@ -8,17 +8,21 @@ Each ``kind`` of column has a reader, configured by the modality's options in ``
   ``channels`` 1 or 3; then ``transforms.v2``: resize to ``size`` (or, in training with
   ``augment.crop``, a random resized crop), ``augment.flip`` (probability), ``augment.color_jitter``,
   ``augment.rotate`` (degrees), to float in [0, 1], and ``normalize`` (``{mean, std}`` or
-  ``imagenet``). Augmentation is training-only; evaluation is deterministic.
+  ``imagenet``). Augmentation is training-only; evaluation is deterministic. An image whose header
+  declares more than ``max_pixels`` (default Pillow's limit, 89,478,485; null: none) is refused
+  before it is decoded (:mod:`fusionzoo.data.image_header`).
 * ``audio``: ``soundfile`` (WAV, FLAC, OGG) to float ``[t]``: channels averaged (mono downmix),
   resampled to ``sample_rate`` with ``torchaudio.functional.resample`` (``resample: false`` makes a
   different rate an error), ``normalize: peak`` (DC offset removed, peak scaled to 1), cut to
   ``max_seconds`` from the start (training with ``augment.crop``: a random window), and
-  ``augment.gain_db`` (a uniform random gain within +-that many dB) in training.
+  ``augment.gain_db`` (a uniform random gain within +-that many dB) in training. A clip over five
+  minutes is refused at the start check unless ``max_seconds`` is set (its batch would pad to it).
 * ``features``: a ``.npy`` or ``.safetensors`` file (one tensor, or ``key``) or numbers written in
   the cell (separated by spaces, commas or semicolons; a list in JSONL) to float ``[d]``; every
   value finite.
 
-Errors are :class:`CellError` with a message that the manifest prefixes with file, line and column.
+Every option is checked where it is read, nested ones too (``augment.crop.scale``, a probability
+in [0, 1], ...). Errors are :class:`CellError` with a message that the manifest prefixes with file, line and column.
 
 :class:`DiskCache` keeps decoded images and recordings (before the per-sample transform) as
 safetensors files, keyed by the file's path, size and modification time and by the reader options
@@ -28,6 +32,7 @@ that change the decoding, so a changed file or option is decoded again and never
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import tempfile
@@ -39,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fusionzoo.data.image_header import image_size
 from fusionzoo.encoders.visual import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["CellError", "ImageReader", "AudioReader", "DiskCache", "read_features", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -56,6 +62,11 @@ def _options(options: Mapping[str, Any], allowed: tuple[str, ...], where: str) -
         raise ValueError(f"{where}: unknown option {unknown[0]!r} (allowed: {', '.join(allowed)})")
 
 
+def _number(value: Any) -> bool:
+    """A finite int or float (not a bool, not a string)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _existing(path: Path) -> Path:
     if not path.is_file():
         raise CellError(f"file not found: {path}")
@@ -65,12 +76,21 @@ def _existing(path: Path) -> Path:
 class ImageReader:
     """Decode and transform one image (see the module docstring)."""
 
-    OPTIONS = ("size", "channels", "normalize", "augment")
+    OPTIONS = ("size", "channels", "normalize", "augment", "max_pixels")
     AUGMENT = ("crop", "flip", "color_jitter", "rotate")
+    #: Pillow's decompression-bomb limit: an image declaring more pixels is refused before decoding.
+    MAX_PIXELS = 89_478_485
 
-    def __init__(self, *, size: list[int] | int | None = None, channels: int = 3, normalize: Any = None, augment: Mapping | None = None, where: str = "image") -> None:
+    def __init__(
+        self, *, size: list[int] | int | None = None, channels: int = 3, normalize: Any = None, augment: Mapping | None = None,
+        max_pixels: int | None = MAX_PIXELS, where: str = "image",
+    ) -> None:
         from torchvision.io import ImageReadMode
         from torchvision.transforms import v2
+
+        if max_pixels is not None and (not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1):
+            raise ValueError(f"{where}.max_pixels: an int >= 1 or null (no limit), got {max_pixels!r}")
+        self.max_pixels, self.where = max_pixels, where
 
         if channels not in (1, 3):
             raise ValueError(f"{where}.channels: 1 (grey) or 3 (RGB), got {channels!r}")
@@ -94,18 +114,41 @@ class ImageReader:
         if crop:
             if self.size is None:
                 raise ValueError(f"{where}.augment.crop: needs size (the crop's output)")
-            scale = tuple(crop.get("scale", (0.08, 1.0))) if isinstance(crop, Mapping) else (0.08, 1.0)
-            train.append(v2.RandomResizedCrop(self.size, scale=scale, antialias=True))
+            if not isinstance(crop, (Mapping, bool)):
+                raise ValueError(f"{where}.augment.crop: true or {{scale: [min, max]}}, got {crop!r}")
+            _options(crop if isinstance(crop, Mapping) else {}, ("scale",), f"{where}.augment.crop")
+            scale = crop.get("scale", (0.08, 1.0)) if isinstance(crop, Mapping) else (0.08, 1.0)
+            if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and all(_number(v) for v in scale) and 0 < scale[0] <= scale[1] <= 1):
+                raise ValueError(f"{where}.augment.crop.scale: [min, max] with 0 < min <= max <= 1 (fractions of the area), got {scale!r}")
+            train.append(v2.RandomResizedCrop(self.size, scale=tuple(scale), antialias=True))
         else:
             train += resize
-        if augment.get("flip"):
-            train.append(v2.RandomHorizontalFlip(float(augment["flip"])))
-        if augment.get("rotate"):
-            train.append(v2.RandomRotation(float(augment["rotate"])))
+        flip, rotate = augment.get("flip", 0), augment.get("rotate", 0)
+        if not (_number(flip) and 0 <= flip <= 1):
+            raise ValueError(f"{where}.augment.flip: a probability in [0, 1], got {flip!r}")
+        if not (_number(rotate) and 0 <= rotate <= 180):
+            raise ValueError(f"{where}.augment.rotate: degrees in [0, 180], got {rotate!r}")
+        if flip:
+            train.append(v2.RandomHorizontalFlip(float(flip)))
+        if rotate:
+            train.append(v2.RandomRotation(float(rotate)))
         jitter = augment.get("color_jitter")
         if jitter:
-            train.append(v2.ColorJitter(**jitter) if isinstance(jitter, Mapping) else v2.ColorJitter(jitter, jitter, jitter if channels == 3 else 0))
+            train.append(self._jitter(jitter, channels, f"{where}.augment.color_jitter"))
         self.train_transform = v2.Compose(train + tail)
+
+    @staticmethod
+    def _jitter(jitter: Any, channels: int, where: str) -> Any:
+        from torchvision.transforms import v2
+
+        if isinstance(jitter, Mapping):
+            _options(jitter, ("brightness", "contrast", "saturation", "hue"), where)
+            if not all(_number(v) and v >= 0 for v in jitter.values()) or jitter.get("hue", 0) > 0.5:
+                raise ValueError(f"{where}: non-negative strengths (hue at most 0.5), got {dict(jitter)!r}")
+            return v2.ColorJitter(**jitter)
+        if not (_number(jitter) and jitter > 0):
+            raise ValueError(f"{where}: a strength > 0 or {{brightness, contrast, saturation, hue}}, got {jitter!r}")
+        return v2.ColorJitter(jitter, jitter, jitter if channels == 3 else 0)
 
     @staticmethod
     def _normalize(normalize: Any, channels: int, where: str) -> tuple[list[float], list[float]] | None:
@@ -123,20 +166,31 @@ class ImageReader:
             return mean, std
         raise ValueError(f"{where}.normalize: 'imagenet', none, or {{mean: [...], std: [...]}}, got {normalize!r}")
 
-    @staticmethod
-    def check(path: Path) -> None:
-        """Cheap check at start: the file exists and starts like an image torchvision decodes."""
+    def check(self, path: Path) -> None:
+        """Cheap check at start: the file exists, starts like an image torchvision decodes, and its
+        header declares at most ``max_pixels``."""
         with _existing(path).open("rb") as f:
             head = f.read(16)
-        if any(head.startswith(magic) for magic, _ in IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-            return
-        raise CellError(f"{path} is not a PNG, JPEG, WebP or GIF image (it starts with {head[:8]!r})")
+        if not (any(head.startswith(magic) for magic, _ in IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
+            raise CellError(f"{path} is not a PNG, JPEG, WebP or GIF image (it starts with {head[:8]!r})")
+        self._check_pixels(path)
+
+    def _check_pixels(self, path: Path) -> None:
+        """Refuse an image whose header declares more than ``max_pixels`` (before it is decoded)."""
+        size = image_size(path) if self.max_pixels is not None else None
+        if size is not None and size[0] * size[1] > self.max_pixels:
+            raise CellError(
+                f"image {path} declares {size[0]} x {size[1]} pixels ({size[0] * size[1]:,}), more than {self.where}.max_pixels "
+                f"({self.max_pixels:,}): decoded it takes {size[0] * size[1] * self.channels / 2**30:.1f} GiB. "
+                f"Raise max_pixels (null: no limit) if it is meant"
+            )
 
     def decode(self, path: Path) -> Tensor:
         from torchvision.io import decode_image, read_file
 
+        self._check_pixels(_existing(path))
         try:
-            return decode_image(read_file(str(_existing(path))), mode=self.mode)
+            return decode_image(read_file(str(path)), mode=self.mode)
         except RuntimeError as e:
             raise CellError(f"cannot decode image {path}: {str(e).splitlines()[0]}") from None
 
@@ -149,6 +203,8 @@ class AudioReader:
 
     OPTIONS = ("sample_rate", "resample", "max_seconds", "normalize", "augment")
     AUGMENT = ("crop", "gain_db")
+    #: A clip longer than this is refused unless ``max_seconds`` says how much of it to keep.
+    LONG_SECONDS = 300
 
     def __init__(
         self, *, sample_rate: int, resample: bool = True, max_seconds: float | None = None, normalize: str | None = None,
@@ -162,9 +218,14 @@ class AudioReader:
             raise ValueError(f"{where}.max_seconds: positive, got {max_seconds!r}")
         augment = dict(augment or {})
         _options(augment, self.AUGMENT, f"{where}.augment")
-        self.sample_rate, self.resample, self.peak = sample_rate, bool(resample), normalize == "peak"
+        self.sample_rate, self.resample, self.peak, self.where = sample_rate, bool(resample), normalize == "peak", where
         self.max_samples = None if max_seconds is None else max(1, round(max_seconds * sample_rate))
-        self.crop, self.gain_db = bool(augment.get("crop")), float(augment.get("gain_db", 0.0))
+        crop, gain = augment.get("crop", False), augment.get("gain_db", 0.0)
+        if not isinstance(crop, bool):
+            raise ValueError(f"{where}.augment.crop: true or false (a random max_seconds window in training), got {crop!r}")
+        if not (_number(gain) and gain >= 0):
+            raise ValueError(f"{where}.augment.gain_db: a gain range in dB (>= 0), got {gain!r}")
+        self.crop, self.gain_db = crop, float(gain)
         self.cache_key = f"audio:{sample_rate}:{self.resample}:{self.peak}"
 
     def check(self, path: Path) -> None:
@@ -178,6 +239,12 @@ class AudioReader:
         self._check_rate(info.samplerate, path)
         if info.frames == 0:
             raise CellError(f"audio {path} holds no samples")
+        seconds = info.frames / info.samplerate
+        if self.max_samples is None and seconds > self.LONG_SECONDS:
+            raise CellError(
+                f"audio {path} lasts {seconds:.0f} s and {self.where}.max_seconds is not set: its batch would be padded to "
+                f"{round(seconds * self.sample_rate):,} samples per clip. Set max_seconds (longer clips are cut, explicitly)"
+            )
 
     def _check_rate(self, rate: int, path: Path) -> None:
         if rate != self.sample_rate and not self.resample:

@@ -146,6 +146,19 @@ class _Record:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+def _check_text_options(options: Mapping[str, Any], where: str) -> None:
+    """The word-vocabulary options of a text column: counts are ints >= 1 (``max_size``, ``max_tokens``
+    may be null: no limit), ``lower`` a bool."""
+    for key, least, nullable in (("min_freq", 1, False), ("max_size", 1, True), ("max_tokens", 1, True)):
+        if key not in options or options[key] is None and nullable:
+            continue
+        value = options[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{where}.{key}: an int >= {least}{' or null' if nullable else ''}, got {value!r}")
+    if not isinstance(options.get("lower", True), bool):
+        raise ValueError(f"{where}.lower: true or false, got {options['lower']!r}")
+
+
 @DATASETS.register("manifest", tags=("user", "real"))
 class ManifestDataset(Dataset):
     """Samples from a CSV or JSONL manifest (see the module docstring).
@@ -189,6 +202,8 @@ class ManifestDataset(Dataset):
         self.raw = self._raw(raw)
         self.modalities = tuple(sorted(self.specs))
         self.standardized = tuple(m for m, s in self.specs.items() if s.kind == "image" and s.reader.normalized)
+        #: The rate each audio modality's waveforms come at (checked against its encoder's).
+        self.sample_rates = {m: s.options["sample_rate"] for m, s in self.specs.items() if s.kind == "audio"}
         #: Modalities not to read at all (their samples come from elsewhere: the frozen-feature cache).
         self.skip: set[str] = set()
         #: Modalities whose training samples are augmented at random (different at every read).
@@ -237,6 +252,8 @@ class ManifestDataset(Dataset):
             unknown = sorted(set(options) - set(allowed))
             if unknown:
                 raise ValueError(f"{where}.{unknown[0]}: unknown option for kind {kind} (allowed: {', '.join(allowed)})")
+            if kind == "text":
+                _check_text_options(options, where)
             if kind == "image":
                 reader = ImageReader(**options, where=where)
             elif kind == "audio":

@@ -100,6 +100,7 @@ class SyntheticTrimodal(Dataset):
             raise ValueError(f"synthetic: image_size must be at least 24, got {image_size}")
         self.n, self.num_classes, self.noise, self.redundancy = n, num_classes, noise, redundancy
         self.modalities = MODALITIES
+        self.sample_rates = {"audio": sample_rate}
         self.sample_rate, self.image_size = sample_rate, image_size
         self.counts = ATTRIBUTE_COUNTS[num_classes]
         self.vocab = Vocab([PAD, UNK, *WORDS])

@@ -8,6 +8,7 @@ reference method's (:mod:`fusionzoo.compare.leaderboard`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,16 +58,20 @@ def evaluate_run(
     task = get_task(test_set)
     metric = task.default_metric
     loader = make_loader(test_set, batch_size, preprocess=preprocessors(model.encoders))
-    missing = set(missing)
+    missing, levels = set(missing), sorted(_check_levels(levels))
     for m in list(missing) + list(noise or {}):
         if m not in model.modalities:
             raise ValueError(f"unknown modality {m!r}: the model has {list(model.modalities)}")
+    for m, level in (noise or {}).items():
+        if not (math.isfinite(level) and level >= 0):
+            raise ValueError(f"--noise {m}={level}: a noise level is a finite number >= 0 (a standard deviation)")
     available = [m for m in model.modalities if m not in missing]
+    if not available:
+        raise ValueError(f"--missing names every modality of the model ({sorted(missing)}): nothing is left to evaluate")
     rows = []
     for subset in subsets(available):
         metrics = evaluate(model, loader, task, keep=subset, noise=noise)
         rows.append({"modalities": list(subset), **metrics})
-    levels = sorted(levels)
     curves = {
         m: [{"level": level, **evaluate(model, loader, task, keep=available, noise={**(noise or {}), m: (noise or {}).get(m, 0.0) + level})} for level in levels]
         for m in available
@@ -83,16 +88,26 @@ def evaluate_run(
         "params": sum(p.numel() for p in model.parameters()),
         "flops_per_sample": _flops_per_sample(model, loader),
     }
-    out = Path(out_dir) if out_dir is not None else run_dir / "eval" / condition_name(missing, noise)
+    out = Path(out_dir) if out_dir is not None else run_dir / "eval" / condition_name(missing, noise, levels)
     write_json_atomic(out / "results.json", result)
     _plot_curves(curves, metric, out / "robustness.png")
     return result
 
 
-def condition_name(missing: Iterable[str] = (), noise: Mapping[str, float] | None = None) -> str:
+def _check_levels(levels: Iterable[float]) -> list[float]:
+    levels = [float(v) for v in levels]
+    if not levels or not all(math.isfinite(v) and v >= 0 for v in levels) or len(set(levels)) != len(levels):
+        raise ValueError(f"--levels: distinct finite noise levels >= 0 (standard deviations), got {levels}")
+    return levels
+
+
+def condition_name(missing: Iterable[str] = (), noise: Mapping[str, float] | None = None, levels: Iterable[float] = NOISE_LEVELS) -> str:
     """The folder of an evaluation condition under ``eval/``: ``""`` for none, else e.g.
-    ``missing=audio,noise=visual:0.5``."""
+    ``missing=audio,noise=visual:0.5`` or ``levels=0,1`` (noise levels other than the default make
+    their own condition: ``compare`` reads the default one)."""
     parts = []
+    if sorted(float(v) for v in levels) != sorted(NOISE_LEVELS):
+        parts.append("levels=" + "+".join(f"{v:g}" for v in sorted(levels)))
     if missing:
         parts.append("missing=" + "+".join(sorted(missing)))
     if noise:
