@@ -172,6 +172,8 @@ def _compare(args: argparse.Namespace) -> int:
     if (args.config is None) == (args.collect is None):
         print("error: give a CONFIG to run a grid, or --collect DIR to build the leaderboard of finished runs", file=sys.stderr)
         return 2
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs: cells trained at a time, an int >= 1, got {args.jobs}")
     command = "fusionzoo " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "fusionzoo compare (from Python)"
     rebuilt = None
     if args.collect is not None:

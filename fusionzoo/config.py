@@ -64,6 +64,7 @@ __all__ = [
     "num_classes_of",
     "data_vocabularies",
     "check_model_fits_data",
+    "check_clip_lengths",
 ]
 
 TOP_LEVEL_KEYS = ("name", "description", "seed", "model", "align", "data", "train")
@@ -358,6 +359,23 @@ def data_vocabularies(dataset: Any, modalities: Iterable[str]) -> dict[str, Any]
     (``dataset.vocabs``), else its one ``dataset.vocab``."""
     vocabs, vocab = getattr(dataset, "vocabs", None) or {}, getattr(dataset, "vocab", None)
     return {m: vocabs.get(m, vocab) for m in modalities if vocabs.get(m, vocab) is not None}
+
+
+def check_clip_lengths(cfg: ExperimentConfig, model: nn.Module, dataset: Any) -> None:
+    """Clips shorter than their waveform encoder reads (``min_samples``) are refused, naming the rows
+    (a dataset that can tell: ``shorter_than``), in every split before training starts."""
+    section = "align" if cfg.kind == "align" else "model"
+    for m, enc in model.encoders.items():
+        need = getattr(enc, "min_samples", None) if getattr(enc, "input", "waveform") == "waveform" else None
+        short = dataset.shorter_than(m, need) if need is not None and hasattr(dataset, "shorter_than") and m in getattr(dataset, "specs", {}) else []
+        if short:
+            rows = ", ".join(f"line {line} ({n} samples)" for line, n in short[:3]) + (f" and {len(short) - 3} more" if len(short) > 3 else "")
+            raise cfg.error(
+                f"{section}.encoders.{m}",
+                f"{type(enc).__name__} reads clips of at least {need} samples (n_fft + hop_length * {enc.min_frames - 1}); "
+                f"{len(short)} clip{'s are' if len(short) > 1 else ' is'} shorter in {getattr(dataset, 'path', 'the data')}: {rows}. "
+                "Lengthen them (or max_seconds), lower n_fft / hop_length, or drop those rows",
+            )
 
 
 def check_model_fits_data(cfg: ExperimentConfig, model: nn.Module, dataset: Any) -> int:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import shlex
 import tempfile
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from fusionzoo.config import build_dataset, build_model, load_config
@@ -77,32 +78,60 @@ def _resolve(source: str | Path) -> Path:
 
 def _load_folder(folder: Path) -> MultimodalModel:
     cfg = load_config(folder / "config.yaml")
+    overrides = load_encoder_overrides(folder)
+    header = _weight_header(folder / "model.safetensors")
+    try:  # the model's shapes without its memory: a config asking for an enormous width is caught here
+        with torch.device("meta"):
+            skeleton = build_model(cfg, overrides)
+    except Exception:  # noqa: BLE001 - an encoder that reads files as it is built: checked once built
+        skeleton = None
+    if skeleton is not None:
+        _check_weights(skeleton, header, folder)
     torch.manual_seed(0)
-    model = build_model(cfg, load_encoder_overrides(folder))
-    try:
-        weights = load_file(str(folder / "model.safetensors"))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{folder / 'model.safetensors'} is not a readable safetensors file: {e}") from None
-    _check_weights(model, weights, folder)
-    model.load_state_dict(weights)
+    model = build_model(cfg, overrides)
+    _check_weights(model, header, folder)
+    expected = model.state_dict()
+    doubles = [k for k, (_, dtype) in header.items() if dtype == "F64" and expected[k].dtype != torch.float64]
+    if doubles:
+        warnings.warn(f"{folder / 'model.safetensors'}: {len(doubles)} weights stored as float64 ({doubles[0]!r}, ...) are cast to the "
+                      "model's dtype", stacklevel=3)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
     state = folder / DATA_STATE
     if state.is_file():
         attach_vocabularies(model.encoders, vocabularies_of(json.loads(state.read_text())))
     return model.eval()
 
 
-def _check_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], folder: Path) -> None:
-    """The config's model and the weights agree: the first key that does not is named."""
+def _weight_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{key: (shape, dtype)}`` of a safetensors file, read from its header (no tensor is loaded)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+
+
+def _check_weights(model: torch.nn.Module, header: dict[str, tuple[tuple[int, ...], str]], folder: Path) -> None:
+    """The config's model (its shapes, on the meta device or built) and the weights (their header)
+    agree: the first key that does not is named; floating-point weights stored as integers or bools
+    are refused."""
     expected = model.state_dict()
     where = f"{folder}: model.safetensors does not match config.yaml"
     for key, tensor in expected.items():
-        if key not in weights:
+        if key not in header:
             raise CheckpointError(f"{where}: {key!r} (shape {list(tensor.shape)}) is missing from the weights")
-        if weights[key].shape != tensor.shape:
-            raise CheckpointError(f"{where}: {key!r} has shape {list(weights[key].shape)} in the weights, {list(tensor.shape)} in the model")
-    for key in weights:
+        shape, dtype = header[key]
+        if shape != tuple(tensor.shape):
+            raise CheckpointError(f"{where}: {key!r} has shape {list(shape)} in the weights, {list(tensor.shape)} in the model")
+        if tensor.dtype.is_floating_point and dtype not in FLOAT_DTYPES:
+            raise CheckpointError(f"{folder / 'model.safetensors'}: {key!r} is stored as {dtype}, not as floating-point weights")
+    for key in header:
         if key not in expected:
             raise CheckpointError(f"{where}: the weights hold {key!r}, which the model built from config.yaml has no place for")
+
+
+#: safetensors dtype names of floating-point tensors.
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 def read_card(folder: str | Path) -> dict[str, Any]:
@@ -128,11 +157,16 @@ def evaluate_folder(folder: str | Path, data_overrides: dict[str, Any] | None = 
 
 def save_run(
     run: str | Path, folder: str | Path, *, name: str | None = None, command: str | None = None, limitations: str = "",
-    merge_adapters: bool = False,
+    merge_adapters: bool = False, overwrite: bool = False,
 ) -> Path:
     """Write a trained run (its selected checkpoint) as a saved folder with its model card; returns the
-    folder. ``merge_adapters`` folds LoRA / IA3 adapters into the base weights (see ``save_pretrained``)."""
+    folder, replaced whole (``save_pretrained``: a folder with other files is refused unless
+    ``overwrite``; never the run folder). ``merge_adapters`` folds LoRA / IA3 adapters into the base
+    weights (see ``save_pretrained``)."""
     run_dir, _ = resolve_checkpoint(run)
+    target = Path(folder).resolve()
+    if target == run_dir.resolve() or run_dir.resolve() in target.parents or target in run_dir.resolve().parents:
+        raise ValueError(f"save_run: {folder} is the run folder {run_dir}, or inside or above it: a saved model goes into a folder of its own")
     model, cfg, _ = load_run(run)
     if not isinstance(model, MultimodalModel):
         raise ValueError(f"save_run: {run_dir} is an alignment run; only classifiers (model: configs) are saved as pretrained folders")
@@ -163,7 +197,7 @@ def save_run(
     files = {CARD: json.dumps(record, indent=1)}
     if state is not None:
         files[DATA_STATE] = json.dumps(state, indent=1)
-    model.save_pretrained(folder, card=render_card(record), files=files, merge_adapters=merge_adapters)
+    model.save_pretrained(folder, card=render_card(record), files=files, merge_adapters=merge_adapters, overwrite=overwrite)
     return Path(folder)
 
 

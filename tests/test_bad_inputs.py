@@ -224,9 +224,9 @@ def test_eval_conditions_hold_in_the_curves_and_each_has_its_folder(finished):
     cond = evaluate_run(finished, missing=["text"], noise={"visual": 0.5}, levels=(0.0, 1.0))
     assert set(cond["robustness"]) == {"visual"}  # no curve for the removed modality
     assert cond["robustness"]["visual"][0]["accuracy"] == cond["subsets"][0]["accuracy"]  # level 0 = the condition itself
-    assert (finished / "eval" / "results.json").is_file()
-    again = json.loads((finished / "eval" / "missing=text,noise=visual:0.5" / "results.json").read_text())
-    assert again["missing"] == ["text"] and json.loads((finished / "eval" / "results.json").read_text()) == plain
+    assert (finished / "eval" / "levels=0+1" / "results.json").is_file()  # levels other than the default: their own condition
+    again = json.loads((finished / "eval" / "levels=0+1,missing=text,noise=visual:0.5" / "results.json").read_text())
+    assert again["missing"] == ["text"] and json.loads((finished / "eval" / "levels=0+1" / "results.json").read_text()) == plain
 
 
 @pytest.mark.parametrize(
@@ -260,12 +260,12 @@ def test_scientific_notation_is_a_number(tmp_path):
 # ---------------------------------------------------------------- encoders
 
 
-@pytest.mark.parametrize("bad", [[0, 4000], [4000, 4001], [-3, 100]])
+@pytest.mark.parametrize("bad", [[0, 4000], [4000, 4001], [-3, 100], [383, 4000]])
 def test_audio_lengths_out_of_range_are_refused(bad):
     import fusionzoo as fz
 
     enc = fz.ENCODERS.get("audio_spec_cnn").example().eval()
-    with pytest.raises(ValueError, match=r"audio: lengths must be in \[1, 4000\] \(samples of the padded input\)"):
+    with pytest.raises(ValueError, match=r"audio: lengths must be in \[384, 4000\] \(samples: AudioSpecCNN's minimum to the padded length\)"):
         enc(torch.randn(2, 4000), torch.tensor(bad))
 
 
@@ -726,3 +726,137 @@ def test_eval_refuses_bad_levels_noise_and_missing_and_other_levels_have_their_o
     assert main(["eval", str(finished), "--levels", "0,1"]) == 0
     assert json.loads((finished / "eval" / "levels=0+1" / "results.json").read_text())["robustness"]["visual"][1]["level"] == 1.0
     assert (finished / "eval" / "results.json").read_bytes() == before  # what compare reads is not overwritten by other levels
+
+
+# ---------------------------------------------------------------- writers write only what they own
+
+
+def test_a_saved_folder_is_replaced_whole_and_a_foreign_folder_is_refused(finished, tmp_path):
+    """Before: ``save_run(run, run)`` replaced the run's own config, and a re-save into a saved folder
+    left the old card and label list behind (the folder then evaluated at 5%)."""
+    import fusionzoo as fz
+
+    with pytest.raises(ValueError, match=r"save_run: .* is the run folder .*a saved model goes into a folder of its own"):
+        fz.hub.save_run(finished, finished)
+    with pytest.raises(ValueError, match="is the run folder"):
+        fz.hub.save_run(finished, finished / "saved")  # inside the run: refused too
+    saved = fz.hub.save_run(finished, tmp_path / "saved")
+    assert {"card.json", "config.yaml", "model.safetensors", "README.md"} <= {p.name for p in saved.iterdir()}
+    model = fz.from_pretrained(saved)
+    model.save_pretrained(saved)  # a plain re-save: the card and data state of the earlier one are gone, not stale
+    assert {p.name for p in saved.iterdir()} == {"config.yaml", "model.safetensors", "README.md"}
+    assert not list(tmp_path.glob(".saved.*"))  # no temporary folder left beside it
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("my notes")
+    with pytest.raises(FileExistsError, match=r"mine holds files a saved model does not write \(notes\.txt\)"):
+        model.save_pretrained(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "my notes"
+    with pytest.raises(FileExistsError, match=r"holds files a saved model does not write \(\.fusionzoo-run, \.lock, checkpoints, \.\.\.\)"):
+        model.save_pretrained(finished)
+    model.save_pretrained(tmp_path / "mine", overwrite=True)  # told to: replaced
+    assert not (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_compare_does_not_overwrite_a_leaderboard_it_did_not_write(finished, tmp_path, capsys):
+    root = tmp_path / "grid"
+    (root / "cells" / "a").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(finished, root / "cells" / "a" / "seed-0")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "leaderboard.md").write_text("my own leaderboard")
+    assert main(["compare", "--collect", str(root), "--out", str(tmp_path / "report")]) == 2
+    assert "leaderboard.md, which compare did not write: give another --out" in capsys.readouterr().err
+    assert (tmp_path / "report" / "leaderboard.md").read_text() == "my own leaderboard"
+    assert main(["compare", "--collect", str(root)]) == 0  # its own folder: written, then rewritten
+    assert main(["compare", "--collect", str(root)]) == 0
+    assert json.loads((root / "leaderboard.json").read_text())["written_by"] == "fusionzoo compare"
+    capsys.readouterr()
+    assert main(["compare", str(config_file(tmp_path, cfg(1))), "--jobs", "0", "--out", str(tmp_path / "jobs")]) == 2
+    assert "--jobs: cells trained at a time, an int >= 1, got 0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- state reused only with its fingerprint
+
+
+def test_compare_reuses_a_finished_cell_only_if_its_config_is_the_one_asked_for(tmp_path):
+    """Before: ``compare`` rerun with another ``--set`` called its cells "finished earlier" with the
+    old settings while the leaderboard's header printed the new command."""
+    from fusionzoo.compare.grid import Cell
+    from fusionzoo.compare.runner import _same_config
+
+    path = config_file(tmp_path, cfg(1))
+    cell = Cell(name="fusion=concat_mlp", overrides=("train.lr=0.02",))
+    run = cell.run_dir(tmp_path / "grid", 0)
+    train(path, run_dir=run, overrides=[*cell.overrides, "seed=0"], log=False)
+    assert _same_config(path, cell, 0, run)
+    assert not _same_config(path, Cell(name="fusion=concat_mlp", overrides=("train.lr=0.03",)), 0, run)
+    assert not _same_config(path, cell, 1, run)
+
+
+# ---------------------------------------------------------------- short clips: one behaviour, refused
+
+
+def test_a_clip_shorter_than_the_encoder_reads_is_refused_alone_batched_and_at_the_start(tmp_path):
+    """Before: batched with longer clips, a 200-sample clip became a constant embedding while marked
+    present (alone it was refused). Now it is refused in every case, and ``train`` names its row."""
+    from common import MODALITIES, build_folder, data_section, write_rows, write_wav
+    import numpy as np
+
+    import fusionzoo as fz
+
+    encoder = fz.ENCODERS.get("audio_spec_cnn").build(sample_rate=8000, n_fft=128, hop_length=64, n_mels=16, channels=[4, 4], out_dim=8)
+    assert encoder.min_samples == 128 + 64 * 1
+    with pytest.raises(ValueError, match=r"audio: AudioSpecCNN needs at least 192 samples per clip, got 100"):
+        encoder(torch.randn(1, 100))
+    with pytest.raises(ValueError, match=r"audio: lengths must be in \[192, 2000\] .*got values from 100 to 2000"):
+        encoder(torch.randn(2, 2000), lengths=torch.tensor([2000, 100]))
+    encoder(torch.randn(2, 2000), lengths=torch.tensor([2000, 192]))  # at the minimum: read
+    root, rows = build_folder(tmp_path)
+    write_wav(root / "wav" / "short.wav", np.zeros(100, dtype=np.float32), 8000)
+    rows[4]["audio"] = "wav/short.wav"  # a validation row
+    write_rows(root / "items.csv", rows)
+    config = {
+        "data": data_section(root, modalities={"audio": MODALITIES["audio"]}),
+        "model": {"encoders": {"audio": {"name": "audio_spec_cnn", "sample_rate": 8000, "n_fft": 128, "hop_length": 64, "n_mels": 16,
+                                         "channels": [4, 4], "out_dim": 8}},
+                  "fusion": {"name": "concat_mlp", "out_dim": 8}, "head": {"name": "linear", "out_dim": 3}},
+        "train": {"epochs": 1},
+    }
+    with pytest.raises(ConfigError, match=r"model\.encoders\.audio: AudioSpecCNN reads clips of at least 192 samples .*1 clip is shorter "
+                                          r"in .*items\.csv: line 6 \(100 samples\)"):
+        train(config, run_dir=tmp_path / "run", log=False)
+
+
+def test_a_saved_folder_s_weights_are_checked_from_their_header_before_the_model_is_built(tmp_path):
+    """A config asking for a width of 10^6 x 10^6 (4 TB) against weights of another shape is
+    refused from the meta-device shapes, never allocated; integer weights are refused; float64
+    weights are cast with a warning."""
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    import fusionzoo as fz
+
+    model = fz.build_model(cfg(1))
+    model.save_pretrained(tmp_path / "saved")
+    config = yaml.safe_load((tmp_path / "saved" / "config.yaml").read_text())
+    config["model"]["fusion"]["hidden_dims"] = [1_000_000, 1_000_000]
+    (tmp_path / "huge").mkdir()
+    (tmp_path / "huge" / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "huge" / "model.safetensors").write_bytes((tmp_path / "saved" / "model.safetensors").read_bytes())
+    (tmp_path / "huge" / "README.md").write_text("")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors does not match config\.yaml: 'fusion\..*' has shape \[16, .*\] in the weights, \[1000000, .*\] in the model"):
+        fz.from_pretrained(tmp_path / "huge")
+    weights = load_file(str(tmp_path / "saved" / "model.safetensors"))
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    save_file({**weights, key: weights[key].to(torch.int32)}, str(tmp_path / "saved" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"{re.escape(key)}' is stored as I32, not as floating-point weights"):
+        fz.from_pretrained(tmp_path / "saved")
+    save_file({k: v.double() if v.is_floating_point() else v for k, v in weights.items()}, str(tmp_path / "saved" / "model.safetensors"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = fz.from_pretrained(tmp_path / "saved")
+    assert any("stored as float64" in str(w.message) for w in caught)
+    assert next(loaded.parameters()).dtype == torch.float32
+    torch.testing.assert_close(loaded.state_dict()[key], weights[key])

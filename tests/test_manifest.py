@@ -114,15 +114,25 @@ def test_fitted_state_is_saved_and_reused_by_eval_and_resume(tmp_path):
     root, rows = build_folder(tmp_path)
     cfg = config(root)
     train(cfg, run_dir=tmp_path / "run", log=False)
+    stamp = (root / "img" / "0.png").stat().st_mtime_ns
     state = load_data_state(tmp_path / "run")
     assert state["classes"] == CLASSES and state["vocabs"]["text"]["itos"][:2] == ["<pad>", "<unk>"]
-    # The manifest changes afterwards: a new class and new words in training rows. Eval and resume
-    # keep the run's vocabulary and label list (ids mean what they meant in training).
+    # The manifest changes afterwards: new words in every row. Eval keeps the run's vocabulary and
+    # label list (ids mean what they meant in training); resume refuses the changed data, whose
+    # best epoch would have been selected on the old validation split, and goes on once it is restored.
     changed = [dict(r, caption="zebra words only", label=r["label"]) for r in rows]
     write_rows(root / "items.csv", changed)
     result = evaluate_run(tmp_path / "run")
     assert result["subsets"][0]["n"] == 3
-    train(dict(cfg, train={**cfg["train"], "epochs": 3}), run_dir=tmp_path / "run", resume=True, log=False)
+    longer = dict(cfg, train={**cfg["train"], "epochs": 3})
+    with pytest.raises(ValueError, match=r"--resume: the data of the train, val, test splits changed since the run started"):
+        train(longer, run_dir=tmp_path / "run", resume=True, log=False)
+    write_rows(root / "items.csv", rows)
+    (root / "img" / "0.png").touch()  # a file a training row names: touched is changed (its modification time)
+    with pytest.raises(ValueError, match=r"--resume: the data of the train split changed"):
+        train(longer, run_dir=tmp_path / "run", resume=True, log=False)
+    os.utime(root / "img" / "0.png", ns=(0, stamp))
+    assert train(longer, run_dir=tmp_path / "run", resume=True, log=False)["epochs_run"] == 3
     assert load_data_state(tmp_path / "run") == state
 
 

@@ -109,7 +109,7 @@ def test_eval_every_subset_and_noise(tmp_path):
         ("audio", "text", "visual"), ("audio", "text"), ("audio", "visual"), ("text", "visual"), ("audio",), ("text",), ("visual",)
     ]
     assert set(result["robustness"]) == {"audio", "text", "visual"}
-    assert (run / "eval" / "results.json").is_file() and (run / "eval" / "robustness.png").is_file()
+    assert (run / "eval" / "levels=0+1" / "results.json").is_file() and (run / "eval" / "levels=0+1" / "robustness.png").is_file()
     assert result["robustness"]["text"][0]["accuracy"] == result["subsets"][0]["accuracy"]
     partial = evaluate_run(run, missing=["audio"], noise={"visual": 0.5}, levels=(0.0,))
     assert [len(r["modalities"]) for r in partial["subsets"]] == [2, 1, 1]

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fusionzoo.atomic import pyplot, save_figure_atomic, write_text_atomic
+from fusionzoo.atomic import pyplot, save_figure_atomic, write_json_atomic, write_text_atomic
 from fusionzoo.compare.stats import mean_ci
 from fusionzoo.training.tasks import lower_is_better
 
@@ -250,14 +250,34 @@ def format_csv(board: Mapping[str, Any]) -> str:
 
 
 def write_leaderboard(board: Mapping[str, Any], out: str | Path, title: str = "Leaderboard", header_lines: Sequence[str] = ()) -> list[Path]:
-    """``leaderboard.{md,csv,json}``, ``leaderboard.png`` and ``robustness.png`` in ``out``."""
+    """``leaderboard.{md,csv,json}``, ``leaderboard.png`` and ``robustness.png`` in ``out``; a
+    ``leaderboard.*`` there that compare did not write (no ``leaderboard.json`` of its own beside
+    it) is refused, never overwritten."""
     out = Path(out)
     paths = [out / "leaderboard.md", out / "leaderboard.csv", out / "leaderboard.json"]
+    _check_owned(out, paths)
     write_text_atomic(paths[0], format_markdown(board, title, header_lines))
     write_text_atomic(paths[1], format_csv(board))
-    write_text_atomic(paths[2], json.dumps({"title": title, "header": list(header_lines), **board}, indent=2))
+    write_json_atomic(paths[2], {"written_by": WRITTEN_BY, "title": title, "header": list(header_lines), **board})
     paths += _plots(board, out)
     return paths
+
+
+WRITTEN_BY = "fusionzoo compare"
+
+
+def _check_owned(out: Path, paths: Sequence[Path]) -> None:
+    """Refuse ``out`` when it holds one of ``paths`` and its ``leaderboard.json`` is not compare's."""
+    found = [p.name for p in [*paths, out / "leaderboard.png", out / "robustness.png"] if p.exists()]
+    if not found:
+        return
+    try:
+        record = json.loads((out / "leaderboard.json").read_text())
+        ours = record.get("written_by") == WRITTEN_BY or {"title", "header", "cells"} <= set(record)  # or an older compare's
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise FileExistsError(f"compare: {out} holds {', '.join(found)}, which compare did not write: give another --out (or move them)")
 
 
 def _plots(board: Mapping[str, Any], out: Path) -> list[Path]:

@@ -1,7 +1,7 @@
 """Running a grid: every cell and seed as its own ``fusionzoo train --evaluate`` process.
 
-A run whose ``eval/results.json`` exists is finished and skipped; any other is started with
-``--resume`` (an interrupted run continues from its last checkpoint, a new one starts from scratch).
+A run whose ``eval/results.json`` exists and whose saved config is the one its cell makes now is
+finished and skipped; any other is started with ``--resume`` (an interrupted run continues from its last checkpoint, a new one starts from scratch).
 ``jobs`` processes run at a time, each with ``cpu_count // jobs`` threads. A process that fails is
 recorded with the last line of its log (``cells/<cell>/seed-<k>.log``) and the grid goes on.
 """
@@ -17,8 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fusionzoo.atomic import write_text_atomic
 from fusionzoo.compare.grid import Cell
+from fusionzoo.config import load_config
 
 __all__ = ["run_grid", "is_finished"]
 
@@ -32,10 +35,18 @@ def _command(config: str | Path, cell: Cell, seed: int, run_dir: Path) -> list[s
     return [sys.executable, "-m", "fusionzoo", "train", str(config), "--run-dir", str(run_dir), "--resume", "--evaluate", *sets]
 
 
+def _same_config(config: str | Path, cell: Cell, seed: int, run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` was trained with the config this cell and seed make now."""
+    wanted = yaml.safe_load(yaml.safe_dump(load_config(config, [*cell.overrides, f"seed={seed}"]).to_dict(), sort_keys=False))
+    return yaml.safe_load((run_dir / "config.yaml").read_text()) == wanted
+
+
 def _run_one(config: str | Path, cell: Cell, seed: int, out: Path, threads: int) -> dict[str, Any]:
     run_dir = cell.run_dir(out, seed)
-    if is_finished(run_dir):
+    if is_finished(run_dir) and _same_config(config, cell, seed, run_dir):
         return {"seed": seed, "status": "done", "reused": True}
+    # not finished, or finished with another config: --resume continues it where only resumable keys
+    # changed (train.epochs) and refuses the rest, naming them, in the cell's log and status
     log = run_dir.parent / f"seed-{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -225,6 +226,22 @@ class ManifestDataset(Dataset):
             raise ValueError(f"{self.path}: no usable rows in the {split!r} split" + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
         if self.task == "multiclass":
             self.labels = np.array([r.label for r in self.records], dtype=np.int64)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what this split is made from: the manifest file's bytes, every file a cell names
+        (its path under ``root``, size and modification time) and every feature vector's values, so
+        a changed manifest or file gives another fingerprint (``--resume`` compares them)."""
+        h = hashlib.sha256(self.path.read_bytes())
+        for record in self.records:
+            for m in sorted(record.values):
+                value = record.values[m]
+                if isinstance(value, Path):
+                    stat = value.stat()
+                    where = value.relative_to(self.root) if value.is_relative_to(self.root) else value
+                    h.update(f"{m}:{where}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+                elif isinstance(value, torch.Tensor):
+                    h.update(value.numpy().tobytes())
+        return h.hexdigest()
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -499,6 +516,23 @@ class ManifestDataset(Dataset):
     def line_of(self, i: int) -> int:
         """The manifest line sample ``i`` came from."""
         return self.records[i].line
+
+    def shorter_than(self, modality: str, samples: int) -> list[tuple[int, int]]:
+        """``(line, samples)`` of every clip of ``modality`` shorter than ``samples`` once read (at the
+        column's ``sample_rate``, cut to ``max_seconds``): read from the file headers, nothing decoded."""
+        import soundfile
+
+        reader = self.specs[modality].reader
+        short = []
+        for record in self.records:
+            path = record.values.get(modality)
+            if isinstance(path, Path):
+                info = soundfile.info(str(path))
+                n = round(info.frames * reader.sample_rate / info.samplerate)
+                n = n if reader.max_samples is None else min(n, reader.max_samples)
+                if n < samples:
+                    short.append((record.line, n))
+        return short
 
 
 def _natural(name: str) -> tuple:

@@ -158,15 +158,22 @@ class _AudioEncoder(Encoder):
 
     min_frames: int = 1  # spectrogram frames the network needs
 
+    @property
+    def min_samples(self) -> int:
+        """The shortest waveform the network reads: ``n_fft + hop_length * (min_frames - 1)``."""
+        return self.frontend.n_fft + self.frontend.hop_length * (self.min_frames - 1)
+
     def _check_length(self, x: Tensor, lengths: Tensor | None, waveform: bool) -> None:
-        """The padded length is long enough for the network; every length is in ``[1, T]``."""
+        """The padded length and every valid length reach the network's minimum; a clip shorter
+        than that is refused, alone or batched with longer ones (padded, it would give a constant
+        embedding while marked present). ``train`` refuses such clips at the start, naming the row."""
         t = x.shape[-1]
-        need = self.frontend.n_fft + self.frontend.hop_length * (self.min_frames - 1) if waveform else self.min_frames
+        need = self.min_samples if waveform else self.min_frames
         unit = "samples" if waveform else "frames"
         if t < need:
             raise ValueError(f"audio: {type(self).__name__} needs at least {need} {unit} per clip, got {t}")
         if lengths is not None:
-            check_range(lengths, 1, t, what="audio: lengths", expected=f"[1, {t}] ({unit} of the padded input)")
+            check_range(lengths, need, t, what="audio: lengths", expected=f"[{need}, {t}] ({unit}: {type(self).__name__}'s minimum to the padded length)")
 
     def spectrogram(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Validate the input and return ``(log-mel [b, 1, f, t], valid frames [b] or None)``; None

@@ -15,17 +15,20 @@ import yaml
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from fusionzoo.atomic import write_bytes_atomic, write_text_atomic
+from fusionzoo.atomic import atomic_folder, write_bytes_atomic, write_text_atomic
 from fusionzoo.encoders.adapters import merge_adapter
 from fusionzoo.encoders.base import input_kwargs
 from fusionzoo.fusion.base import FusionBlock
-from fusionzoo.models.saved_encoders import save_encoders
+from fusionzoo.models.saved_encoders import ENCODER_DIR, OVERRIDES_FILE, save_encoders
 
 __all__ = ["MultimodalModel", "PRETRAINED_FILES"]
 
 RESERVED_KEYS = ("label", "present")
 #: The files of a saved model folder (the Hugging Face Hub layout), besides optional extras.
 PRETRAINED_FILES = ("config.yaml", "model.safetensors", "README.md")
+#: Everything ``save_pretrained`` may have written there: a folder of these alone is replaced by a
+#: new save (besides the ``files`` it is given: ``fusionzoo.hub``'s card and data state).
+SAVED_FILES = (*PRETRAINED_FILES, ENCODER_DIR, OVERRIDES_FILE, "card.json", "data_state.json")
 
 
 class MultimodalModel(nn.Module):
@@ -79,28 +82,38 @@ class MultimodalModel(nn.Module):
 
     def save_pretrained(
         self, folder: str | Path, *, card: str | None = None, files: Mapping[str, str] | None = None, merge_adapters: bool = False,
+        overwrite: bool = False,
     ) -> Path:
         """Save as a folder in the Hugging Face Hub layout: ``config.yaml`` (the ``model:`` section it
         was built from: a loadable config), ``model.safetensors``, ``README.md`` (the model card:
         ``card``, or a short one naming the parts) and ``files`` (name -> text: a label list,
         ``data_state.json``, ``card.json``) and what the encoders need besides their weights (a
         tokenizer, an image processor: ``encoders/<m>/`` and ``encoders.yaml``). Every file is written
-        atomically. ``merge_adapters=True`` saves :meth:`merged` instead: the plain architecture, loadable
+        atomically, and the folder is replaced as a whole, so a re-save leaves nothing stale; a folder
+        that holds other files (a run folder, a user's) is refused unless ``overwrite``. ``merge_adapters=True`` saves :meth:`merged` instead: the plain architecture, loadable
         without the adapter library; by default the adapters are saved as trained (and keep training
         after ``from_pretrained``).
         :func:`fusionzoo.from_pretrained` loads it; ``huggingface_hub.upload_folder`` can publish it."""
         if self.config is None:
             raise ValueError("save_pretrained: the model has no config; build it with fusionzoo.build_model (or set model.config)")
         if merge_adapters:
-            return self.merged().save_pretrained(folder, card=card, files=files)
+            return self.merged().save_pretrained(folder, card=card, files=files, overwrite=overwrite)
         folder = Path(folder)
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in SAVED_FILES and p.name not in (files or {})) if folder.is_dir() else []
+        if foreign and not overwrite:
+            raise FileExistsError(
+                f"save_pretrained: {folder} holds files a saved model does not write ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}): give a new or empty folder, or a saved model's folder to replace "
+                "(overwrite=True replaces the folder and everything in it)"
+            )
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        write_bytes_atomic(folder / "model.safetensors", safetensors_bytes(tensors, metadata={"format": "pt", "library": "fusionzoo"}))
-        write_text_atomic(folder / "config.yaml", yaml.safe_dump({"model": self.config}, sort_keys=False))
-        for name, text in (files or {}).items():
-            write_text_atomic(folder / name, text)
-        save_encoders(self.encoders, folder)
-        write_text_atomic(folder / "README.md", card if card is not None else self._short_card())
+        with atomic_folder(folder) as tmp:  # the folder is replaced whole: nothing of an earlier save is left stale
+            write_bytes_atomic(tmp / "model.safetensors", safetensors_bytes(tensors, metadata={"format": "pt", "library": "fusionzoo"}))
+            write_text_atomic(tmp / "config.yaml", yaml.safe_dump({"model": self.config}, sort_keys=False))
+            for name, text in (files or {}).items():
+                write_text_atomic(tmp / name, text)
+            save_encoders(self.encoders, tmp)
+            write_text_atomic(tmp / "README.md", card if card is not None else self._short_card())
         return folder
 
     def _short_card(self) -> str:

@@ -45,6 +45,7 @@ from fusionzoo.config import (
     build_dataset,
     build_from_section,
     build_model,
+    check_clip_lengths,
     check_model_fits_data,
     data_vocabularies,
     load_config,
@@ -154,6 +155,8 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tu
     # A resumed run rebuilds its encoders from the preprocessing it saved, as eval does.
     model = build_model(cfg, load_encoder_overrides(run_dir) if resume else None)
     classes = check_model_fits_data(cfg, model, datasets["train"])
+    for split in datasets.values():
+        check_clip_lengths(cfg, model, split)
     attach_vocabularies(model.encoders, data_vocabularies(datasets["train"], model.encoders))
     if settings.cache_frontend:
         datasets = cache_frontends(cfg, model, datasets)
@@ -206,7 +209,29 @@ def _datasets(cfg: ExperimentConfig, resumed: Path | None) -> tuple[dict[str, An
     tasks = {s: getattr(d, "task", "multiclass") for s, d in datasets.items()}
     if len(set(tasks.values())) > 1:
         raise cfg.error("data", f"the splits disagree on the task: {tasks}")
+    fingerprints = {s: d.fingerprint() for s, d in datasets.items() if hasattr(d, "fingerprint")}
+    if fingerprints:
+        _check_fingerprints(resumed, fingerprints)
+        files[FINGERPRINTS] = json.dumps(fingerprints, indent=1)
     return datasets, files
+
+
+FINGERPRINTS = "data_fingerprint.json"
+
+
+def _check_fingerprints(resumed: Path | None, fingerprints: Mapping[str, str]) -> None:
+    """``--resume`` on data that changed since the run started is refused: its best epoch was
+    selected on the old validation split, its loss on the old training split."""
+    saved = resumed / FINGERPRINTS if resumed is not None else None
+    if saved is None or not saved.is_file():
+        return
+    changed = [s for s, fp in json.loads(saved.read_text()).items() if fingerprints.get(s, fp) != fp]
+    if changed:
+        raise ValueError(
+            f"{resumed}: --resume: the data of the {', '.join(changed)} split{'s' if len(changed) > 1 else ''} changed since "
+            "the run started (the manifest or a file it names): its checkpoints and best epoch belong to the old data. "
+            "Restore the data, or start a new run (--overwrite or another --run-dir)"
+        )
 
 
 def _cache_features(cfg: ExperimentConfig, model: nn.Module, datasets: dict[str, Any], device: torch.device, say) -> dict[str, Any]:

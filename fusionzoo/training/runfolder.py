@@ -32,7 +32,7 @@ MARKER = ".fusionzoo-run"
 LOCK = ".lock"
 RUN_FILES = (
     "checkpoints", "eval", "metrics.json", "log.jsonl", "curves.png", "init_report.txt", "config.yaml", "data_state.json", "data_report.json",
-    "encoders", "encoders.yaml",
+    "data_fingerprint.json", "encoders", "encoders.yaml", "explain", "ensemble", "features",
 )
 RESUMABLE = (
     "name", "description", "train.epochs", "train.progress", "train.num_workers", "train.keep_checkpoints", "train.device",
