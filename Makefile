@@ -39,16 +39,16 @@ pretrained: $(STAMP)
 
 # The documentation site, built strictly (a broken link or a missing reference fails) into docs/site/.
 docs: $(STAMP)
-	$(BIN)/python -m pip install -q -r requirements/docs.txt
 	cd docs && NO_MKDOCS_2_WARNING=1 ../$(BIN)/mkdocs build --strict
 
 venv: $(STAMP)
 
 # Re-install when the pinned sets or the package metadata change. Every optional extra whose tests
-# exist is installed, so the tests of all of them run; `pip install fusionzoo` alone stays light.
-$(STAMP): requirements/pinned.txt requirements/extras.txt pyproject.toml
+# exist is installed, and the docs requirements (the strict docs build is a test), so every test
+# runs; `pip install fusionzoo` alone stays light.
+$(STAMP): requirements/pinned.txt requirements/extras.txt requirements/docs.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -r requirements/pinned.txt -r requirements/extras.txt
+	$(BIN)/python -m pip install -q -r requirements/pinned.txt -r requirements/extras.txt -r requirements/docs.txt
 	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test,bench,hf,timm,clip,export]"
 	$(BIN)/python -m pip check
 	touch $(STAMP)

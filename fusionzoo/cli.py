@@ -128,7 +128,10 @@ def _info(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from fusionzoo.compare import parse_seeds, train_seeds
+    from fusionzoo.compare.runner import die_with_parent
     from fusionzoo.training import evaluate_run, train
+
+    die_with_parent()  # a compare cell: no orphan when the grid is killed
 
     seeds = parse_seeds(args.seeds) if args.seeds else load_config(args.config, args.set).seeds
     if len(seeds) > 1:
@@ -462,11 +465,20 @@ def _export(args: argparse.Namespace) -> int:
     from fusionzoo.export import ServingModel, check_onnx, example_inputs, export_onnx, export_pt2
     from fusionzoo.hub import from_pretrained, input_shapes
 
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: a folder; give the file to write (model.{args.format})")
     model = from_pretrained(args.source)
-    shapes = input_shapes(args.source) or {}
+    shapes = input_shapes(args.source, model) or {}
     for item in args.shape:
-        m, _, dims = item.partition("=")
-        shapes[m] = [int(d) for d in dims.split(",")]
+        m, sep, dims = item.partition("=")
+        if m not in model.modalities:
+            raise ConfigError(f"--shape {item}: {m!r} is not a modality of the model (it has {', '.join(model.modalities)})")
+        try:
+            shapes[m] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise ConfigError(f"--shape {item}: expected MODALITY=D1,D2,... with positive ints, e.g. audio=8000") from None
+        if not sep or not shapes[m] or min(shapes[m]) < 1:
+            raise ConfigError(f"--shape {item}: expected MODALITY=D1,D2,... with positive ints, e.g. audio=8000")
     if args.format == "pt2":
         path = export_pt2(model, args.out, shapes)
     else:

@@ -238,7 +238,17 @@ def _check_encoders(section: Any, path: str, origin: str) -> None:
     if not encoders:
         raise ConfigError(f"{origin}: {path}: give at least one modality")
     for m, sub in encoders.items():
+        if not isinstance(m, str) or m in RESERVED_NAMES or m.endswith(RESERVED_SUFFIXES) or not m.isidentifier():
+            raise ConfigError(
+                f"{origin}: {path}.{m}: not a modality name: a batch keeps {', '.join(RESERVED_NAMES)} and <m>{', <m>'.join(RESERVED_SUFFIXES)} "
+                "for itself; name modalities with identifiers such as audio, rgb, caption"
+            )
         _check_section(ENCODERS, sub, f"{path}.{m}", ("modality",), origin)
+
+
+#: Batch keys that are not modalities (``collate``, the feature cache, exported graph inputs).
+RESERVED_NAMES = ("label", "present")
+RESERVED_SUFFIXES = ("_lengths", "_features", "_features_mask")
 
 
 def validate_config(cfg: Mapping[str, Any], origin: str = "<dict>") -> TrainSettings:

@@ -39,7 +39,7 @@ from fusionzoo.encoders.text import attach_vocabularies
 from fusionzoo.models.saved_encoders import load_encoder_overrides
 from fusionzoo.vocab import vocabularies_of
 from fusionzoo.registry import MODELS
-from fusionzoo.training.checkpoint import DATA_STATE, load_data_state, load_run, resolve_checkpoint
+from fusionzoo.training.checkpoint import DATA_STATE, load_data_state, load_run, load_run_config, resolve_checkpoint
 from fusionzoo.training.evaluate import evaluate
 from fusionzoo.training.explain import explain_run
 from fusionzoo.training.robustness import evaluate_run
@@ -69,11 +69,13 @@ def from_pretrained(source: str | Path) -> MultimodalModel:
 
 
 def _resolve(source: str | Path) -> Path:
-    """The folder ``source`` names: the path itself, or the folder of the shipped model of that name."""
+    """The folder ``source`` names. One rule, as ``create_model``'s: a bare name of a shipped model
+    (a string without a path separator) is that model, even where a folder of that name exists
+    here; anything else is a path (write ``./name`` for such a folder)."""
     path = Path(source)
-    if path.exists() or str(source) not in MODELS:
-        return path
-    return getattr(MODELS.get(str(source)).fn, "pretrained_folder", path)
+    if isinstance(source, str) and "/" not in source and source in MODELS:
+        return getattr(MODELS.get(source).fn, "pretrained_folder", path)
+    return path
 
 
 def _load_folder(folder: Path) -> MultimodalModel:
@@ -221,10 +223,18 @@ def _input_shapes(cfg: Any, fitted: dict | None, model: Any) -> dict[str, list[i
     return shapes
 
 
-def input_shapes(source: str | Path) -> dict[str, list[int]] | None:
-    """The per-sample input shapes a saved folder's card records (None without a card)."""
+def input_shapes(source: str | Path, model: Any = None) -> dict[str, list[int]] | None:
+    """The per-sample input shapes of the data a model was trained on: what a saved folder's card
+    records, or for a run folder what its test split holds (``model``: the run's, if loaded
+    already); None for a folder with neither."""
     folder = _resolve(source)
-    return read_card(folder).get("input_shapes") if (folder / CARD).is_file() else None
+    if (folder / CARD).is_file():
+        return read_card(folder).get("input_shapes")
+    if is_pretrained_folder(folder) or not folder.is_dir():
+        return None
+    run_dir, _ = resolve_checkpoint(folder)
+    model = model if model is not None else load_run(folder)[0]
+    return _input_shapes(load_run_config(run_dir), load_data_state(run_dir), model)
 
 
 def _contributions_section(record: dict[str, Any]) -> str:

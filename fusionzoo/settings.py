@@ -161,6 +161,8 @@ class TrainSettings:
             ),
         }
         for key, ok in checks.items():
+            if not ok and key in ("loss", "optimizer") and isinstance(getattr(self, key), str):
+                raise ConfigError(f"{origin}: train.{key}: write {{name: {getattr(self, key)}}} (a mapping: the name and its options)")
             if not ok:
                 raise ConfigError(f"{origin}: train.{key}: invalid value {getattr(self, key)!r}")
         stop = self.early_stopping

@@ -21,11 +21,12 @@ __all__ = ["Vocab", "tokenize", "vocabularies_of", "PAD_ID", "UNK_ID"]
 PAD_ID = 0
 UNK_ID = 1
 PAD, UNK = "<pad>", "<unk>"
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?|\S")  # letters and digits of any script, then any other single mark
 
 
 def tokenize(text: str, lower: bool = True) -> list[str]:
-    """Words, numbers and single punctuation marks: ``"Don't stop!" -> ["don't", "stop", "!"]``."""
+    """Words, numbers and single punctuation marks, in any script: ``"Don't stop!" -> ["don't",
+    "stop", "!"]``, ``"Grüße, Zoë" -> ["grüße", ",", "zoë"]``."""
     return _WORD.findall(text.lower() if lower else text)
 
 

@@ -860,3 +860,263 @@ def test_a_saved_folder_s_weights_are_checked_from_their_header_before_the_model
     assert any("stored as float64" in str(w.message) for w in caught)
     assert next(loaded.parameters()).dtype == torch.float32
     torch.testing.assert_close(loaded.state_dict()[key], weights[key])
+
+
+# ---------------------------------------------------------------- weak cases: one line naming the file, row or column
+
+
+def _manifest(tmp_path, text=None, rows=None, name="m.csv", **kw):
+    from common import write_rows
+
+    from fusionzoo.data.manifest import ManifestDataset
+
+    path = tmp_path / name
+    if text is not None:
+        path.write_bytes(text)
+    else:
+        write_rows(path, rows)
+    spec = kw.pop("modalities", {"t": {"column": "text", "kind": "text"}})
+    return lambda: ManifestDataset(path=path, modalities=spec, label=kw.pop("label", {"column": "label"}), **kw)
+
+
+@pytest.mark.parametrize("data, name, want", [
+    (b"text,label,split\nok,a,train\n\xff\xfe bad,b,train\n", "m.csv", r"m\.csv: line 3: not UTF-8 text \(byte 0xff at column 1\)"),
+    (b'{"text": "ok", "label": "a", "split": "train"}\n{"text": "caf\xe9", "label": "b", "split": "train"}\n', "m.jsonl",
+     r"m\.jsonl: line 2: not UTF-8 text"),
+    (__import__("gzip").compress(b"text,label,split\nok,a,train\n"), "m.csv", r"m\.csv: line 1: the file is gzip-compressed"),
+    (b'{"text": "a", "text": "b", "label": "x", "split": "train"}\n', "m.jsonl", r"m\.jsonl: line 1: the key 'text' appears twice"),
+    (b'{"text": "a", "label": true, "split": "train"}\n', "m.jsonl", r"line 1: column 'label': a label is a name or a number, got true"),
+    (b"text,label,split\na,0,train\nb,0.0,train\n", "m.csv", r"the labels '0' and '0\.0' are one number spelled twice"),
+    (b"text,label,split\na,01,train\nb,1,train\n", "m.csv", r"the labels '01' and '1' are one number spelled twice"),
+])
+def test_manifest_text_problems_name_the_file_and_line(tmp_path, data, name, want):
+    with pytest.raises(ValueError, match=want):
+        _manifest(tmp_path, data, name=name)()
+
+
+def test_a_one_megabyte_cell_is_read_and_a_json_list_in_a_csv_multilabel_cell_is_a_list(tmp_path):
+    big = " ".join(["word"] * 250_000)  # 1.2 MB: over csv's default field limit of 128 KiB
+    ds = _manifest(tmp_path, rows=[{"text": big, "label": "a", "split": "train"}, {"text": "b", "label": "b", "split": "train"}])()
+    assert len(ds) == 2
+    ds = _manifest(tmp_path, rows=[{"text": "x", "tags": '["cat", "dog"]', "split": "train"}, {"text": "y", "tags": "cat", "split": "train"}],
+                   label={"column": "tags", "task": "multilabel"})()
+    assert ds.classes == ["cat", "dog"] and ds[0]["label"].tolist() == [1, 1]
+
+
+def _npy_header(shape, descr="<f4"):
+    header = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+
+
+@pytest.mark.parametrize("name, content, want", [
+    ("f.npy", None, r"f\.npy is an \.npz archive, not an \.npy array"),
+    ("f.npy", _npy_header((20_000_000_000,)), r"f\.npy: declares 20,000,000,000 values, more than a feature vector holds"),
+    ("f.npy", _npy_header((3,), "<c8") + b"\x00" * 24, r"f\.npy: complex values \(complex64\); features are real"),
+    ("f.safetensors", b"garbage that is not a safetensors file", r"f\.safetensors is not a readable safetensors file"),
+])
+def test_hostile_feature_files_are_cell_errors_that_on_error_skip_applies_to(tmp_path, name, content, want):
+    import numpy as np
+
+    from common import write_rows
+
+    from fusionzoo.data.manifest import ManifestDataset
+
+    if content is None:
+        np.savez(tmp_path / "f.npz", a=np.zeros(3, np.float32))
+        (tmp_path / "f.npz").rename(tmp_path / name)
+    else:
+        (tmp_path / name).write_bytes(content)
+    np.save(tmp_path / "good.npy", np.zeros(3, np.float32))
+    rows = [{"f": name, "label": "a", "split": "train"}, {"f": "good.npy", "label": "b", "split": "train"}]
+    write_rows(tmp_path / "m.csv", rows)
+    spec = {"f": {"column": "f", "kind": "features"}}
+    with pytest.raises(ValueError, match=r"m\.csv: line 2: column 'f': .*" + want):
+        ManifestDataset(path=tmp_path / "m.csv", modalities=spec, label={"column": "label"})
+    kept = ManifestDataset(path=tmp_path / "m.csv", modalities=spec, label={"column": "label"}, on_error="skip")
+    assert len(kept) == 1 and len(kept.skipped) == 1
+
+
+def test_images_are_decoded_to_the_channels_asked_for_and_animated_ones_refused(tmp_path):
+    from PIL import Image
+
+    from fusionzoo.data.decode import CellError, ImageReader
+
+    Image.new("RGB", (5, 4), (200, 10, 10)).save(tmp_path / "x.webp", format="WEBP", lossless=True)
+    assert ImageReader(channels=1).decode(tmp_path / "x.webp").shape == (1, 4, 5)
+    assert ImageReader(channels=3).decode(tmp_path / "x.webp").shape == (3, 4, 5)
+    frames = [Image.new("RGB", (5, 4), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=100)
+    with pytest.raises(CellError, match=r"a\.gif is animated \(2 frames\)"):
+        ImageReader(channels=3).decode(tmp_path / "a.gif")
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint_and_removes_symlinks_not_targets(tmp_path, monkeypatch):
+    """Before: ``--overwrite`` deleted the old checkpoints, then the new run failed at batch 1 and
+    nothing was left; a symlinked ``eval/`` made it crash (rmtree of a link)."""
+    import fusionzoo.training.engine as engine
+
+    run = tmp_path / "run"
+    train(cfg(1), run_dir=run, log=False)
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
+    elsewhere = tmp_path / "results"
+    elsewhere.mkdir()
+    (elsewhere / "keep.json").write_text("{}")
+    (run / "eval").symlink_to(elsewhere, target_is_directory=True)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory at batch 1")
+
+    monkeypatch.setattr(engine, "_train_epoch", fail)
+    with pytest.raises(RuntimeError, match="batch 1"):
+        train(cfg(1, lr=0.02), run_dir=run, overwrite=True, log=False)
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()} == before  # the old run, back
+    assert (run / "eval").is_symlink() and not (run / ".previous-run").exists()
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == 0.01
+    monkeypatch.undo()
+    train(cfg(1, lr=0.02), run_dir=run, overwrite=True, log=False)
+    assert not (run / "eval").exists() and (elsewhere / "keep.json").is_file()  # the link went, its target stayed
+    assert not (run / ".previous-run").exists() and yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == 0.02
+
+
+def test_a_checkpoint_whose_state_the_safe_loader_refuses_is_one_line_and_resume_passes_over_it(tmp_path):
+    from fusionzoo.training.checkpoint import MANIFEST, _sha256
+
+    run = tmp_path / "run"
+    train(cfg(2, keep_checkpoints=2), run_dir=run, log=False)
+    newest = run / "checkpoints" / "epoch-002"
+    state = next(p for p in newest.iterdir() if p.suffix == ".pt")
+    torch.save({"epoch": 2, "evil": _Unsafe()}, state)  # a pickled class: refused by weights_only=True
+    manifest = json.loads((newest / MANIFEST).read_text())
+    manifest["sha256"][state.name] = _sha256(state)  # intact by its manifest: only the loader can tell
+    (newest / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match=r"--resume: skipping .*epoch-002: .*does not load with the safe loader \(weights_only\)"):
+        summary = train(cfg(3, keep_checkpoints=2), run_dir=run, resume=True, log=False)
+    assert summary["epochs_run"] == 3
+
+
+class _Unsafe:
+    pass
+
+
+@pytest.mark.parametrize("name", ["label", "present", "audio_lengths", "text_features", "my-audio"])
+def test_reserved_or_odd_modality_names_are_refused_at_config_time(name):
+    from fusionzoo.config import load_config
+
+    config = cfg(1)
+    config["model"]["encoders"][name] = config["model"]["encoders"].pop("text")
+    with pytest.raises(ConfigError, match=rf"model\.encoders\.{re.escape(name)}: not a modality name"):
+        load_config(config)
+
+
+def test_a_loss_or_optimizer_given_as_a_bare_name_says_how_to_write_it():
+    from fusionzoo.config import load_config
+
+    with pytest.raises(ConfigError, match=r"train\.loss: write \{name: mse\}"):
+        load_config(cfg(1, loss="mse"))
+    with pytest.raises(ConfigError, match=r"train\.optimizer: write \{name: sgd\}"):
+        load_config(cfg(1, optimizer="sgd"))
+
+
+def test_the_word_tokenizer_keeps_words_of_any_script_whole():
+    from fusionzoo.vocab import tokenize
+
+    assert tokenize("Grüße, Zoë! naïve café 東京 don't") == ["grüße", ",", "zoë", "!", "naïve", "café", "東京", "don't"]
+    assert tokenize("Don't STOP", lower=False) == ["Don't", "STOP"]  # before: single capital letters
+
+
+def test_a_bare_shipped_name_is_the_shipped_model_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    """One rule for ``from_pretrained`` and ``create_model``: a bare shipped name is the shipped model;
+    a folder of that name is loaded when written as a path."""
+    import fusionzoo as fz
+
+    name = next(iter(fz.MODELS.list(tag="pretrained")))
+    monkeypatch.chdir(tmp_path)
+    fz.build_model(cfg(1)).save_pretrained(tmp_path / name)
+    shipped, local = fz.from_pretrained(name), fz.from_pretrained(f"./{name}")
+    assert shipped.modalities == fz.create_model(name).modalities and local.modalities == ("text", "visual")
+    assert shipped.modalities != local.modalities or shipped.out_dim != local.out_dim
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_cell_process_dies_with_the_grid_that_started_it(tmp_path):
+    """Before: SIGKILL of ``compare`` left its child training, holding the cell's run folder."""
+    import signal
+
+    child = "from fusionzoo.compare.runner import die_with_parent; die_with_parent(); import time; time.sleep(60)"
+    parent = (
+        "import os, subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}], env={{**os.environ, 'FUSIONZOO_DIE_WITH_PARENT': str(os.getpid())}})\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    grid = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    pid = int(grid.stdout.readline())
+    time.sleep(3)  # the child has imported fusionzoo and made its request
+    os.kill(grid.pid, signal.SIGKILL)
+    grid.wait()
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the child outlived its grid")
+
+
+def test_embed_writes_absent_rows_for_a_batch_without_a_modality(tmp_path):
+    from safetensors.torch import load_file
+
+    from fusionzoo.training import embed_run
+
+    config = _manifest_run(tmp_path, {"column": "label"}, out_dim=3)
+    rows_path = config["data"]["path"]
+    text = Path(rows_path).read_text().splitlines()
+    header = text[0].split(",")
+    cells = text[1].split(",")
+    cells[header.index("caption")] = ""
+    Path(rows_path).write_text("\n".join([text[0], ",".join(cells), *text[2:]]) + "\n")
+    train(config, run_dir=tmp_path / "run", log=False)
+    (path,) = embed_run(tmp_path / "run", splits=["train"], out=tmp_path / "feats", batch_size=1)  # the first batch has no text at all
+    tensors = load_file(str(path))
+    assert tensors["present.text"][0] == 0 and torch.all(tensors["features.text"][0] == 0) and tensors["present.text"][1:].all()
+
+
+def test_export_flags_are_checked_and_a_run_exports_at_its_data_s_shapes(finished, tmp_path, capsys):
+    from fusionzoo.config import build_dataset
+    from fusionzoo.data.loader import make_loader
+    from fusionzoo.hub import input_shapes
+
+    shapes = input_shapes(finished)  # from the run's test split, not the encoders' examples
+    batch = next(iter(make_loader(build_dataset(load_run(finished)[1], "test"), 256)))
+    assert shapes["visual"] == list(batch["visual"].shape[1:])
+    for args, want in ((["--out", str(tmp_path)], "a folder; give the file to write (model.pt2)"),
+                       (["--out", str(tmp_path / "m.pt2"), "--shape", "depth=3"], "'depth' is not a modality of the model"),
+                       (["--out", str(tmp_path / "m.pt2"), "--shape", "visual=a,b"], "--shape visual=a,b: expected MODALITY=D1,D2"),
+                       (["--out", str(tmp_path / "m.pt2"), "--shape", "visual=0,8,8"], "--shape visual=0,8,8: expected MODALITY=D1,D2")):
+        assert main(["export", str(finished), *args]) == 2, args
+        assert want in capsys.readouterr().err, args
+
+
+@pytest.mark.parametrize("change, want", [
+    (lambda t, m: t.pop("present.text"), r"has no tensor 'present\.text'"),
+    (lambda t, m: t.update({"features.text": torch.zeros(t["label"].shape[0], 99)}), r"'features\.text' is torch\.float32 \[\d+, 99\], the metadata"),
+    (lambda t, m: t.update({"present.text": torch.ones(3, dtype=torch.uint8)}), r"'present\.text' has shape \[3\]"),
+    (lambda t, m: m.update({"dims": "nonsense"}), r"its dims metadata is not \{modality: width\}"),
+])
+def test_hostile_feature_files_are_named_errors(finished, tmp_path, change, want):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from fusionzoo.data.features import FeatureDataset
+    from fusionzoo.training import embed_run
+
+    (path,) = embed_run(finished, splits=["val"], out=tmp_path / "feats")
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    change(tensors, meta)
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ValueError, match=r"features: .*val\.safetensors.*" + want):
+        FeatureDataset(path=tmp_path / "feats", split="val")

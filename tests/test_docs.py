@@ -10,7 +10,7 @@ from tests.common import ROOT
 
 needs_mkdocs = pytest.mark.skipif(
     importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
-    reason="the docs requirements are not installed (make docs installs them)",
+    reason="the docs requirements are not installed (make test and make docs install them)",
 )
 
 

@@ -1,5 +1,6 @@
 """The wheel a user installs: built from this checkout, installed offline into a fresh venv."""
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -12,8 +13,13 @@ from tests.common import ROOT
 
 @pytest.mark.slow
 def test_wheel_installs_into_a_fresh_venv_and_runs_a_shipped_model(tmp_path):
+    # built from a copy of the sources: setuptools writes its build/ folder beside them, never into the checkout
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "fusionzoo", source / "fusionzoo", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],
         check=True, capture_output=True,
     )
     (wheel,) = (tmp_path / "dist").glob("fusionzoo-*.whl")

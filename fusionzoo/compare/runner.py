@@ -23,11 +23,33 @@ from fusionzoo.atomic import write_text_atomic
 from fusionzoo.compare.grid import Cell
 from fusionzoo.config import load_config
 
-__all__ = ["run_grid", "is_finished"]
+__all__ = ["run_grid", "is_finished", "die_with_parent"]
 
 
 def is_finished(run_dir: Path) -> bool:
     return (Path(run_dir) / "metrics.json").is_file() and (Path(run_dir) / "eval" / "results.json").is_file()
+
+
+#: Set in a cell's environment to the grid's PID: the child dies with it (see :func:`die_with_parent`).
+PARENT_ENV = "FUSIONZOO_DIE_WITH_PARENT"
+
+
+def die_with_parent() -> None:
+    """In a cell's ``fusionzoo train`` process: ask the kernel for SIGTERM when the grid that
+    started it dies (Linux ``prctl(PR_SET_PDEATHSIG)``), so a killed ``compare`` leaves no orphan
+    holding a run folder; exits at once if the grid is gone already. Nothing elsewhere."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:  # the grid died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _command(config: str | Path, cell: Cell, seed: int, run_dir: Path) -> list[str]:
@@ -49,7 +71,7 @@ def _run_one(config: str | Path, cell: Cell, seed: int, out: Path, threads: int)
     # changed (train.epochs) and refuses the rest, naming them, in the cell's log and status
     log = run_dir.parent / f"seed-{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
     with log.open("w") as f:
         code = subprocess.run(_command(config, cell, seed, run_dir), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if code == 0 and is_finished(run_dir):

@@ -190,9 +190,16 @@ class ImageReader:
 
         self._check_pixels(_existing(path))
         try:
-            return decode_image(read_file(str(path)), mode=self.mode)
+            image = decode_image(read_file(str(path)), mode=self.mode)
         except RuntimeError as e:
             raise CellError(f"cannot decode image {path}: {str(e).splitlines()[0]}") from None
+        if image.dim() == 4:  # an animated GIF or WebP: [frames, c, h, w]
+            raise CellError(f"image {path} is animated ({image.shape[0]} frames); give one still image (its first frame saved alone)")
+        if image.shape[0] != self.channels:  # a decoder that ignores the mode (WebP): convert as the mode would have
+            from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+            image = rgb_to_grayscale(image[:3]) if self.channels == 1 else image[:1].expand(3, -1, -1).clone() if image.shape[0] == 1 else image[:3]
+        return image
 
     def transform(self, image: Tensor, train: bool) -> Tensor:
         return (self.train_transform if train else self.eval_transform)(image)
@@ -349,27 +356,65 @@ def _is_number(v: Any) -> bool:
         return False
 
 
+#: The most values a feature file may declare (a vector of 16 M floats is 64 MB): a header asking for
+#: more is refused before anything is allocated.
+MAX_FEATURE_VALUES = 1 << 24
+
+
 def _features_file(path: Path, key: str | None) -> Tensor:
     _existing(path)
     try:
-        if path.suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        else:
-            from safetensors.numpy import load_file
-
-            tensors = load_file(str(path))
-            if key is None and len(tensors) != 1:
-                raise CellError(f"{path} holds {sorted(tensors)}; name one with the modality's key:")
-            if key is not None and key not in tensors:
-                raise CellError(f"{path} has no tensor {key!r} (it holds {sorted(tensors)})")
-            array = tensors[key] if key is not None else next(iter(tensors.values()))
+        array = _npy(path) if path.suffix == ".npy" else _safetensors(path, key)
     except (OSError, ValueError) as e:
         if isinstance(e, CellError):
             raise
         raise CellError(f"cannot read features {path}: {str(e).splitlines()[0]}") from None
-    if array.ndim != 1 or not np.issubdtype(array.dtype, np.number):
-        raise CellError(f"{path}: expected a 1-D numeric vector, got {array.dtype} of shape {list(array.shape)}")
     return _finite(torch.from_numpy(array.astype(np.float32)), str(path))
+
+
+def _check_vector(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """A 1-D vector of real numbers, of at most :data:`MAX_FEATURE_VALUES` (from the header)."""
+    if np.issubdtype(dtype, np.complexfloating):
+        raise CellError(f"{path}: complex values ({dtype}); features are real (take .real or .abs() explicitly)")
+    if len(shape) != 1 or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise CellError(f"{path}: expected a 1-D numeric vector, got {dtype} of shape {list(shape)}")
+    if shape[0] > MAX_FEATURE_VALUES:
+        raise CellError(f"{path}: declares {shape[0]:,} values, more than a feature vector holds ({MAX_FEATURE_VALUES:,})")
+
+
+def _npy(path: Path) -> np.ndarray:
+    """A ``.npy`` file, its header checked before its data is read (an ``.npz`` archive is named)."""
+    with path.open("rb") as f:
+        magic = f.read(6)
+        if magic.startswith(b"PK"):
+            raise CellError(f"{path} is an .npz archive, not an .npy array: save one array with numpy.save")
+        if magic != b"\x93NUMPY":
+            raise CellError(f"{path} is not an .npy file (it starts with {magic!r})")
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
+    _check_vector(path, shape, dtype)
+    return np.load(path, allow_pickle=False)
+
+
+def _safetensors(path: Path, key: str | None) -> np.ndarray:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            names = sorted(f.keys())  # noqa: SIM118
+            if key is None and len(names) != 1:
+                raise CellError(f"{path} holds {names}; name one with the modality's key:")
+            if key is not None and key not in names:
+                raise CellError(f"{path} has no tensor {key!r} (it holds {names})")
+            name = key if key is not None else names[0]
+            view = f.get_slice(name)
+            if view.get_dtype() in ("C64", "C128", "BOOL"):
+                raise CellError(f"{path}: {name!r} holds {view.get_dtype()} values; features are real numbers")
+            _check_vector(path, tuple(view.get_shape()), np.dtype(np.float32))
+            return f.get_tensor(name)
+    except SafetensorError as e:
+        raise CellError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
 
 
 def _finite(vector: Tensor, what: str) -> Tensor:

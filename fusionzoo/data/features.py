@@ -41,16 +41,22 @@ class FeatureDataset(Dataset):
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         if "dims" not in meta or "label" not in tensors:
             raise ValueError(f"features: {file} was not written by `fusionzoo embed` (no dims metadata or labels)")
-        dims = json.loads(meta["dims"])
+        try:
+            dims = json.loads(meta["dims"])
+        except ValueError:
+            dims = None
+        if not isinstance(dims, dict) or not all(isinstance(d, int) and d > 0 for d in dims.values()):
+            raise ValueError(f"features: {file}: its dims metadata is not {{modality: width}}: {meta['dims']!r}")
         chosen = sorted(dims) if modalities is None else list(modalities)
         unknown = [m for m in chosen if m not in dims]
         if unknown:
             raise ValueError(f"features: modalities: {file} has no {unknown[0]!r} (it has {sorted(dims)})")
         self.split, self.task, self.dims = split, meta.get("task", "multiclass"), {m: dims[m] for m in chosen}
         self.modalities = tuple(sorted(chosen))
-        self.features = {m: tensors[f"features.{m}"] for m in self.modalities}
-        self.present = {m: tensors[f"present.{m}"].bool() for m in self.modalities}
         self.targets = tensors["label"]
+        self.features, self.present = {}, {}
+        for m in self.modalities:
+            self.features[m], self.present[m] = _checked(tensors, m, dims[m], len(self.targets), file)
         self.num_classes = int(meta.get("num_classes", int(self.targets.max()) + 1))
         if self.task == "multiclass":
             self.labels = self.targets.numpy()
@@ -66,3 +72,17 @@ class FeatureDataset(Dataset):
             if self.present[m][i]:
                 sample[m] = self.features[m][i]
         return sample
+
+
+def _checked(tensors: dict, m: str, dim: int, n: int, file: Path) -> tuple:
+    """``features.<m>`` ``float [n, dim]`` and ``present.<m>`` ``[n]`` as the metadata says, else an
+    error naming the file and the tensor (never a silent cut or a KeyError)."""
+    for key in (f"features.{m}", f"present.{m}"):
+        if key not in tensors:
+            raise ValueError(f"features: {file} has no tensor {key!r}")
+    features, present = tensors[f"features.{m}"], tensors[f"present.{m}"]
+    if features.shape != (n, dim) or not features.is_floating_point():
+        raise ValueError(f"features: {file}: 'features.{m}' is {features.dtype} {list(features.shape)}, the metadata and labels say float [{n}, {dim}]")
+    if present.shape != (n,):
+        raise ValueError(f"features: {file}: 'present.{m}' has shape {list(present.shape)}, expected [{n}]")
+    return features, present.bool()

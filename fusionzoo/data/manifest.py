@@ -60,7 +60,7 @@ import csv
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,24 +96,72 @@ def read_manifest(path: str | Path) -> tuple[list[str], list[tuple[int, dict]]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest: {path} not found")
+    with path.open("rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            raise ValueError(f"{path}: line 1: the file is gzip-compressed; decompress it (gunzip) and point data.path at the text")
+    try:
+        return _read_jsonl(path) if path.suffix.lower() in (".jsonl", ".ndjson") else _read_csv(path)
+    except _NotText as e:
+        raise ValueError(f"{path}: line {e.line}: not UTF-8 text ({e.reason}); save the file as UTF-8") from None
+
+
+class _NotText(Exception):
+    def __init__(self, line: int, reason: str) -> None:
+        self.line, self.reason = line, reason
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(number, text)`` of every line, decoded one by one, so a byte that is not UTF-8 raises
+    :class:`_NotText` with its exact line (a leading byte-order mark is dropped)."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise _NotText(number, f"byte {raw[e.start]:#04x} at column {e.start + 1}") from None
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    columns: dict[str, None] = {}
     rows: list[tuple[int, dict]] = []
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        columns: dict[str, None] = {}
-        with path.open(encoding="utf-8") as f:
-            for number, text in enumerate(f, 1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {number}: not valid JSON ({e.msg}, column {e.colno})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
-                columns.update(dict.fromkeys(row))
-                rows.append((number, row))
-        return list(columns), rows
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+    for number, text in _lines(path):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text, object_pairs_hook=_unique_keys)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {number}: not valid JSON ({e.msg}, column {e.colno})") from None
+        except _RepeatedKey as e:
+            raise ValueError(f"{path}: line {number}: the key {e.args[0]!r} appears twice (which one is meant?)") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
+        columns.update(dict.fromkeys(row))
+        rows.append((number, row))
+    return list(columns), rows
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in seen:
+            raise _RepeatedKey(k)
+        seen[k] = v
+    return seen
+
+
+#: The largest CSV cell read (inline features, long captions): csv's default is 128 KiB.
+CSV_FIELD_LIMIT = 64 << 20
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    rows: list[tuple[int, dict]] = []
+    limit = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        reader = csv.DictReader(text for _, text in _lines(path))
         header = list(reader.fieldnames or [])
         if len(set(header)) != len(header):
             raise ValueError(f"{path}: line 1: repeated column names in the header {header}")
@@ -122,6 +170,10 @@ def read_manifest(path: str | Path) -> tuple[list[str], list[tuple[int, dict]]]:
                 cells = len(header) + len(row.get(None, [])) - sum(v is None for v in row.values())
                 raise ValueError(f"{path}: line {reader.line_num}: {cells} cells, the header has {len(header)}")
             rows.append((reader.line_num, row))
+    except csv.Error as e:
+        raise ValueError(f"{path}: line {reader.line_num + 1}: {e}") from None
+    finally:
+        csv.field_size_limit(limit)
     if not header:
         raise ValueError(f"{path}: empty file; expected a header row naming the columns")
     return header, rows
@@ -384,9 +436,16 @@ class ManifestDataset(Dataset):
 
     def _raw_label(self, cell: Any) -> Any:
         column = self.label_column
+        if isinstance(cell, bool) or isinstance(cell, list) and any(isinstance(n, (bool, dict, list)) for n in cell):
+            raise _RowError(column, f"a label is a name or a number, got {json.dumps(cell)} (quote it to mean the word)")
         if self.task == "multilabel":
             if _empty(cell):
                 return []
+            if isinstance(cell, str) and cell.strip().startswith("["):  # a JSON list written into a CSV cell
+                try:
+                    cell = json.loads(cell)
+                except json.JSONDecodeError:
+                    raise _RowError(column, f"{cell!r} starts like a JSON list but is not one") from None
             names = cell if isinstance(cell, list) else str(cell).split(self.separator)
             return sorted({str(n).strip() for n in names if str(n).strip()})
         if _empty(cell):
@@ -413,6 +472,7 @@ class ManifestDataset(Dataset):
                 fitted["classes"] = self.fixed_classes
             else:
                 seen = {c for r in records for c in (r.label if self.task == "multilabel" else [r.label]) if c is not None}
+                _check_spellings(seen, self.path)
                 fitted["classes"] = sorted(seen, key=_natural)
                 if not fitted["classes"]:
                     raise ValueError(f"{self.path}: the training split has no labels")
@@ -533,6 +593,21 @@ class ManifestDataset(Dataset):
                 if n < samples:
                     short.append((record.line, n))
         return short
+
+
+def _check_spellings(names: set[str], path: Path) -> None:
+    """Two label names that are one number spelled twice (``0`` and ``0.0``, ``01`` and ``1``) are
+    refused: as names they would be two classes."""
+    by_value: dict[float, str] = {}
+    for name in sorted(names):
+        try:
+            value = float(name)
+        except ValueError:
+            continue
+        if value in by_value:
+            raise ValueError(f"{path}: the labels {by_value[value]!r} and {name!r} are one number spelled twice, and would be two "
+                             "classes; write every label the same way (or list them in label.classes)")
+        by_value[value] = name
 
 
 def _natural(name: str) -> tuple:

@@ -23,7 +23,6 @@ from fusionzoo.models.saved_encoders import ENCODER_DIR, OVERRIDES_FILE, save_en
 
 __all__ = ["MultimodalModel", "PRETRAINED_FILES"]
 
-RESERVED_KEYS = ("label", "present")
 #: The files of a saved model folder (the Hugging Face Hub layout), besides optional extras.
 PRETRAINED_FILES = ("config.yaml", "model.safetensors", "README.md")
 #: Everything ``save_pretrained`` may have written there: a folder of these alone is replaced by a

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -166,11 +167,12 @@ def latest_checkpoint(run_dir: Path, pointer: str = "last") -> Path | None:
     return path
 
 
-def resume_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
+def resume_checkpoint(run_dir: Path, exclude: tuple[Path, ...] = ()) -> tuple[Path | None, list[str]]:
     """The newest intact checkpoint to resume from: the one ``last`` names, else the newest epoch
-    folder that verifies; and a line for each checkpoint passed over."""
+    folder that verifies (but those in ``exclude``: ones that failed to load); and a line for each
+    checkpoint passed over."""
     root = Path(run_dir) / "checkpoints"
-    candidates = [p for _, p in reversed(_epochs(root))] if root.is_dir() else []
+    candidates = [p for _, p in reversed(_epochs(root)) if p not in exclude] if root.is_dir() else []
     last = _pointed(root, "last")
     if last is not None and last in candidates:
         candidates.remove(last)
@@ -209,9 +211,14 @@ def load_model_weights(model: nn.Module, checkpoint: Path) -> None:
 
 
 def load_checkpoint(checkpoint: Path, model: nn.Module) -> dict[str, Any]:
-    """Load the weights into ``model`` and return the rest of the state."""
+    """Load the weights into ``model`` and return the rest of the state (read with the safe loader:
+    a state holding anything but tensors and plain containers is a :class:`CheckpointError`)."""
     load_model_weights(model, checkpoint)
-    return torch.load(Path(checkpoint) / FILES[1], map_location="cpu", weights_only=True)
+    path = Path(checkpoint) / FILES[1]
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
+        raise CheckpointError(f"{path} does not load with the safe loader (weights_only): {str(e).splitlines()[0]}") from None
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:

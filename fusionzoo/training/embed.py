@@ -51,8 +51,12 @@ def embed_run(run: str | Path, splits: Iterable[str] = ("train", "val", "test"),
                 m: model.encoders[m](batch[m], **input_kwargs(model.encoders[m], batch, m)) for m in model.modalities if m in batch
             }
             for m in model.modalities:
-                if m not in outputs:
+                if m not in outputs and isinstance(model, AlignmentModel):
                     raise ValueError(f"embed: the {split} split has no {m!r} input in a batch; the run's model reads {list(model.modalities)}")
+                if m not in outputs:  # no sample of this batch has it: zero rows, marked absent
+                    features[m].append(torch.zeros(n, model.encoders[m].out_dim))
+                    present[m].append(torch.zeros(n, dtype=torch.bool))
+                    continue
                 features[m].append(outputs[m].float().cpu())
                 present[m].append(batch.get("present", {}).get(m, torch.ones(n, dtype=torch.bool, device=device)).cpu())
             labels.append(batch["label"].cpu())

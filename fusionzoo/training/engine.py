@@ -58,7 +58,7 @@ from fusionzoo.encoders.text import attach_vocabularies
 from fusionzoo.fusion.dropout import ModalityDropout
 from fusionzoo.models.saved_encoders import OVERRIDES_FILE, load_encoder_overrides, save_encoders
 from fusionzoo.optim import warmup_cosine
-from fusionzoo.errors import TrainingDiverged
+from fusionzoo.errors import CheckpointError, TrainingDiverged
 from fusionzoo.registry import OPTIMIZERS
 from fusionzoo.training.checkpoint import (
     DATA_STATE,
@@ -71,7 +71,7 @@ from fusionzoo.training.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from fusionzoo.training.runfolder import check_folder, check_resume_config, claim, clear_run
+from fusionzoo.training.runfolder import check_folder, check_resume_config, claim, drop_stash, restore_stash, stash_run
 from fusionzoo.training.evaluate import move_batch
 from fusionzoo.training.feature_cache import cache_datasets, cacheable_modalities
 from fusionzoo.training.objectives import Objective, TrainStep, build_objective
@@ -127,17 +127,25 @@ def train(
             check_folder(run_dir, resume, overwrite)
         if resume:
             _restore(run, state)
-        elif overwrite and run.is_main:
-            clear_run(run_dir)
-        _write_run_files(run, state)
-        step = _wrap(run, state)
-        started = time.perf_counter()
-        for epoch in range(state.epoch, cfg.train.epochs):
-            if run.selection.should_stop(state.history):
-                break
-            record = _train_epoch(run, state, step, epoch)
-            record["val"] = _validate(run, state)
-            _end_epoch(run, state, record)
+        # --overwrite: the old run is kept aside until the new one has its first checkpoint
+        stash = stash_run(run_dir) if overwrite and not resume and run.is_main else None
+        try:
+            _write_run_files(run, state)
+            step = _wrap(run, state)
+            started = time.perf_counter()
+            for epoch in range(state.epoch, cfg.train.epochs):
+                if run.selection.should_stop(state.history):
+                    break
+                record = _train_epoch(run, state, step, epoch)
+                record["val"] = _validate(run, state)
+                _end_epoch(run, state, record)
+                drop_stash(stash)
+                stash = None
+        except BaseException:
+            if stash is not None:
+                restore_stash(run_dir, stash)
+            raise
+        drop_stash(stash)
         # DDP's reducer holds the process group: freed after the group is destroyed, its destructor
         # joins gloo threads while holding the GIL they wait for (a rare hang at exit). Free it first.
         del step
@@ -335,14 +343,25 @@ def _restore(run: _Run, state: TrainState) -> None:
     saved = run.run_dir / "config.yaml"
     if saved.is_file():
         check_resume_config(load_run_config(run.run_dir).to_dict(), run.cfg.to_dict(), run.run_dir)
-    checkpoint, skipped = resume_checkpoint(run.run_dir)
+    failed: tuple[Path, ...] = ()
+    unloadable: list[str] = []
+    while True:
+        checkpoint, skipped = resume_checkpoint(run.run_dir, exclude=failed)
+        if checkpoint is None:
+            break
+        try:
+            restored = load_checkpoint(checkpoint, state.model)
+            break
+        except CheckpointError as e:  # verified, but its state does not load: passed over as a corrupted one is
+            failed += (checkpoint,)
+            unloadable.append(f"skipping {checkpoint}: {e}")
     if run.is_main:
-        for line in skipped:
+        for line in unloadable + skipped:
             warnings.warn(f"--resume: {line}", stacklevel=3)
     if checkpoint is None:
         run.say(f"no checkpoint in {run.run_dir}; starting from scratch")
         return
-    state.load_state_dict(load_checkpoint(checkpoint, state.model))
+    state.load_state_dict(restored)
     run.say(f"resuming {run.run_dir} after epoch {state.epoch}")
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from fusionzoo.errors import ConfigError, RunFolderError
 
-__all__ = ["claim", "is_run_folder", "check_folder", "clear_run", "config_changes", "check_resume_config", "MARKER", "RESUMABLE"]
+__all__ = ["claim", "is_run_folder", "check_folder", "clear_run", "stash_run", "restore_stash", "drop_stash", "config_changes", "check_resume_config", "MARKER", "RESUMABLE"]
 
 MARKER = ".fusionzoo-run"
 LOCK = ".lock"
@@ -84,13 +84,47 @@ def claim(run_dir: Path, marker: bool = True) -> Iterator[None]:
 
 
 def clear_run(run_dir: Path) -> None:
-    """Delete the files a previous run wrote (``--overwrite``), nothing else."""
+    """Delete the files a previous run wrote, nothing else (a symlink is removed, not what it points to)."""
+    for name in RUN_FILES:
+        _remove(Path(run_dir) / name)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+#: Where ``--overwrite`` keeps the previous run until the new one has its first checkpoint.
+PREVIOUS = ".previous-run"
+
+
+def stash_run(run_dir: Path) -> Path:
+    """``--overwrite``: move the previous run's files aside (into ``RUN/.previous-run/``), to be
+    dropped once the new run has saved its first checkpoint (:func:`drop_stash`) or put back if it
+    fails before (:func:`restore_stash`); returns the stash."""
+    stash = Path(run_dir) / PREVIOUS
+    _remove(stash)  # one left by a run killed before its first checkpoint: the older run is gone already
+    stash.mkdir()
     for name in RUN_FILES:
         path = Path(run_dir) / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        if path.is_symlink() or path.exists():
+            os.replace(path, stash / name)
+    return stash
+
+
+def restore_stash(run_dir: Path, stash: Path) -> None:
+    """Put the previous run back: the failed new run's files are removed first."""
+    clear_run(run_dir)
+    for path in stash.iterdir():
+        os.replace(path, Path(run_dir) / path.name)
+    stash.rmdir()
+
+
+def drop_stash(stash: Path | None) -> None:
+    if stash is not None:
+        _remove(stash)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
