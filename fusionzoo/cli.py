@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shlex
@@ -527,10 +528,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)  # ConfigError and CheckpointError are ValueErrors
         return 1 if isinstance(e, TrainingDiverged) else 2
+    except OSError as e:  # a full or read-only disk, a quota: where it happened, in one line
+        if args.debug or os.environ.get("FUSIONZOO_DEBUG") == "1" or e.errno not in DISK_ERRORS and e.errno is not None:
+            raise
+        where = f" (writing into {Path(e.filename).parent})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
+
+
+#: The ``OSError`` s that are the machine's state, not a bug: shown as one line.
+DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EFBIG)
 
 
 def _one_line(error: BaseException) -> str:

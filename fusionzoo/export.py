@@ -126,7 +126,10 @@ def export_pt2(model: MultimodalModel, out: str | Path, shapes: Mapping[str, Seq
     """Write ``torch.export``'s program of ``model`` to ``out`` (load it with ``torch.export.load``)."""
     program, _, _ = export_program(model, shapes)
     with atomic_path(out) as tmp:  # torch.export.save wants the .pt2 suffix, which tmp keeps
-        torch.export.save(program, tmp)
+        try:
+            torch.export.save(program, tmp)
+        except RuntimeError as e:  # its C++ writer reports a full or read-only disk as a RuntimeError with a C++ stack
+            raise OSError(f"cannot write {out}: {str(e).splitlines()[0]}") from None
     return Path(out)
 
 

@@ -1120,3 +1120,19 @@ def test_hostile_feature_files_are_named_errors(finished, tmp_path, change, want
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(ValueError, match=r"features: .*val\.safetensors.*" + want):
         FeatureDataset(path=tmp_path / "feats", split="val")
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS"])
+def test_a_full_or_read_only_disk_is_one_line_naming_the_folder_and_leaves_no_temporary_file(finished, monkeypatch, capsys, code):
+    import errno
+
+    import fusionzoo.atomic as atomic
+
+    def full(fd):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "x")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    assert main(["eval", str(finished), "--levels", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{os.strerror(getattr(errno, code))} (writing into {finished / 'eval' / 'levels=0'})" in err
+    assert not [p for p in finished.rglob(".*") if p.is_file() and p.name.startswith(".results")]

@@ -98,7 +98,9 @@ class MultimodalModel(nn.Module):
         if merge_adapters:
             return self.merged().save_pretrained(folder, card=card, files=files, overwrite=overwrite)
         folder = Path(folder)
-        foreign = sorted(p.name for p in folder.iterdir() if p.name not in SAVED_FILES and p.name not in (files or {})) if folder.is_dir() else []
+        existing = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        saved = {"config.yaml", "model.safetensors"} <= set(existing)  # a saved model's folder (else nothing in it is ours)
+        foreign = [n for n in existing if not saved or n not in SAVED_FILES and n not in (files or {})]
         if foreign and not overwrite:
             raise FileExistsError(
                 f"save_pretrained: {folder} holds files a saved model does not write ({', '.join(foreign[:3])}"

@@ -26,6 +26,7 @@ from fusionzoo.encoders.base import input_kwargs, preprocessors
 from fusionzoo.models.alignment import AlignmentModel
 from fusionzoo.training.checkpoint import load_data_state, load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import move_batch
+from fusionzoo.training.runfolder import claim_output
 
 __all__ = ["embed_run"]
 
@@ -36,7 +37,8 @@ def embed_run(run: str | Path, splits: Iterable[str] = ("train", "val", "test"),
     run_dir, _ = resolve_checkpoint(run)
     model, cfg, checkpoint = load_run(run)
     device = next(model.parameters()).device
-    out = Path(out) if out is not None else run_dir / "features"
+    splits = list(splits)
+    out = claim_output(Path(out) if out is not None else run_dir / "features", [f"{s}.safetensors" for s in splits], "embed")
     fitted = load_data_state(run_dir)
     written = []
     for split in splits:

@@ -33,6 +33,7 @@ from fusionzoo.data.loader import make_loader
 from fusionzoo.encoders.base import preprocessors
 from fusionzoo.training.checkpoint import load_data_state, load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import keep_modalities, move_batch, subsets
+from fusionzoo.training.runfolder import claim_output
 from fusionzoo.training.tasks import get_task
 
 __all__ = ["ensemble_runs", "combine_predictions", "fit_weights"]
@@ -168,6 +169,8 @@ def ensemble_runs(
         raise ValueError("ensemble: give weights or fit them on validation, not both")
     if fit not in (None, "val"):
         raise ValueError(f"ensemble: weights are fitted on 'val' only (never on test), got {fit!r}")
+    run_dir, _ = resolve_checkpoint(runs[0])
+    out = claim_output(Path(out) if out is not None else run_dir / "ensemble", ("ensemble.json",), "ensemble")
     loaded = [load_run(r) for r in runs]
     models = [m for m, _, _ in loaded]
     for (model, cfg, _), run in zip(loaded, runs):
@@ -180,7 +183,6 @@ def ensemble_runs(
         weights = [1.0 / len(runs)] * len(runs)
     if len(weights) != len(runs) or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"ensemble: one weight >= 0 per run ({len(runs)}), not all 0; got {list(weights)}")
-    run_dir, _ = resolve_checkpoint(runs[0])
     union = sorted({m for model in models for m in model.modalities})
     loaders = {s: _loaders(loaded, loaded[0][1].data, s, batch_size) for s in ("val", "test")}
     first = loaders["test"][0].dataset
@@ -203,6 +205,5 @@ def ensemble_runs(
             row["runs"] = [None if x is None else task.metrics(x, labels)["accuracy"] for x in logits]
             rows.append(row)
         result[split] = rows
-    out = Path(out) if out is not None else run_dir / "ensemble"
     write_json_atomic(out / "ensemble.json", result)
     return result

@@ -46,6 +46,7 @@ from fusionzoo.encoders.base import preprocessors
 from fusionzoo.training.attention_maps import attention_readings
 from fusionzoo.training.checkpoint import load_data_state, load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import move_batch
+from fusionzoo.training.runfolder import claim_output
 from fusionzoo.training.shapley import VALUES, exact_shapley, interaction_index, output_value, pattern_outputs, permutation_shapley, select_value
 from fusionzoo.training.tasks import get_task
 
@@ -153,6 +154,7 @@ def explain_run(
 ) -> dict[str, Any]:
     """Explain a trained run's predictions on ``split`` and write the files of the module docstring; returns the summary."""
     run_dir, _ = resolve_checkpoint(run)
+    out = claim_output(Path(out) if out is not None else run_dir / "explain" / split, EXPLAIN_FILES, "explain")
     model, cfg, _ = load_run(run)
     if cfg.kind != "model":
         raise ValueError(f"explain: {run_dir} is an alignment run; explain takes a model with a head")
@@ -171,13 +173,15 @@ def explain_run(
         "unit": {"multiclass": "class", "multilabel": "label", "regression": "target"}[task],
         "exact": "interaction" in result, "samples": int(result["label"].shape[0]),
     }
-    out = Path(out) if out is not None else run_dir / "explain" / split
     write_text_atomic(out / "shapley.csv", _csv(result, model.modalities, dataset, names))
     write_json_atomic(out / "summary.json", summary, indent=1)
     write_text_atomic(out / "summary.md", render_summary(summary))
     _plots(result, summary, out)
     return summary
 
+
+#: The files ``explain_run`` writes.
+EXPLAIN_FILES = ("shapley.csv", "summary.json", "summary.md", "shapley_classes.png", "shapley_samples.png", "interaction.png")
 
 #: What the values explain, per task (``summary["explained"]``).
 EXPLAINED = {"multiclass": "the {value} of the predicted class", "multilabel": "each label's {value}", "regression": "each target's prediction"}

@@ -20,6 +20,7 @@ from fusionzoo.data.loader import make_loader
 from fusionzoo.encoders.base import preprocessors
 from fusionzoo.training.checkpoint import load_data_state, load_run, resolve_checkpoint
 from fusionzoo.training.evaluate import NOISE_LEVELS, evaluate, move_batch, subsets
+from fusionzoo.training.runfolder import claim_output
 from fusionzoo.training.tasks import get_task
 
 __all__ = ["evaluate_run", "relative_robustness", "condition_name"]
@@ -51,6 +52,9 @@ def evaluate_run(
     into ``eval/<condition>/`` (e.g. ``eval/missing=audio,noise=visual:0.5/``) with one, so no
     evaluation overwrites another."""
     run_dir, _ = resolve_checkpoint(path)
+    missing, levels = set(missing), sorted(_check_levels(levels))
+    out = claim_output(Path(out_dir) if out_dir is not None else run_dir / "eval" / condition_name(missing, noise, levels),
+                       ("results.json", "robustness.png"), "eval")
     model, cfg, checkpoint = load_run(path)
     if cfg.kind == "align":
         raise ValueError(f"{run_dir} is an alignment run: its retrieval and zero-shot results are in metrics.json")
@@ -58,7 +62,6 @@ def evaluate_run(
     task = get_task(test_set)
     metric = task.default_metric
     loader = make_loader(test_set, batch_size, preprocess=preprocessors(model.encoders))
-    missing, levels = set(missing), sorted(_check_levels(levels))
     for m in list(missing) + list(noise or {}):
         if m not in model.modalities:
             raise ValueError(f"unknown modality {m!r}: the model has {list(model.modalities)}")
@@ -88,7 +91,6 @@ def evaluate_run(
         "params": sum(p.numel() for p in model.parameters()),
         "flops_per_sample": _flops_per_sample(model, loader),
     }
-    out = Path(out_dir) if out_dir is not None else run_dir / "eval" / condition_name(missing, noise, levels)
     write_json_atomic(out / "results.json", result)
     _plot_curves(curves, metric, out / "robustness.png")
     return result

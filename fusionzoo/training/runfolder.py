@@ -19,14 +19,14 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fusionzoo.errors import ConfigError, RunFolderError
 
-__all__ = ["claim", "is_run_folder", "check_folder", "clear_run", "stash_run", "restore_stash", "drop_stash", "config_changes", "check_resume_config", "MARKER", "RESUMABLE"]
+__all__ = ["claim", "claim_output", "is_run_folder", "check_folder", "clear_run", "stash_run", "restore_stash", "drop_stash", "config_changes", "check_resume_config", "MARKER", "RESUMABLE"]
 
 MARKER = ".fusionzoo-run"
 LOCK = ".lock"
@@ -81,6 +81,26 @@ def claim(run_dir: Path, marker: bool = True) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+#: Marks a folder that fusionzoo's tools write their results into (``--out``) outside a run folder.
+OUTPUT_MARKER = ".fusionzoo-output"
+
+
+def claim_output(out: str | Path, names: Iterable[str], what: str) -> Path:
+    """Before a tool writes ``names`` into ``out``: refuse when one of them is there already and the
+    folder is not fusionzoo's (neither marked by an earlier write nor inside a run folder), so a
+    user's file is never overwritten; then mark it. Returns ``out``."""
+    out = Path(out)
+    clashing = sorted(n for n in names if (out / n).exists() or (out / n).is_symlink())
+    ours = any((d / OUTPUT_MARKER).is_file() or (d / MARKER).is_file() for d in (out, *out.parents))
+    if clashing and not ours:
+        raise FileExistsError(f"{what}: {out} holds {', '.join(clashing)}, which fusionzoo did not write there: "
+                              "give another --out (or move them)")
+    if not ours:  # (inside a run folder the writers make the folder when they write)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / OUTPUT_MARKER).touch()
+    return out
 
 
 def clear_run(run_dir: Path) -> None:
