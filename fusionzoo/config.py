@@ -64,7 +64,7 @@ __all__ = [
     "num_classes_of",
     "data_vocabularies",
     "check_model_fits_data",
-    "check_clip_lengths",
+    "check_input_sizes",
 ]
 
 TOP_LEVEL_KEYS = ("name", "description", "seed", "model", "align", "data", "train")
@@ -371,20 +371,28 @@ def data_vocabularies(dataset: Any, modalities: Iterable[str]) -> dict[str, Any]
     return {m: vocabs.get(m, vocab) for m in modalities if vocabs.get(m, vocab) is not None}
 
 
-def check_clip_lengths(cfg: ExperimentConfig, model: nn.Module, dataset: Any) -> None:
-    """Clips shorter than their waveform encoder reads (``min_samples``) are refused, naming the rows
-    (a dataset that can tell: ``shorter_than``), in every split before training starts."""
+def check_input_sizes(cfg: ExperimentConfig, model: nn.Module, dataset: Any) -> None:
+    """Clips shorter than their waveform encoder reads (``min_samples``) and images smaller than
+    their image encoder reads (``min_size``) are refused, naming the rows, in every split before
+    training starts (for a dataset that can tell: ``shorter_than``, ``smaller_than``)."""
     section = "align" if cfg.kind == "align" else "model"
     for m, enc in model.encoders.items():
-        need = getattr(enc, "min_samples", None) if getattr(enc, "input", "waveform") == "waveform" else None
-        short = dataset.shorter_than(m, need) if need is not None and hasattr(dataset, "shorter_than") and m in getattr(dataset, "specs", {}) else []
-        if short:
-            rows = ", ".join(f"line {line} ({n} samples)" for line, n in short[:3]) + (f" and {len(short) - 3} more" if len(short) > 3 else "")
+        if m not in getattr(dataset, "specs", {}):
+            continue
+        samples = getattr(enc, "min_samples", None) if getattr(enc, "input", "waveform") == "waveform" else None
+        pixels = getattr(enc, "min_size", None)
+        if samples is not None and hasattr(dataset, "shorter_than"):
+            found, what, unit = dataset.shorter_than(m, samples), f"clips of at least {samples} samples", "samples"
+        elif pixels is not None and hasattr(dataset, "smaller_than"):
+            found, what, unit = dataset.smaller_than(m, pixels), f"images of at least {pixels}x{pixels} pixels", "pixels"
+        else:
+            continue
+        if found:
+            rows = ", ".join(f"line {line} ({n} {unit})" for line, n in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
             raise cfg.error(
                 f"{section}.encoders.{m}",
-                f"{type(enc).__name__} reads clips of at least {need} samples (n_fft + hop_length * {enc.min_frames - 1}); "
-                f"{len(short)} clip{'s are' if len(short) > 1 else ' is'} shorter in {getattr(dataset, 'path', 'the data')}: {rows}. "
-                "Lengthen them (or max_seconds), lower n_fft / hop_length, or drop those rows",
+                f"{type(enc).__name__} reads {what}; {len(found)} {'are' if len(found) > 1 else 'is'} smaller in "
+                f"{getattr(dataset, 'path', 'the data')}: {rows}. Give larger inputs (size, max_seconds), a smaller network, or drop those rows",
             )
 
 

@@ -823,7 +823,7 @@ def test_a_clip_shorter_than_the_encoder_reads_is_refused_alone_batched_and_at_t
                   "fusion": {"name": "concat_mlp", "out_dim": 8}, "head": {"name": "linear", "out_dim": 3}},
         "train": {"epochs": 1},
     }
-    with pytest.raises(ConfigError, match=r"model\.encoders\.audio: AudioSpecCNN reads clips of at least 192 samples .*1 clip is shorter "
+    with pytest.raises(ConfigError, match=r"model\.encoders\.audio: AudioSpecCNN reads clips of at least 192 samples; 1 is smaller "
                                           r"in .*items\.csv: line 6 \(100 samples\)"):
         train(config, run_dir=tmp_path / "run", log=False)
 
@@ -1136,3 +1136,24 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_folder_and_leaves_no_te
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{os.strerror(getattr(errno, code))} (writing into {finished / 'eval' / 'levels=0'})" in err
     assert not [p for p in finished.rglob(".*") if p.is_file() and p.name.startswith(".results")]
+
+
+def test_images_smaller_than_the_encoder_reads_are_refused_at_the_start_naming_rows(tmp_path):
+    """Before: a 1x1 image (here the folder's 12x12 ones, without a size to resize to) failed at its
+    first batch with no file or line."""
+    from common import MODALITIES, build_folder, data_section
+
+    root, _ = build_folder(tmp_path)
+    visual = {k: v for k, v in MODALITIES["visual"].items() if k != "size"}
+    config = {
+        "data": data_section(root, modalities={"visual": visual}),
+        "model": {"encoders": {"visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4], "out_dim": 8}},
+                  "fusion": {"name": "concat_mlp", "out_dim": 8}, "head": {"name": "linear", "out_dim": 3}},
+        "train": {"epochs": 1},
+    }
+    with pytest.raises(ConfigError, match=r"model\.encoders\.visual: VisualCNN reads images of at least 16x16 pixels; \d+ are smaller in "
+                                          r".*items\.csv: line 2 \(12x12 pixels\), line 3 \(12x12 pixels\)"):
+        train(config, run_dir=tmp_path / "run", log=False)
+    config["data"]["modalities"]["visual"]["size"] = [8, 8]
+    with pytest.raises(ConfigError, match=r"VisualCNN reads images of at least 16x16 pixels; 1 is smaller .*\(8x8 pixels\)"):
+        train(config, run_dir=tmp_path / "run", log=False)

@@ -134,3 +134,24 @@ def test_strict_json_writes_null_for_nan():
     from fusionzoo.atomic import strict_json
 
     assert json.loads(strict_json({"a": float("nan"), "b": [float("inf"), 1.0]})) == {"a": None, "b": [None, 1.0]}
+
+
+def test_a_cache_on_a_full_disk_warns_once_and_reads_on(tmp_path, monkeypatch):
+    import errno
+
+    from safetensors import torch as st
+    from torchvision.io import write_png
+
+    from fusionzoo.data.decode import DiskCache, ImageReader
+
+    write_png(torch.zeros(1, 4, 4, dtype=torch.uint8), str(tmp_path / "x.png"))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(st, "save_file", full)
+    cache = DiskCache(tmp_path / "cache")
+    with pytest.warns(UserWarning, match=r"data\.cache: cannot write into .*cache .*No space left on device"):
+        assert cache.load(tmp_path / "x.png", ImageReader(channels=1)).shape == (1, 4, 4)
+    assert cache.load(tmp_path / "x.png", ImageReader(channels=1)).shape == (1, 4, 4)  # no second warning, no error
+    assert not list((tmp_path / "cache").glob(".tmp-*"))

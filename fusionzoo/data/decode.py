@@ -36,6 +36,7 @@ import math
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,7 @@ class DiskCache:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self.unwritable = False  # set at the first failed write (a full disk): decoding goes on uncached
 
     def _file(self, path: Path, reader: ImageReader | AudioReader) -> Path:
         stat = _existing(path).stat()
@@ -313,14 +315,20 @@ class DiskCache:
             except (SafetensorError, OSError, KeyError):
                 pass  # damaged (an interrupted disk): decode again and replace it
         tensor = reader.decode(path)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
+        if self.unwritable:
+            return tensor
+        tmp = None
         try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".safetensors")
+            os.close(fd)
             save_file({"x": tensor.contiguous()}, tmp)
             os.replace(tmp, file)
+        except (OSError, SafetensorError) as e:  # a full or read-only disk: a cache is not worth failing for
+            self.unwritable = True
+            warnings.warn(f"data.cache: cannot write into {self.folder} ({e}); reading on without the cache", stacklevel=2)
         finally:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
         return tensor
 

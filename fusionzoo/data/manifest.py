@@ -70,6 +70,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fusionzoo.data.decode import AudioReader, CellError, DiskCache, ImageReader, read_features
+from fusionzoo.data.image_header import image_size
 from fusionzoo.registry import DATASETS
 from fusionzoo.vocab import Vocab
 
@@ -576,6 +577,21 @@ class ManifestDataset(Dataset):
     def line_of(self, i: int) -> int:
         """The manifest line sample ``i`` came from."""
         return self.records[i].line
+
+    def smaller_than(self, modality: str, pixels: int) -> list[tuple[int, str]]:
+        """``(line, "WxH")`` of every image of ``modality`` narrower or lower than ``pixels`` once read
+        (at the column's ``size`` when it has one): read from the file headers, nothing decoded."""
+        reader = self.specs[modality].reader
+        if reader.size is not None:
+            h, w = reader.size
+            return [] if min(h, w) >= pixels else [(r.line, f"{w}x{h}") for r in self.records[:1]]
+        small = []
+        for record in self.records:
+            path = record.values.get(modality)
+            size = image_size(path) if isinstance(path, Path) else None
+            if size is not None and min(size) < pixels:
+                small.append((record.line, f"{size[0]}x{size[1]}"))
+        return small
 
     def shorter_than(self, modality: str, samples: int) -> list[tuple[int, int]]:
         """``(line, samples)`` of every clip of ``modality`` shorter than ``samples`` once read (at the

@@ -45,7 +45,7 @@ from fusionzoo.config import (
     build_dataset,
     build_from_section,
     build_model,
-    check_clip_lengths,
+    check_input_sizes,
     check_model_fits_data,
     data_vocabularies,
     load_config,
@@ -164,7 +164,7 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tu
     model = build_model(cfg, load_encoder_overrides(run_dir) if resume else None)
     classes = check_model_fits_data(cfg, model, datasets["train"])
     for split in datasets.values():
-        check_clip_lengths(cfg, model, split)
+        check_input_sizes(cfg, model, split)
     attach_vocabularies(model.encoders, data_vocabularies(datasets["train"], model.encoders))
     if settings.cache_frontend:
         datasets = cache_frontends(cfg, model, datasets)
