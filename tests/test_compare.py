@@ -229,3 +229,76 @@ def test_a_regression_leaderboard_ranks_by_mae_lower_first(tmp_path):
     assert board["overlap"] == {"best": "good", "overlapping": []}
     text = format_markdown(board)
     assert "test mae" in text and "0.210 ±" in text and "MAE (lower is better)" in text
+
+
+# ---------------------------------------------------------------- paired statistics
+
+
+def test_paired_comparison_by_hand_and_against_scipy():
+    from scipy import stats
+
+    from fusionzoo.compare.stats import paired_comparison
+
+    a, b = {0: 0.80, 1: 0.85, 2: 0.90, 3: 0.70}, {0: 0.70, 1: 0.80, 2: 0.85, 3: 0.72, 9: 0.1}  # seed 9: not a pair
+    # differences 0.10, 0.05, 0.05, -0.02: mean 0.045, sample variance 0.0024333.../(n=4) -> se 0.024664
+    got = paired_comparison(a, b)
+    assert got["n"] == 4 and got["mean"] == pytest.approx(0.045, abs=1e-12)
+    se = math.sqrt(((0.055**2 + 0.005**2 + 0.005**2 + 0.065**2) / 3) / 4)
+    assert got["ci_high"] - got["mean"] == pytest.approx(stats.t.ppf(0.975, 3) * se, abs=1e-9)
+    assert got["p_t"] == pytest.approx(stats.ttest_rel([0.80, 0.85, 0.90, 0.70], [0.70, 0.80, 0.85, 0.72]).pvalue, abs=1e-9)
+    assert got["p_wilcoxon"] == pytest.approx(stats.wilcoxon([0.10, 0.05, 0.05, -0.02]).pvalue, abs=1e-9)
+    # Nadeau-Bengio: the variance of the mean grows from s^2/n to s^2 (1/n + n_test/n_train)
+    corrected = paired_comparison(a, b, test_train_ratio=0.25)
+    assert corrected["ci_high"] - corrected["mean"] == pytest.approx(stats.t.ppf(0.975, 3) * se * math.sqrt(1 + 4 * 0.25), abs=1e-9)
+    assert corrected["p_t"] > got["p_t"]
+    assert paired_comparison({0: 1.0}, {0: 0.5})["p_t"] is None  # one pair says nothing about spread
+    same = paired_comparison({0: 0.5, 1: 0.6}, {0: 0.5, 1: 0.6})
+    assert same["p_t"] == 1.0 and same["p_wilcoxon"] is None
+
+
+def test_holm_by_hand():
+    from fusionzoo.compare.stats import holm
+
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 -> 0.03, 0.06, 0.04 -> made monotone: 0.03, 0.06, 0.06
+    assert holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None}) == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": None})
+    assert holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
+
+
+def test_friedman_ranks_and_the_nemenyi_critical_difference():
+    from scipy import stats
+
+    from fusionzoo.compare.stats import friedman
+
+    scores = {"a": {0: 0.9, 1: 0.8, 2: 0.85, 3: 0.9}, "b": {0: 0.7, 1: 0.75, 2: 0.7, 3: 0.9}, "c": {0: 0.6, 1: 0.5, 2: 0.55, 3: 0.4}}
+    got = friedman(scores)
+    assert got["ranks"] == pytest.approx({"a": 1.125, "b": 1.875, "c": 3.0})  # seed 3: a and b tie at 1.5
+    assert got["p"] == pytest.approx(stats.friedmanchisquare([0.9, 0.8, 0.85, 0.9], [0.7, 0.75, 0.7, 0.9], [0.6, 0.5, 0.55, 0.4]).pvalue, abs=1e-9)
+    assert got["cd"] == pytest.approx(2.343 * math.sqrt(3 * 4 / (6 * 4)), abs=1e-3)  # Demšar's q_0.05 for k = 3
+    four = friedman({m: {s: float(i + s) for s in range(14)} for i, m in enumerate("abcd")})
+    assert four["cd"] == pytest.approx(2.569 * math.sqrt(4 * 5 / (6 * 14)), abs=1e-3)  # q_0.05 for k = 4
+    assert four["ranks"] == {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}  # higher is better
+    assert friedman({"a": {0: 1.0}, "b": {0: 2.0}}) is None
+
+
+def test_the_leaderboard_ranks_with_paired_tests_holm_and_a_cd_diagram(tmp_path):
+    """Seeds pair the cells: ``close`` trails ``best`` by a consistent 1 point (separated by the paired
+    test though the marginal intervals overlap); ``noisy`` is not separated."""
+    values = {"best": [0.80, 0.90, 0.70, 0.85, 0.75], "close": [0.79, 0.89, 0.69, 0.84, 0.74], "noisy": [0.60, 0.95, 0.65, 0.88, 0.70]}
+    for cell, accuracies in values.items():
+        for seed, acc in enumerate(accuracies):
+            run = tmp_path / "cells" / cell / f"seed-{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps({"seed": seed, "test": {"accuracy": acc, "n": 100}, "train_seconds": 1.0}))
+    board = build_leaderboard(collect_runs(tmp_path / "cells"))
+    rows = {r["cell"]: r for r in board["cells"]}
+    assert "paired" not in rows["best"] and rows["close"]["paired"]["mean"] == pytest.approx(-0.01)
+    assert rows["close"]["paired"]["p_holm"] < 0.05 <= rows["noisy"]["paired"]["p_holm"]
+    assert "close" in board["overlap"]["overlapping"]  # the marginal intervals cannot tell them apart
+    assert board["friedman"]["ranks"]["best"] < board["friedman"]["ranks"]["close"]
+    text = format_markdown(board)
+    assert "Δ vs best (paired)" in text and "| -1.0 ± 0.0 |" in text
+    assert "Distinguishable from `best` at 0.05: `close`. Not distinguishable: `noisy`." in text and "Nemenyi critical difference" in text
+    from fusionzoo.compare import write_leaderboard
+
+    written = write_leaderboard(board, tmp_path / "out")
+    assert (tmp_path / "out" / "cd.png") in written and (tmp_path / "out" / "cd.png").stat().st_size > 0

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionzoo.atomic import pyplot, save_figure_atomic, write_json_atomic, write_text_atomic
-from fusionzoo.compare.stats import mean_ci
+from fusionzoo.compare.stats import friedman, holm, mean_ci, paired_comparison
 from fusionzoo.training.tasks import lower_is_better
 
 __all__ = ["run_numbers", "collect_runs", "aggregate", "build_leaderboard", "write_leaderboard", "format_aggregate"]
@@ -145,7 +145,24 @@ def build_leaderboard(
     worst = float("inf") if lower else float("-inf")
     rows.sort(key=lambda r: (1 if lower else -1) * r["metrics"].get(headline, {}).get("mean", worst))
     problems = {c: dict(s) for c, s in statuses.items() if s.get("status") in ("skipped", "failed", "partial")}
-    return {"metric": metric, "reference": ref, "cells": rows, "problems": problems, "overlap": _overlap(rows, headline)}
+    board = {"metric": metric, "reference": ref, "cells": rows, "problems": problems, "overlap": _overlap(rows, headline)}
+    return board | _paired(cells, rows, headline, lower)
+
+
+def _paired(cells: Mapping[str, list[dict[str, Any]]], rows: list[dict[str, Any]], headline: str, lower: bool) -> dict[str, Any]:
+    """Each cell against the best over the seeds both ran (paired: the same seed is the same split
+    and initialisation draw), Holm-adjusted across cells, and the Friedman test with average ranks
+    and the Nemenyi critical difference over the seeds every cell ran; each row gets ``paired``."""
+    scores = {r["cell"]: {run["seed"]: run["numbers"][headline] for run in cells[r["cell"]] if headline in run["numbers"]} for r in rows}
+    ranked = [r for r in rows if scores[r["cell"]]]
+    if len(ranked) < 2:
+        return {"friedman": None}
+    best = ranked[0]["cell"]
+    compared = {r["cell"]: paired_comparison(scores[r["cell"]], scores[best]) for r in ranked[1:]}
+    adjusted = holm({c: v["p_t"] for c, v in compared.items()})
+    for r in ranked[1:]:
+        r["paired"] = {**compared[r["cell"]], "vs": best, "p_holm": adjusted[r["cell"]]}
+    return {"friedman": friedman({r["cell"]: scores[r["cell"]] for r in ranked}, lower_is_better=lower)}
 
 
 def _overlap(rows: Sequence[Mapping[str, Any]], headline: str) -> dict[str, Any] | None:
@@ -190,6 +207,8 @@ def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header
     head = ["#", "cell", "seeds", label] + [f"{m} missing" for m in mods] + ["rel. robustness"]
     head += ["eff. robustness"] if has_eff else []
     head += ["contribution shares (%)"] if shares else []
+    paired = any("paired" in r for r in rows)
+    head += ["Δ vs best (paired)", "p (Holm)"] if paired else []
     head += ["params", "MFLOPs/sample", "train s"]
     lines = [f"# {title}", "", *header_lines, "" if header_lines else "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows, 1):
@@ -199,6 +218,8 @@ def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header
         cells += [show(m.get("robustness/effective"))] if has_eff else []
         if shares:
             cells.append(", ".join(f"{x} {100 * m[f'share/{x}']['mean']:.0f}" if f"share/{x}" in m else f"{x} -" for x in shares))
+        if paired:
+            cells += _paired_cells(r.get("paired"), metric)
         params = m.get("params", {}).get("mean")
         flops = m.get("flops_per_sample", {}).get("mean")
         seconds = m.get("train_seconds", {}).get("mean")
@@ -206,6 +227,43 @@ def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *_notes(board)]
     return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
+
+
+def _paired_cells(paired: Mapping[str, Any] | None, metric: str) -> list[str]:
+    """The ``Δ vs best`` (mean ± half-width of its t interval) and Holm-adjusted p of one row."""
+    if not paired or paired["mean"] is None:
+        return ["best" if paired is None else "-", "-"]
+    scale = 100.0 if metric in PERCENT else 1.0
+    delta = f"{scale * paired['mean']:+.{1 if scale == 100 else 3}f}"
+    if paired["ci_low"] is not None:
+        delta += f" ± {scale * (paired['ci_high'] - paired['mean']):.{1 if scale == 100 else 3}f}"
+    return [delta, "-" if paired["p_holm"] is None else f"{paired['p_holm']:.3g}"]
+
+
+def _paired_notes(board: Mapping[str, Any]) -> list[str]:
+    """What the paired tests and the Friedman test say, in words."""
+    rows = [r for r in board["cells"] if r.get("paired") and r["paired"]["p_holm"] is not None]
+    if not rows:
+        return []
+    best = rows[0]["paired"]["vs"]
+    apart = [f"`{r['cell']}`" for r in rows if r["paired"]["p_holm"] < 0.05]
+    close = [f"`{r['cell']}`" for r in rows if r["paired"]["p_holm"] >= 0.05]
+    n = max(r["paired"]["n"] for r in rows)
+    notes = [
+        f"*Δ vs best (paired)*: the cell's test {board['metric']} minus `{best}`'s on the same seeds (mean ± half-width of the "
+        f"95% t-interval of the differences); *p (Holm)*: the two-sided paired t-test, Holm-adjusted over the {len(rows)} cells "
+        f"(the Wilcoxon signed-rank p is in leaderboard.json; with {n} pairs its smallest possible value is {2 / 2 ** n:.3g}).",
+        (f"Distinguishable from `{best}` at 0.05: {', '.join(apart)}." if apart else f"No cell is distinguishable from `{best}` at 0.05.")
+        + (f" Not distinguishable: {', '.join(close)}." if close and apart else ""),
+    ]
+    f = board.get("friedman")
+    if f is not None:
+        notes.append(
+            f"Friedman test over all {len(f['ranks'])} cells and {f['n']} seeds: p = {f['p']:.3g}; average ranks "
+            + ", ".join(f"`{c}` {r:.2f}" for c, r in sorted(f["ranks"].items(), key=lambda x: x[1]))
+            + f"; Nemenyi critical difference {f['cd']:.2f} (cells closer in average rank are not distinguishable; `cd.png`)."
+        )
+    return notes
 
 
 def _notes(board: Mapping[str, Any]) -> list[str]:
@@ -228,9 +286,11 @@ def _notes(board: Mapping[str, Any]) -> list[str]:
     if overlap is not None:
         if overlap["overlapping"]:
             names = ", ".join(f"`{c}`" for c in overlap["overlapping"])
-            notes.append(f"The intervals of {names} overlap that of the best, `{overlap['best']}`: at these seeds they are not distinguishable from it.")
+            notes.append(f"The marginal intervals of {names} overlap that of the best, `{overlap['best']}`; the paired tests "
+                         "below compare on the same seeds, which is sharper.")
         else:
             notes.append(f"No other cell's interval overlaps that of the best, `{overlap['best']}`.")
+    notes += _paired_notes(board)
     for cell, status in board["problems"].items():
         notes.append(f"`{cell}` {status['status']}: {status.get('reason', '')}")
     return [f"- {n}" for n in notes]
@@ -288,6 +348,7 @@ def _plots(board: Mapping[str, Any], out: Path) -> list[Path]:
     rows = [r for r in board["cells"] if headline in r["metrics"]]
     if plt is None or not rows:
         return []
+    written = _cd_plot(plt, board.get("friedman"), out)
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(rows) + 1.2))
     stats = [r["metrics"][headline] for r in rows][::-1]
     errors = [0 if s["half_width"] is None else scale * s["half_width"] for s in stats]
@@ -299,7 +360,7 @@ def _plots(board: Mapping[str, Any], out: Path) -> list[Path]:
     save_figure_atomic(fig, out / "leaderboard.png")
     curved = [r for r in rows if r["mean_curves"]]
     if not curved:
-        return [out / "leaderboard.png"]
+        return [out / "leaderboard.png", *written]
     mods = list(curved[0]["mean_curves"])
     fig, axes = plt.subplots(1, len(mods), figsize=(4.5 * len(mods), 3.5), squeeze=False)
     for ax, m in zip(axes[0], mods):
@@ -309,7 +370,37 @@ def _plots(board: Mapping[str, Any], out: Path) -> list[Path]:
         ax.set_title(f"noise on {m}"), ax.set_xlabel("noise level"), ax.set_ylabel(f"test {metric}{unit} (mean over seeds)")
     axes[0][-1].legend(fontsize=6)
     save_figure_atomic(fig, out / "robustness.png")
-    return [out / "leaderboard.png", out / "robustness.png"]
+    return [out / "leaderboard.png", out / "robustness.png", *written]
+
+
+def _cd_plot(plt: Any, result: Mapping[str, Any] | None, out: Path) -> list[Path]:
+    """``cd.png``: the cells on the axis of average ranks (1 = best) with the Nemenyi critical
+    difference drawn to scale; cells joined by a bar are not distinguishable (Demšar 2006)."""
+    if result is None:
+        return []
+    ranks = sorted(result["ranks"].items(), key=lambda x: x[1])
+    k, cd = len(ranks), result["cd"]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.28 * k))
+    ax.set_xlim(0.5, k + 0.5), ax.set_ylim(-(k + 1), 2)
+    ax.axhline(0, color="black", linewidth=1)
+    ax.set_xticks(range(1, k + 1)), ax.xaxis.tick_top(), ax.set_yticks([])
+    for spine in ("left", "right", "bottom"):
+        ax.spines[spine].set_visible(False)
+    for i, (cell, r) in enumerate(ranks):
+        ax.plot([r, r], [0, -(i + 1)], color="grey", linewidth=0.8)
+        ax.text(r + 0.05, -(i + 1), f"{cell} ({r:.2f})", va="center", fontsize=7)
+    groups = []  # maximal runs of cells within cd of the first one
+    for i in range(k):
+        j = max(j for j in range(i, k) if ranks[j][1] - ranks[i][1] < cd)
+        if j > i and (not groups or j > groups[-1][1]):
+            groups.append((i, j))
+    for g, (i, j) in enumerate(groups):
+        ax.plot([ranks[i][1], ranks[j][1]], [0.6 + 0.3 * g] * 2, color="tab:red", linewidth=3)
+    ax.plot([1, 1 + cd], [1.6, 1.6], color="black", linewidth=1.5)
+    ax.text(1 + cd / 2, 1.75, f"CD = {cd:.2f}", ha="center", fontsize=7)
+    ax.set_title(f"Average rank over {result['n']} seeds (Friedman p = {result['p']:.3g})", fontsize=8, pad=18)
+    save_figure_atomic(fig, out / "cd.png")
+    return [out / "cd.png"]
 
 
 def format_aggregate(stats: Mapping[str, Mapping[str, Any]]) -> str:
