@@ -135,14 +135,16 @@ def _train(args: argparse.Namespace) -> int:
     die_with_parent()  # a compare cell: no orphan when the grid is killed
 
     seeds = parse_seeds(args.seeds) if args.seeds else load_config(args.config, args.set).seeds
-    if len(seeds) > 1:
-        result = train_seeds(args.config, seeds, run_dir=args.run_dir, overrides=args.set, resume=args.resume, overwrite=args.overwrite)
+    if len(seeds) > 1 or args.folds is not None:
+        result = train_seeds(args.config, seeds, run_dir=args.run_dir, overrides=args.set, resume=args.resume, overwrite=args.overwrite,
+                             folds=args.folds)
         stats = result["aggregate"]
         shown = [k for k in ("test/accuracy", "test/macro_f1", "test/mean_R@1", "test/mAP", "test/mae", "test/pearson_r") if k in stats]
+        over = "runs (folds x seeds)" if args.folds is not None else "seeds"
         for key in shown:
             s = stats[key]
-            print(f"{key}: {s['mean']:.4f} ± {s['half_width']:.4f} (95% CI over {s['n']} seeds; std {s['std']:.4f})")
-        print(f"aggregate: {Path(result['runs'][0]).parent / 'aggregate.md'}")
+            print(f"{key}: {s['mean']:.4f} ± {s['half_width']:.4f} (95% CI over {s['n']} {over}; std {s['std']:.4f})")
+        print(f"aggregate: {Path(result['root']) / 'aggregate.md'}")
         return 0
     overrides = [*args.set, f"seed={seeds[0]}"] if args.seeds else args.set
     summary = train(args.config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite, overrides=overrides)
@@ -171,6 +173,7 @@ def _explain_classifier(run_dir: str | Path) -> bool:
 def _compare(args: argparse.Namespace) -> int:
     from fusionzoo.atomic import write_text_atomic
     from fusionzoo.compare import build_leaderboard, collect_runs, expand_grid, parse_seeds, run_grid, write_leaderboard
+    from fusionzoo.compare.grid import replicates
     from fusionzoo.training.runfolder import claim
 
     if (args.config is None) == (args.collect is None):
@@ -194,8 +197,9 @@ def _compare(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.set)
         out = Path(args.out) if args.out else Path("runs") / f"compare_{cfg.name}"
         cells = expand_grid(args.config, args.fusions, args.set_grid, args.set)
-        seeds = parse_seeds(args.seeds)
-        print(f"{len(cells)} cells x {len(seeds)} seeds -> {out}")
+        seeds = replicates(parse_seeds(args.seeds), args.folds)
+        print(f"{len(cells)} cells x {len(seeds)} runs ({f'{args.folds} folds x ' if args.folds else ''}"
+              f"{len({r.seed for r in seeds})} seeds) -> {out}")
         with claim(out, marker=False):  # one compare per output folder
             write_text_atomic(out / "command.txt", command + "\n")
             statuses = run_grid(args.config, cells, seeds, out, jobs=args.jobs)
@@ -348,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run directory that already holds a run")
     p.add_argument("--seeds", default=None, metavar="0,1,2", help="one run per seed under RUN/seed-K and an aggregate (mean, std, 95%% CI)")
+    p.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="K-fold cross-validation (data.folds): one run per fold and seed under RUN/fold-F/seed-S and an aggregate")
     p.add_argument("--evaluate", action="store_true", help="then evaluate under every modality subset and noise level (eval/)")
     p.set_defaults(func=_train)
 
@@ -375,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set-grid", action="append", default=[], metavar="KEY=V1,V2", help="a grid axis over a config key, repeatable")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every cell, repeatable")
     p.add_argument("--seeds", default="0,1,2", help="seeds per cell (default 0,1,2)")
+    p.add_argument("--folds", type=int, default=None, metavar="K", help="K-fold cross-validation: every cell on every fold and seed (data.folds)")
     p.add_argument("--jobs", type=int, default=1, help="cells trained at a time (each its own process)")
     p.add_argument("--out", default=None, help="default: runs/compare_<config name>")
     p.add_argument("--collect", default=None, metavar="DIR", help="only build the leaderboard from the finished runs under DIR")

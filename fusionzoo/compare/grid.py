@@ -23,7 +23,7 @@ from fusionzoo.config import build_model, load_config
 from fusionzoo.errors import ConfigError
 from fusionzoo.registry import FUSIONS, accepted_kwargs
 
-__all__ = ["Cell", "expand_grid", "parse_seeds", "fusion_section"]
+__all__ = ["Cell", "Replicate", "replicates", "expand_grid", "parse_seeds", "fusion_section"]
 
 FUSION_KEY = "model.fusion.name"
 
@@ -38,8 +38,41 @@ class Cell:
     skipped: str | None = None
     notes: list[str] = field(default_factory=list)
 
-    def run_dir(self, out: Path, seed: int) -> Path:
-        return Path(out) / "cells" / self.name / f"seed-{seed}"
+    def run_dir(self, out: Path, replicate: Replicate | int) -> Path:
+        return Path(out) / "cells" / self.name / as_replicate(replicate).path
+
+
+@dataclass(frozen=True)
+class Replicate:
+    """One run of a cell: a seed, and with ``--folds K`` a fold of K-fold cross-validation. Every
+    cell runs the same replicates, which pairs them in the leaderboard's tests."""
+
+    seed: int
+    fold: int | None = None
+    folds: int | None = None
+
+    @property
+    def path(self) -> str:
+        """Its folder under the cell: ``seed-S``, or ``fold-F/seed-S``."""
+        return f"seed-{self.seed}" if self.fold is None else f"fold-{self.fold}/seed-{self.seed}"
+
+    @property
+    def overrides(self) -> list[str]:
+        """What makes its config from the cell's: the seed, the fold (``data.folds``)."""
+        return [f"seed={self.seed}"] + ([] if self.fold is None else [f"data.folds.k={self.folds}", f"data.folds.fold={self.fold}"])
+
+
+def as_replicate(replicate: Replicate | int) -> Replicate:
+    return replicate if isinstance(replicate, Replicate) else Replicate(int(replicate))
+
+
+def replicates(seeds: Sequence[int], folds: int | None = None) -> list[Replicate]:
+    """Every (fold, seed) of a grid, folds outermost; ``folds=None``: the seeds alone."""
+    if folds is None:
+        return [Replicate(s) for s in seeds]
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 3:
+        raise ConfigError(f"--folds: at least 3 (one each for test and validation), got {folds!r}")
+    return [Replicate(s, f, folds) for f in range(folds) for s in seeds]
 
 
 def parse_seeds(text: str | Sequence[int] | int) -> list[int]:

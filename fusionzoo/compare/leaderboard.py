@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fusionzoo.atomic import pyplot, save_figure_atomic, write_json_atomic, write_text_atomic
 from fusionzoo.compare.stats import friedman, holm, mean_ci, paired_comparison
 from fusionzoo.training.tasks import lower_is_better
@@ -32,6 +34,7 @@ from fusionzoo.training.tasks import lower_is_better
 __all__ = ["run_numbers", "collect_runs", "aggregate", "build_leaderboard", "write_leaderboard", "format_aggregate"]
 
 SEED_DIR = re.compile(r"^seed-(-?\d+)$")
+FOLD_DIR = re.compile(r"^fold-(\d+)$")
 PERCENT = ("accuracy", "macro_f1", "mAP", "micro_f1", "exact_match")  # shown as %; other metrics as numbers
 
 
@@ -83,14 +86,24 @@ def collect_runs(root: str | Path) -> dict[str, list[dict[str, Any]]]:
         run_dir = metrics.parent
         seed = SEED_DIR.match(run_dir.name)
         cell_dir = run_dir.parent if seed else run_dir
+        fold = FOLD_DIR.match(cell_dir.name) if seed else None
+        cell_dir = cell_dir.parent if fold else cell_dir
         rel = cell_dir.relative_to(root) if cell_dir != root else Path(root.name)
         name = rel.relative_to("cells").as_posix() if rel.parts[:1] == ("cells",) and len(rel.parts) > 1 else rel.as_posix()
         record = run_numbers(run_dir)
         record["seed"] = int(seed.group(1)) if seed else record["seed"]
+        record["fold"], record["folds"] = (int(fold.group(1)), _fold_count(run_dir)) if fold else (None, None)
         cells.setdefault(name, []).append(record)
     for runs in cells.values():
-        runs.sort(key=lambda r: (r["seed"] is None, r["seed"]))
+        runs.sort(key=lambda r: (r["fold"] is not None, r["fold"] or 0, r["seed"] is None, r["seed"]))
     return cells
+
+
+def _fold_count(run_dir: Path) -> int | None:
+    """``data.folds.k`` of a fold run's saved config."""
+    config = run_dir / "config.yaml"
+    folds = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("folds") if config.is_file() else None
+    return folds.get("k") if isinstance(folds, dict) else None
 
 
 def aggregate(runs: Sequence[Mapping[str, Any]], reference_drop: float | None = None) -> dict[str, dict]:
@@ -139,7 +152,8 @@ def build_leaderboard(
         levels = runs[0]["levels"]
         curves = {m: [sum(r["curves"][m][i] for r in runs) / len(runs) for i in range(len(levels))] for m in runs[0]["curves"]}
         rows.append({
-            "cell": name, "fusion": fusions.get(name), "seeds": [r["seed"] for r in runs], "runs": [r["run_dir"] for r in runs],
+            "cell": name, "fusion": fusions.get(name), "seeds": sorted({r["seed"] for r in runs}, key=str),
+            "folds": sorted({r["fold"] for r in runs if r.get("fold") is not None}), "runs": [r["run_dir"] for r in runs],
             "metrics": stats, "levels": levels, "mean_curves": curves, "notes": statuses.get(name, {}).get("notes", []),
         })
     worst = float("inf") if lower else float("-inf")
@@ -153,16 +167,19 @@ def _paired(cells: Mapping[str, list[dict[str, Any]]], rows: list[dict[str, Any]
     """Each cell against the best over the seeds both ran (paired: the same seed is the same split
     and initialisation draw), Holm-adjusted across cells, and the Friedman test with average ranks
     and the Nemenyi critical difference over the seeds every cell ran; each row gets ``paired``."""
-    scores = {r["cell"]: {run["seed"]: run["numbers"][headline] for run in cells[r["cell"]] if headline in run["numbers"]} for r in rows}
+    scores = {r["cell"]: {(run.get("fold"), run["seed"]): run["numbers"][headline] for run in cells[r["cell"]] if headline in run["numbers"]}
+              for r in rows}
     ranked = [r for r in rows if scores[r["cell"]]]
     if len(ranked) < 2:
         return {"friedman": None}
     best = ranked[0]["cell"]
-    compared = {r["cell"]: paired_comparison(scores[r["cell"]], scores[best]) for r in ranked[1:]}
+    k = next((run["folds"] for run in cells[best] if run.get("folds")), None)
+    ratio = 1 / (k - 2) if k else 0.0  # k-fold with a validation fold: n_test / n_train = 1 / (k - 2)
+    compared = {r["cell"]: paired_comparison(scores[r["cell"]], scores[best], test_train_ratio=ratio) for r in ranked[1:]}
     adjusted = holm({c: v["p_t"] for c, v in compared.items()})
     for r in ranked[1:]:
         r["paired"] = {**compared[r["cell"]], "vs": best, "p_holm": adjusted[r["cell"]]}
-    return {"friedman": friedman({r["cell"]: scores[r["cell"]] for r in ranked}, lower_is_better=lower)}
+    return {"friedman": friedman({r["cell"]: scores[r["cell"]] for r in ranked}, lower_is_better=lower), "folds": k}
 
 
 def _overlap(rows: Sequence[Mapping[str, Any]], headline: str) -> dict[str, Any] | None:
@@ -204,7 +221,7 @@ def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header
     has_eff = any("robustness/effective" in r["metrics"] for r in rows)
     label = "test acc. (%)" if metric == "accuracy" else f"test {metric}" + (" (%)" if metric in PERCENT else "")
     shares = [m for m in mods if any(f"share/{m}" in r["metrics"] for r in rows)]
-    head = ["#", "cell", "seeds", label] + [f"{m} missing" for m in mods] + ["rel. robustness"]
+    head = ["#", "cell", "folds x seeds" if any(r.get("folds") for r in rows) else "seeds", label] + [f"{m} missing" for m in mods] + ["rel. robustness"]
     head += ["eff. robustness"] if has_eff else []
     head += ["contribution shares (%)"] if shares else []
     paired = any("paired" in r for r in rows)
@@ -214,7 +231,8 @@ def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header
     for i, r in enumerate(rows, 1):
         m = r["metrics"]
         without = [show(m.get(f"subset/{'+'.join(x for x in mods if x != gone)}/{metric}")) if len(mods) > 1 else "-" for gone in mods]
-        cells = [str(i), r["cell"], str(len(r["seeds"])), show(m.get(headline)), *without, show(m.get("robustness/mean"))]
+        replicates = f"{len(r['folds'])}x{len(r['seeds'])}" if r.get("folds") else str(len(r["seeds"]))
+        cells = [str(i), r["cell"], replicates, show(m.get(headline)), *without, show(m.get("robustness/mean"))]
         cells += [show(m.get("robustness/effective"))] if has_eff else []
         if shares:
             cells.append(", ".join(f"{x} {100 * m[f'share/{x}']['mean']:.0f}" if f"share/{x}" in m else f"{x} -" for x in shares))
@@ -248,10 +266,13 @@ def _paired_notes(board: Mapping[str, Any]) -> list[str]:
     best = rows[0]["paired"]["vs"]
     apart = [f"`{r['cell']}`" for r in rows if r["paired"]["p_holm"] < 0.05]
     close = [f"`{r['cell']}`" for r in rows if r["paired"]["p_holm"] >= 0.05]
-    n = max(r["paired"]["n"] for r in rows)
+    n, k = max(r["paired"]["n"] for r in rows), board.get("folds")
+    pairs = f"(fold, seed) pairs of {k}-fold cross-validation" if k else "seeds"
+    test = (f"the paired t-test with the Nadeau-Bengio correction for overlapping training folds (n_test / n_train = 1/{k - 2})"
+            if k else "the two-sided paired t-test")
     notes = [
-        f"*Δ vs best (paired)*: the cell's test {board['metric']} minus `{best}`'s on the same seeds (mean ± half-width of the "
-        f"95% t-interval of the differences); *p (Holm)*: the two-sided paired t-test, Holm-adjusted over the {len(rows)} cells "
+        f"*Δ vs best (paired)*: the cell's test {board['metric']} minus `{best}`'s on the same {pairs} (mean ± half-width of the "
+        f"95% t-interval of the differences); *p (Holm)*: {test}, Holm-adjusted over the {len(rows)} cells "
         f"(the Wilcoxon signed-rank p is in leaderboard.json; with {n} pairs its smallest possible value is {2 / 2 ** n:.3g}).",
         (f"Distinguishable from `{best}` at 0.05: {', '.join(apart)}." if apart else f"No cell is distinguishable from `{best}` at 0.05.")
         + (f" Not distinguishable: {', '.join(close)}." if close and apart else ""),
@@ -259,7 +280,7 @@ def _paired_notes(board: Mapping[str, Any]) -> list[str]:
     f = board.get("friedman")
     if f is not None:
         notes.append(
-            f"Friedman test over all {len(f['ranks'])} cells and {f['n']} seeds: p = {f['p']:.3g}; average ranks "
+            f"Friedman test over all {len(f['ranks'])} cells and {f['n']} {'(fold, seed) pairs' if k else 'seeds'}: p = {f['p']:.3g}; average ranks "
             + ", ".join(f"`{c}` {r:.2f}" for c, r in sorted(f["ranks"].items(), key=lambda x: x[1]))
             + f"; Nemenyi critical difference {f['cd']:.2f} (cells closer in average rank are not distinguishable; `cd.png`)."
         )

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from fusionzoo.atomic import write_text_atomic
-from fusionzoo.compare.grid import Cell
+from fusionzoo.compare.grid import Cell, Replicate, as_replicate
 from fusionzoo.config import load_config
 
 __all__ = ["run_grid", "is_finished", "die_with_parent"]
@@ -52,47 +52,50 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _command(config: str | Path, cell: Cell, seed: int, run_dir: Path) -> list[str]:
-    sets = [arg for o in (*cell.overrides, f"seed={seed}") for arg in ("--set", o)]
+def _command(config: str | Path, cell: Cell, replicate: Replicate, run_dir: Path) -> list[str]:
+    sets = [arg for o in (*cell.overrides, *replicate.overrides) for arg in ("--set", o)]
     return [sys.executable, "-m", "fusionzoo", "train", str(config), "--run-dir", str(run_dir), "--resume", "--evaluate", *sets]
 
 
-def _same_config(config: str | Path, cell: Cell, seed: int, run_dir: Path) -> bool:
-    """Whether the run in ``run_dir`` was trained with the config this cell and seed make now."""
-    wanted = yaml.safe_load(yaml.safe_dump(load_config(config, [*cell.overrides, f"seed={seed}"]).to_dict(), sort_keys=False))
+def _same_config(config: str | Path, cell: Cell, replicate: Replicate | int, run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` was trained with the config this cell and replicate make now."""
+    overrides = [*cell.overrides, *as_replicate(replicate).overrides]
+    wanted = yaml.safe_load(yaml.safe_dump(load_config(config, overrides).to_dict(), sort_keys=False))
     return yaml.safe_load((run_dir / "config.yaml").read_text()) == wanted
 
 
-def _run_one(config: str | Path, cell: Cell, seed: int, out: Path, threads: int) -> dict[str, Any]:
-    run_dir = cell.run_dir(out, seed)
-    if is_finished(run_dir) and _same_config(config, cell, seed, run_dir):
-        return {"seed": seed, "status": "done", "reused": True}
+def _run_one(config: str | Path, cell: Cell, replicate: Replicate, out: Path, threads: int) -> dict[str, Any]:
+    run_dir = cell.run_dir(out, replicate)
+    done = {"seed": replicate.seed, "fold": replicate.fold, "replicate": replicate.path, "status": "done"}
+    if is_finished(run_dir) and _same_config(config, cell, replicate, run_dir):
+        return done | {"reused": True}
     # not finished, or finished with another config: --resume continues it where only resumable keys
     # changed (train.epochs) and refuses the rest, naming them, in the cell's log and status
-    log = run_dir.parent / f"seed-{seed}.log"
+    log = run_dir.parent / f"{run_dir.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
     with log.open("w") as f:
-        code = subprocess.run(_command(config, cell, seed, run_dir), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        code = subprocess.run(_command(config, cell, replicate, run_dir), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if code == 0 and is_finished(run_dir):
-        return {"seed": seed, "status": "done", "reused": False}
+        return done | {"reused": False}
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return {"seed": seed, "status": "failed", "reason": f"exit {code}: {lines[-1] if lines else 'no output'} (log: {log})"}
+    return done | {"status": "failed", "reason": f"exit {code}: {lines[-1] if lines else 'no output'} (log: {log})"}
 
 
 def run_grid(
     config: str | Path,
     cells: Sequence[Cell],
-    seeds: Sequence[int],
+    seeds: Sequence[int | Replicate],
     out: str | Path,
     jobs: int = 1,
     say: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
-    """Train and evaluate every (cell, seed); returns ``{cell: {status, fusion, reason, notes, seeds}}``
-    and writes it to ``OUT/grid.json``."""
+    """Train and evaluate every (cell, replicate: a seed, or a fold and seed); returns ``{cell:
+    {status, fusion, reason, notes, seeds}}`` (``seeds`` keyed by the replicate's folder) and writes
+    it to ``OUT/grid.json``."""
     out = Path(out)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    todo = [(c, s) for c in cells if c.skipped is None for s in seeds]
+    todo = [(c, as_replicate(s)) for c in cells if c.skipped is None for s in seeds]
     statuses: dict[str, dict[str, Any]] = {
         c.name: {"fusion": c.fusion, "overrides": list(c.overrides), "notes": c.notes, "status": "skipped" if c.skipped else "done",
                  "reason": c.skipped or "", "seeds": {}}
@@ -102,20 +105,21 @@ def run_grid(
         if c.skipped:
             say(f"skip {c.name}: {c.skipped}")
 
-    def work(item: tuple[Cell, int]) -> tuple[Cell, dict[str, Any]]:
-        cell, seed = item
-        return cell, _run_one(config, cell, seed, out, threads)
+    def work(item: tuple[Cell, Replicate]) -> tuple[Cell, dict[str, Any]]:
+        cell, replicate = item
+        return cell, _run_one(config, cell, replicate, out, threads)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for n, (cell, result) in enumerate(pool.map(work, todo), 1):
-            statuses[cell.name]["seeds"][str(result["seed"])] = result
+            statuses[cell.name]["seeds"][result["replicate"]] = result
             what = "finished earlier" if result.get("reused") else result["status"]
-            say(f"[{n}/{len(todo)}] {cell.name} seed {result['seed']}: {what}" + (f" - {result['reason']}" if result["status"] == "failed" else ""))
+            which = result["replicate"].replace("/", " ").replace("-", " ")
+            say(f"[{n}/{len(todo)}] {cell.name} {which}: {what}" + (f" - {result['reason']}" if result["status"] == "failed" else ""))
             write_text_atomic(out / "grid.json", json.dumps(statuses, indent=2))
     for status in statuses.values():
         failed = [r for r in status["seeds"].values() if r["status"] == "failed"]
         if failed and status["status"] == "done":
             status["status"] = "failed" if len(failed) == len(status["seeds"]) else "partial"
-            status["reason"] = "; ".join(f"seed {r['seed']}: {r['reason']}" for r in failed)
+            status["reason"] = "; ".join(f"{r['replicate']}: {r['reason']}" for r in failed)
     write_text_atomic(out / "grid.json", json.dumps(statuses, indent=2))
     return statuses

@@ -37,7 +37,9 @@ A config names a column per modality and how to read it::
   head has one output). ``allow_unlabelled: true`` accepts empty label cells (ignored by the loss).
 * **Splits.** ``{column: NAME}`` reads ``train``/``val``/``test`` from a column (the default when the
   file has a ``split`` column); ``{val: 0.1, test: 0.1, seed: 0}`` draws them, stratified by label
-  for ``multiclass``.
+  for ``multiclass``. ``folds: {k: 5, fold: 0, group: speaker, seed: 0}`` (instead of ``splits``)
+  gives fold 0 of grouped k-fold cross-validation (:mod:`fusionzoo.data.folds`): a ``group``
+  value never spans two folds; rows without one are dealt stratified by label.
 * **Bad rows.** Every problem found names the file, the line and the column: a missing or
   undecodable file, a wrong sample rate with ``resample: false``, a label not in the label list, a
   feature width that differs, a non-number. At start every row of the split is checked (files exist,
@@ -70,6 +72,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fusionzoo.data.decode import AudioReader, CellError, DiskCache, ImageReader, read_features
+from fusionzoo.data.folds import assign_folds, check_folds, fold_splits
 from fusionzoo.data.image_header import image_size
 from fusionzoo.registry import DATASETS
 from fusionzoo.vocab import Vocab
@@ -228,6 +231,7 @@ class ManifestDataset(Dataset):
         modalities: Mapping[str, Mapping[str, Any]],
         label: Mapping[str, Any],
         splits: Mapping[str, Any] | None = None,
+        folds: Mapping[str, Any] | None = None,
         root: str | Path | None = None,
         on_error: str = "raise",
         cache: str = "none",
@@ -247,7 +251,10 @@ class ManifestDataset(Dataset):
             raise ValueError(f"cache_dir: only used with cache: disk (cache is {cache!r})")
         if check not in ("header", "decode"):
             raise ValueError(f"check: 'header' or 'decode', got {check!r}")
-        self._args = {"path": path, "modalities": modalities, "label": label, "splits": splits, "root": root, "on_error": on_error, "cache": cache, "cache_dir": cache_dir, "check": check, "raw": raw}
+        if folds is not None and splits is not None:
+            raise ValueError("folds: the splits come from the folds; give splits or folds, not both")
+        self.folds = None if folds is None else check_folds(folds, "folds", group=True)
+        self._args = {"path": path, "modalities": modalities, "label": label, "splits": splits, "folds": folds, "root": root, "on_error": on_error, "cache": cache, "cache_dir": cache_dir, "check": check, "raw": raw}
         self.path = Path(path)
         self.root = Path(root) if root is not None else self.path.parent
         self.split, self.on_error, self.cache = split, on_error, cache
@@ -363,6 +370,8 @@ class ManifestDataset(Dataset):
         self.fixed_classes = None if classes is None else [str(c) for c in classes]
 
     def _assign_splits(self, splits: Mapping[str, Any] | None, columns: list[str], rows: list[tuple[int, dict]]) -> list[str]:
+        if self.folds is not None:
+            return self._fold_splits(columns, rows)
         if splits is None:
             if "split" not in columns:
                 raise ValueError(f"splits: {self.path} has no 'split' column; name one ({{column: NAME}}) or draw them ({{val: 0.1, test: 0.1, seed: 0}})")
@@ -389,6 +398,16 @@ class ManifestDataset(Dataset):
         if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
             raise ValueError(f"splits: val and test are fractions with val + test < 1, got val={val}, test={test}")
         return draw_splits([str(row.get(self.label_column)) if self.task == "multiclass" else "" for _, row in rows], val, test, int(splits.get("seed", 0)))
+
+    def _fold_splits(self, columns: list[str], rows: list[tuple[int, dict]]) -> list[str]:
+        """The splits of fold ``folds.fold`` (:mod:`fusionzoo.data.folds`): rows grouped by
+        ``folds.group`` (an empty cell: no group, dealt stratified by class)."""
+        k, fold, seed, group = self.folds["k"], self.folds["fold"], self.folds["seed"], self.folds.get("group")
+        if group is not None and group not in columns:
+            raise ValueError(f"folds.group: {self.path} has no column {group!r} (it has {columns})")
+        groups = None if group is None else [None if _empty(row.get(group)) else str(row.get(group)).strip() for _, row in rows]
+        strata = [str(row.get(self.label_column)) if self.task == "multiclass" else "" for _, row in rows]
+        return fold_splits(assign_folds(strata, groups, k, seed), k, fold)
 
     # -- reading rows ----------------------------------------------------------------------------
 

@@ -20,7 +20,9 @@ for audio + text); all three determine the class. ``noise`` (0 to 1) scales the 
 
 ``split="train"``, ``"val"`` and ``"test"`` draw from independent random streams of the same
 ``seed`` (``val`` is for model selection and early stopping, ``test`` is read once at the end);
-``val_n`` and ``test_n`` set their sizes (default ``n``). ``labels_per_class`` keeps the first
+``val_n`` and ``test_n`` set their sizes (default ``n``). With ``folds: {k, fold, seed}`` one draw of
+``n`` samples is dealt into ``k`` stratified folds instead (:mod:`fusionzoo.data.folds`): fold
+``fold`` is the test split, the next the validation split. ``labels_per_class`` keeps the first
 ``k`` training samples of each class, and ``labelled_per_class`` keeps every sample but the labels
 of the first ``k`` per class (the others read -1, "unlabelled"; for distillation), both on the
 training split only.
@@ -30,11 +32,14 @@ Generation is vectorised: 10,000 samples take about 4 s on one core (2000: under
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fusionzoo.data.folds import assign_folds, check_folds, fold_splits
 from fusionzoo.data.sampling import first_per_class, hide_labels
 from fusionzoo.vocab import PAD, UNK, Vocab
 from fusionzoo.registry import DATASETS
@@ -85,12 +90,17 @@ class SyntheticTrimodal(Dataset):
         labelled_per_class: int | None = None,
         val_n: int | None = None,
         test_n: int | None = None,
+        folds: Mapping[str, Any] | None = None,
     ) -> None:
         if num_classes not in ATTRIBUTE_COUNTS:
             raise ValueError(f"synthetic: num_classes must be one of {sorted(ATTRIBUTE_COUNTS)}, got {num_classes}")
         if split not in SPLITS:
             raise ValueError(f"synthetic: split must be one of {SPLITS}, got {split!r}")
-        n = {"train": n, "val": n if val_n is None else val_n, "test": n if test_n is None else test_n}[split]
+        folds = None if folds is None else check_folds(folds, "synthetic: folds")
+        if folds is not None and (val_n is not None or test_n is not None):
+            raise ValueError("synthetic: folds split one draw of n samples; val_n and test_n do not apply")
+        if folds is None:
+            n = {"train": n, "val": n if val_n is None else val_n, "test": n if test_n is None else test_n}[split]
         if n <= 0:
             raise ValueError(f"synthetic: the {split} split must have a positive size, got {n}")
         for name, value in (("noise", noise), ("redundancy", redundancy), ("missing_rate", missing_rate)):
@@ -104,7 +114,7 @@ class SyntheticTrimodal(Dataset):
         self.sample_rate, self.image_size = sample_rate, image_size
         self.counts = ATTRIBUTE_COUNTS[num_classes]
         self.vocab = Vocab([PAD, UNK, *WORDS])
-        rng = np.random.default_rng([seed, {"train": 0, "test": 1, "val": 2}[split]])
+        rng = np.random.default_rng([seed, {"train": 0, "test": 1, "val": 2}[split] if folds is None else 3])  # folds: one pool
         self.labels = rng.integers(0, num_classes, n)
         self.attributes = np.stack(np.unravel_index(self.labels, self.counts), axis=1)  # [n, 3]
         self.images = self._images(rng, self.attributes[:, 0])
@@ -114,6 +124,9 @@ class SyntheticTrimodal(Dataset):
         nothing = ~keep.any(axis=1)
         keep[nothing, rng.integers(0, 3, int(nothing.sum()))] = True  # never drop all three
         self.keep = keep
+        if folds is not None:  # this split's folds of the pool, stratified by class
+            fold_of = assign_folds(self.labels.tolist(), None, folds["k"], folds["seed"])
+            self._subset(np.flatnonzero(np.array(fold_splits(fold_of, folds["k"], folds["fold"])) == split))
         if labels_per_class is not None and split == "train":
             self._subset(first_per_class(self.labels, labels_per_class))
         self.targets = self.labels.copy()
