@@ -12,7 +12,7 @@ import fusionzoo as fz
 from fusionzoo.cli import main
 from fusionzoo.data.folds import assign_folds, check_folds, fold_splits
 
-from common import build_folder, data_section, write_rows
+from common import AVDIGITS, build_folder, data_section, needs_avdigits, write_rows
 
 
 def test_every_sample_is_tested_once_and_no_group_is_split():
@@ -109,3 +109,25 @@ def test_compare_with_folds_runs_every_fold_pairs_them_and_reruns_nothing(tmp_pa
     assert "folds x seeds" in text and "| 3x1 |" in text and "Nadeau-Bengio correction" in text
     assert main(args) == 0
     assert capsys.readouterr().out.count("finished earlier") == 6  # a second call trains nothing
+
+
+@needs_avdigits
+def test_avdigits_folds_leave_one_speaker_out_with_the_pca_fitted_on_each_fold_s_training_speakers():
+    from fusionzoo.data.avdigits import _pca
+
+    seen, tested = set(), []
+    for fold in (0, 3):
+        parts = {s: fz.create_dataset("avdigits", root=AVDIGITS, split=s, folds={"k": 6, "fold": fold}) for s in ("train", "val", "test")}
+        speakers = {s: {r["speaker"] for r in d.rows} for s, d in parts.items()}
+        assert len(speakers["test"]) == len(speakers["val"]) == 1 and len(speakers["train"]) == 4
+        assert not (speakers["test"] & speakers["train"]) and sum(len(d) for d in parts.values()) == 3000
+        seen |= speakers["test"]
+        tested.append(parts["test"].rows[0]["audio_path"])
+    assert len(seen) == 2 and tested[0] != tested[1]
+    hard = {s: fz.create_dataset("avdigits", root=AVDIGITS, split=s, difficulty="hard", folds={"k": 6, "fold": 1}, normalize=False)
+            for s in ("train", "test")}
+    clean = {s: fz.create_dataset("avdigits", root=AVDIGITS, split=s, folds={"k": 6, "fold": 1}, normalize=False) for s in ("train", "test")}
+    want = _pca(clean["test"].images[:, 0], clean["train"].images[:, 0], 0.25)  # the basis of this fold's training images only
+    np.testing.assert_allclose(hard["test"].images[:, 0], want, atol=1e-5)
+    with pytest.raises(ValueError, match=r"folds are by speaker \(leave-one-speaker-out\): k must be 6"):
+        fz.create_dataset("avdigits", root=AVDIGITS, split="train", folds={"k": 5, "fold": 0})

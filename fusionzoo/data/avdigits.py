@@ -18,8 +18,14 @@ offset removed and each clip peak-normalised (one speaker is recorded 5-22 dB qu
 a DC offset), then cropped to ``clip_seconds`` from its start; a sample returns the clip at its true
 length and :func:`~fusionzoo.data.collate.collate` pads it and records ``audio_lengths``.
 
+``folds: {k: 6, fold: F}`` gives leave-one-speaker-out cross-validation instead
+(:mod:`fusionzoo.data.folds`): the six speakers' clips (the manifest's train and test rows, each
+paired as above), fold ``F`` testing the ``F``-th speaker in sorted order and validating on the
+next, the other four training (``val_speaker`` does not apply).
+
 ``difficulty="hard"`` follows AV-MNIST: images keep only the principal components that carry 25%
-of the energy (PCA fitted on the paired images of ``split="train"``, the validation speaker left out), and audio is mixed with white
+of the energy (PCA fitted on the paired images of ``split="train"``, the validation speaker left
+out; with folds, on the fold's training speakers), and audio is mixed with white
 noise at ``snr_db`` (default 0 dB, seeded per clip).
 """
 
@@ -36,14 +42,16 @@ import urllib.request
 import wave
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from fusionzoo.atomic import write_bytes_atomic
+from fusionzoo.data.folds import check_folds, fold_splits
 from fusionzoo.data.sampling import first_per_class, hide_labels
 from fusionzoo.registry import DATASETS
 
@@ -107,6 +115,17 @@ def read_wav(path: str | Path) -> np.ndarray:
     if len(raw) != 2 * frames or frames == 0:
         raise ValueError(f"avdigits: {path} is truncated: header says {frames} frames, found {len(raw) // 2}")
     return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def _pca(images: np.ndarray, train: np.ndarray, energy: float) -> np.ndarray:
+    """``images`` projected onto the principal components of ``train`` that carry ``energy``."""
+    x = torch.from_numpy(train.reshape(len(train), -1)).double()
+    mean = x.mean(dim=0)
+    _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    share = (s**2).cumsum(0) / (s**2).sum()
+    basis = vh[: int((share < energy).sum()) + 1]
+    flat = torch.from_numpy(images.reshape(len(images), -1)).double() - mean
+    return ((flat @ basis.T @ basis + mean).reshape(images.shape)).float().numpy()
 
 
 def pair_indices(rows: list[dict], labels: np.ndarray, epoch: int = 0) -> np.ndarray:
@@ -255,6 +274,7 @@ class AVDigits(Dataset):
         labelled_per_class: int | None = None,
         val_speaker: str = VAL_SPEAKER,
         normalize: bool = True,
+        folds: Mapping[str, Any] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"avdigits: split must be one of {SPLITS}, got {split!r}")
@@ -274,19 +294,22 @@ class AVDigits(Dataset):
         self.split, self.difficulty, self.val_speaker = split, difficulty, val_speaker
         self.modalities = ("audio", "visual")
         self.sample_rates = {"audio": SAMPLE_RATE}
-        data = _load_split(self.root, "test" if split == "test" else "train", int(round(clip_seconds * SAMPLE_RATE)))
-        if split != "test" and val_speaker not in {r["speaker"] for r in data["rows"]}:
-            speakers = sorted({r["speaker"] for r in data["rows"]})
-            raise ValueError(f"avdigits: val_speaker {val_speaker!r} is not a training speaker; choose one of {speakers}")
-        mnist_index = pair_indices(data["rows"], data["mnist_labels"], pairing_epoch)
-        if not np.array_equal(data["mnist_labels"][mnist_index], data["digits"]):
-            raise ValueError("avdigits: paired MNIST labels disagree with the audio digits")
-        images = data["mnist_images"][mnist_index].astype(np.float32) / 255.0
-        audio = data["audio"]
+        clip = int(round(clip_seconds * SAMPLE_RATE))
+        if folds is None:
+            data = self._pool(["test" if split == "test" else "train"], clip, pairing_epoch)
+            if split != "test" and val_speaker not in {r["speaker"] for r in data["rows"]}:
+                speakers = sorted({r["speaker"] for r in data["rows"]})
+                raise ValueError(f"avdigits: val_speaker {val_speaker!r} is not a training speaker; choose one of {speakers}")
+            index = self._split_rows(data["rows"], split, val_speaker)
+        else:
+            data = self._pool(["train", "test"], clip, pairing_epoch)  # all six speakers, each clip with its own image
+            splits = self._fold_splits(data["rows"], check_folds(folds, "avdigits: folds"))
+            index, train_index = np.flatnonzero(splits == split), np.flatnonzero(splits == "train")
+        images, audio, mnist_index = data["images"], data["audio"], data["mnist_index"]
         if difficulty == "hard":
-            images = self._pca_images(images, pca_energy, data)
+            train = images[train_index] if folds is not None else self._training_images(data, clip, pairing_epoch)
+            images = _pca(images, train, pca_energy)
             audio = self._noisy(audio, data["lengths"], snr_db, seed)
-        index = self._split_rows(data["rows"], split, val_speaker)
         self.rows = [data["rows"][i] for i in index]
         self.labels, self.mnist_index, self.lengths = data["digits"][index], mnist_index[index], data["lengths"][index]
         self.standardized = ("visual",) if normalize else ()
@@ -308,24 +331,35 @@ class AVDigits(Dataset):
             return np.arange(len(rows))
         return np.array([i for i, r in enumerate(rows) if (r["speaker"] == val_speaker) == (split == "val")], dtype=np.int64)
 
-    def _pca_images(self, images: np.ndarray, energy: float, data: dict) -> np.ndarray:
-        """Project onto the principal components of the *training* images (validation speaker left
-        out) that carry ``energy``."""
-        if self.split == "test":
-            train_data = _load_split(self.root, "train", data["audio"].shape[1])
-            index = pair_indices(train_data["rows"], train_data["mnist_labels"], 0)
-            train = train_data["mnist_images"][index].astype(np.float32) / 255.0
-            train = train[self._split_rows(train_data["rows"], "train", self.val_speaker)]
-        else:
-            train = images[self._split_rows(data["rows"], "train", self.val_speaker)]
-        x = torch.from_numpy(train.reshape(len(train), -1)).double()
-        mean = x.mean(dim=0)
-        _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
-        share = (s**2).cumsum(0) / (s**2).sum()
-        k = int((share < energy).sum()) + 1
-        basis = vh[:k]
-        flat = torch.from_numpy(images.reshape(len(images), -1)).double() - mean
-        return ((flat @ basis.T @ basis + mean).reshape(images.shape)).float().numpy()
+    def _pool(self, splits: list[str], clip: int, epoch: int) -> dict:
+        """The clips of the manifest's ``splits`` with their paired images (each split paired by
+        the README's rule on its own), concatenated in that order."""
+        parts = []
+        for name in splits:
+            data = _load_split(self.root, name, clip)
+            mnist_index = pair_indices(data["rows"], data["mnist_labels"], epoch)
+            if not np.array_equal(data["mnist_labels"][mnist_index], data["digits"]):
+                raise ValueError("avdigits: paired MNIST labels disagree with the audio digits")
+            images = data["mnist_images"][mnist_index].astype(np.float32) / 255.0
+            parts.append({"rows": data["rows"], "digits": data["digits"], "mnist_index": mnist_index, "images": images,
+                          "audio": data["audio"], "lengths": data["lengths"]})
+        if len(parts) == 1:
+            return parts[0]
+        return {k: sum((p[k] for p in parts), []) if k == "rows" else np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    @staticmethod
+    def _fold_splits(rows: list[dict], folds: dict) -> np.ndarray:
+        """Leave-one-speaker-out: fold ``F`` tests the ``F``-th speaker (sorted), validates on the next."""
+        speakers = sorted({r["speaker"] for r in rows})
+        if folds["k"] != len(speakers):
+            raise ValueError(f"avdigits: folds are by speaker (leave-one-speaker-out): k must be {len(speakers)}, got {folds['k']}")
+        fold_of = np.array([speakers.index(r["speaker"]) for r in rows])
+        return np.array(fold_splits(fold_of, folds["k"], folds["fold"]))
+
+    def _training_images(self, data: dict, clip: int, epoch: int) -> np.ndarray:
+        """The paired images of ``split="train"`` (the validation speaker left out), for the PCA."""
+        train = self._pool(["train"], clip, epoch) if self.split == "test" else data
+        return train["images"][self._split_rows(train["rows"], "train", self.val_speaker)]
 
     @staticmethod
     def _noisy(audio: np.ndarray, lengths: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
