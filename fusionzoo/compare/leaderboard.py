@@ -221,7 +221,8 @@ def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header
     has_eff = any("robustness/effective" in r["metrics"] for r in rows)
     label = "test acc. (%)" if metric == "accuracy" else f"test {metric}" + (" (%)" if metric in PERCENT else "")
     shares = [m for m in mods if any(f"share/{m}" in r["metrics"] for r in rows)]
-    head = ["#", "cell", "folds x seeds" if any(r.get("folds") for r in rows) else "seeds", label] + [f"{m} missing" for m in mods] + ["rel. robustness"]
+    runs = "folds x seeds" if any(r.get("folds") for r in rows) else "seeds"
+    head = ["#", "cell", runs, label] + [f"{m} missing" for m in mods] + ["rel. robustness"]
     head += ["eff. robustness"] if has_eff else []
     head += ["contribution shares (%)"] if shares else []
     paired = any("paired" in r for r in rows)
@@ -291,7 +292,8 @@ def _notes(board: Mapping[str, Any]) -> list[str]:
     metric = board.get("metric", "accuracy")
     name = {"accuracy": "accuracy", "mae": "MAE (lower is better)"}.get(metric, metric)
     notes = [
-        f"Mean ± half-width of the 95% t-interval over seeds. Test {name} is measured once per run, on the "
+        f"Mean ± half-width of the 95% t-interval over the runs ({'folds x seeds' if board.get('folds') else 'seeds'}). "
+        f"Test {name} is measured once per run, on the "
         f"checkpoint selected on validation. *m missing*: test {metric} with modality *m* removed. "
         f"*rel. robustness*: area under test {metric} vs noise level, divided by the level range (mean over the noised modalities)."
     ]
