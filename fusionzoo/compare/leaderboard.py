@@ -371,7 +371,7 @@ def _plots(board: Mapping[str, Any], out: Path) -> list[Path]:
     rows = [r for r in board["cells"] if headline in r["metrics"]]
     if plt is None or not rows:
         return []
-    written = _cd_plot(plt, board.get("friedman"), out)
+    written = _cd_plot(plt, board.get("friedman"), out, "(fold, seed) pairs" if board.get("folds") else "seeds")
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(rows) + 1.2))
     stats = [r["metrics"][headline] for r in rows][::-1]
     errors = [0 if s["half_width"] is None else scale * s["half_width"] for s in stats]
@@ -396,32 +396,31 @@ def _plots(board: Mapping[str, Any], out: Path) -> list[Path]:
     return [out / "leaderboard.png", out / "robustness.png", *written]
 
 
-def _cd_plot(plt: Any, result: Mapping[str, Any] | None, out: Path) -> list[Path]:
-    """``cd.png``: the cells on the axis of average ranks (1 = best) with the Nemenyi critical
-    difference drawn to scale; cells joined by a bar are not distinguishable (Demšar 2006)."""
+def _cd_plot(plt: Any, result: Mapping[str, Any] | None, out: Path, pairs: str = "seeds") -> list[Path]:
+    """``cd.png``: the cells on the axis of average ranks (1 = best, the top edge) with the Nemenyi
+    critical difference drawn to scale; cells joined by a red bar are not distinguishable (Demšar 2006)."""
     if result is None:
         return []
     ranks = sorted(result["ranks"].items(), key=lambda x: x[1])
     k, cd = len(ranks), result["cd"]
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.28 * k))
-    ax.set_xlim(0.5, k + 0.5), ax.set_ylim(-(k + 1), 2)
-    ax.axhline(0, color="black", linewidth=1)
+    fig, ax = plt.subplots(figsize=(7, 1.4 + 0.3 * k))
+    ax.set_xlim(0.5, k + 0.5), ax.set_ylim(-(k + 0.5), 2.2)
     ax.set_xticks(range(1, k + 1)), ax.xaxis.tick_top(), ax.set_yticks([])
     for spine in ("left", "right", "bottom"):
         ax.spines[spine].set_visible(False)
-    for i, (cell, r) in enumerate(ranks):
-        ax.plot([r, r], [0, -(i + 1)], color="grey", linewidth=0.8)
-        ax.text(r + 0.05, -(i + 1), f"{cell} ({r:.2f})", va="center", fontsize=7)
-    groups = []  # maximal runs of cells within cd of the first one
+    ax.plot([1, 1 + cd], [1.6, 1.6], color="black", linewidth=1.5)
+    ax.text(1 + cd / 2, 1.75, f"CD = {cd:.2f}", ha="center", fontsize=7)
+    groups: list[tuple[int, int]] = []  # maximal runs of cells closer than cd to the run's first
     for i in range(k):
         j = max(j for j in range(i, k) if ranks[j][1] - ranks[i][1] < cd)
         if j > i and (not groups or j > groups[-1][1]):
             groups.append((i, j))
     for g, (i, j) in enumerate(groups):
-        ax.plot([ranks[i][1], ranks[j][1]], [0.6 + 0.3 * g] * 2, color="tab:red", linewidth=3)
-    ax.plot([1, 1 + cd], [1.6, 1.6], color="black", linewidth=1.5)
-    ax.text(1 + cd / 2, 1.75, f"CD = {cd:.2f}", ha="center", fontsize=7)
-    ax.set_title(f"Average rank over {result['n']} seeds (Friedman p = {result['p']:.3g})", fontsize=8, pad=18)
+        ax.plot([ranks[i][1] - 0.03, ranks[j][1] + 0.03], [0.9 - 0.35 * g] * 2, color="tab:red", linewidth=3)
+    for i, (cell, r) in enumerate(ranks):
+        ax.plot([r, r], [2.2, -(i + 1)], color="grey", linewidth=0.8, zorder=0)
+        ax.text(r + 0.05, -(i + 1), f"{cell} ({r:.2f})", va="center", fontsize=7)
+    ax.set_title(f"Average rank over {result['n']} {pairs} (Friedman p = {result['p']:.3g})", fontsize=8, pad=16)
     save_figure_atomic(fig, out / "cd.png")
     return [out / "cd.png"]
 
