@@ -309,8 +309,9 @@ def _notes(board: Mapping[str, Any]) -> list[str]:
     if overlap is not None:
         if overlap["overlapping"]:
             names = ", ".join(f"`{c}`" for c in overlap["overlapping"])
+            pairs = "(fold, seed) pairs" if board.get("folds") else "seeds"
             notes.append(f"The marginal intervals of {names} overlap that of the best, `{overlap['best']}`; the paired tests "
-                         "below compare on the same seeds, which is sharper.")
+                         f"below compare on the same {pairs}, which is sharper.")
         else:
             notes.append(f"No other cell's interval overlaps that of the best, `{overlap['best']}`.")
     notes += _paired_notes(board)
