@@ -302,3 +302,15 @@ def test_the_leaderboard_ranks_with_paired_tests_holm_and_a_cd_diagram(tmp_path)
 
     written = write_leaderboard(board, tmp_path / "out")
     assert (tmp_path / "out" / "cd.png") in written and (tmp_path / "out" / "cd.png").stat().st_size > 0
+
+
+def test_the_notes_name_the_pairs_the_nemenyi_test_separates(tmp_path):
+    for cell, base in {"a": 0.9, "b": 0.85, "c": 0.8}.items():
+        for seed in range(6):
+            run = tmp_path / "cells" / cell / f"seed-{seed}"
+            run.mkdir(parents=True)
+            acc = base + 0.01 * seed  # the same order on every seed
+            (run / "metrics.json").write_text(json.dumps({"seed": seed, "test": {"accuracy": acc, "n": 100}, "train_seconds": 1.0}))
+    board = build_leaderboard(collect_runs(tmp_path / "cells"))
+    assert board["friedman"]["p"] < 0.01 and board["friedman"]["cd"] == pytest.approx(2.343 * math.sqrt(12 / 36), abs=1e-3)
+    assert "by the Nemenyi test, ranks further apart than the critical difference: `a` and `c` (2.00)." in format_markdown(board)

@@ -285,6 +285,11 @@ def _paired_notes(board: Mapping[str, Any]) -> list[str]:
             + ", ".join(f"`{c}` {r:.2f}" for c, r in sorted(f["ranks"].items(), key=lambda x: x[1]))
             + f"; Nemenyi critical difference {f['cd']:.2f} (cells closer in average rank are not distinguishable; `cd.png`)."
         )
+        ranks = sorted(f["ranks"].items(), key=lambda x: x[1])
+        apart_pairs = [f"`{a}` and `{b}` ({rb - ra:.2f})" for i, (a, ra) in enumerate(ranks) for b, rb in ranks[i + 1:] if rb - ra > f["cd"]]
+        if f["p"] < f["alpha"]:
+            notes.append("The Friedman test rejects equal ranks; by the Nemenyi test, ranks further apart than the critical difference: "
+                         + (", ".join(apart_pairs) + "." if apart_pairs else "none."))
     return notes
 
 
