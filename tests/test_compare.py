@@ -314,3 +314,36 @@ def test_the_notes_name_the_pairs_the_nemenyi_test_separates(tmp_path):
     board = build_leaderboard(collect_runs(tmp_path / "cells"))
     assert board["friedman"]["p"] < 0.01 and board["friedman"]["cd"] == pytest.approx(2.343 * math.sqrt(12 / 36), abs=1e-3)
     assert "by the Nemenyi test, ranks further apart than the critical difference: `a` and `c` (2.00)." in format_markdown(board)
+
+
+def test_the_pooled_bootstrap_resamples_the_test_samples_of_every_fold(tmp_path):
+    """Two cells over 3 folds of 100 test samples: ``a`` right on 90% of them, ``b`` on the same
+    samples but 10 fewer (paired: its difference interval is below 0); the pooled accuracy is
+    the mean over all 300 samples, its interval the bootstrap percentiles."""
+    import torch
+    from safetensors.torch import save_file
+
+    rng = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (3, 100), generator=rng)
+    right = torch.rand(3, 100, generator=rng) < 0.9
+    for cell, wrong_extra in (("a", 0), ("b", 10)):
+        for fold in range(3):
+            run = tmp_path / "cells" / cell / f"fold-{fold}" / "seed-0"
+            run.mkdir(parents=True)
+            hit = right[fold].clone()
+            hit[torch.nonzero(hit)[:wrong_extra, 0]] = False
+            pred = torch.where(hit, labels[fold], (labels[fold] + 1) % 4)
+            save_file({"outputs": torch.nn.functional.one_hot(pred, 4).float(), "labels": labels[fold]}, str(run / "test_predictions.safetensors"))
+            acc = float(hit.float().mean())
+            (run / "metrics.json").write_text(json.dumps({"seed": 0, "test": {"accuracy": acc, "n": 100}, "train_seconds": 1.0}))
+            (run / "config.yaml").write_text(yaml.safe_dump({"data": {"folds": {"k": 3, "fold": fold}}}))
+    board = build_leaderboard(collect_runs(tmp_path / "cells"))
+    a, b = board["cells"]
+    assert a["cell"] == "a" and a["bootstrap"]["n"] == 300
+    assert a["bootstrap"]["mean"] == pytest.approx(float(right.float().mean()))
+    assert a["bootstrap"]["ci_low"] < a["bootstrap"]["mean"] < a["bootstrap"]["ci_high"]
+    half = 1.96 * math.sqrt(a["bootstrap"]["mean"] * (1 - a["bootstrap"]["mean"]) / 300)  # the normal approximation
+    assert a["bootstrap"]["ci_high"] - a["bootstrap"]["ci_low"] == pytest.approx(2 * half, rel=0.2)
+    assert b["bootstrap"]["vs_best"]["mean"] == pytest.approx(-0.1) and b["bootstrap"]["vs_best"]["ci_high"] < 0
+    text = format_markdown(board)
+    assert "pooled test acc. (%, bootstrap 95%)" in text and "excludes 0 for: `b`" in text

@@ -105,6 +105,7 @@ def test_compare_with_folds_runs_every_fold_pairs_them_and_reruns_nothing(tmp_pa
     assert board["folds"] == 3 and all(r["folds"] == [0, 1, 2] for r in board["cells"])
     second = board["cells"][1]
     assert second["paired"]["n"] == 3 and second["paired"]["p_holm"] is not None
+    assert board["cells"][0]["bootstrap"]["n"] == 60 and "vs_best" in second["bootstrap"]  # every sample of the 60, tested once
     text = (out / "leaderboard.md").read_text()
     assert "folds x seeds" in text and "| 3x1 |" in text and "Nadeau-Bengio correction" in text
     assert main(args) == 0

@@ -40,10 +40,10 @@ def test_test_split_is_evaluated_once_after_the_last_epoch(tmp_path, monkeypatch
     calls = []
     original = Classification.evaluate
 
-    def spy(self, model, loaders, split, device):
+    def spy(self, model, loaders, split, device, **kwargs):
         log = tmp_path / "run" / "log.jsonl"
         calls.append((split, len(log.read_text().splitlines()) if log.exists() else 0))
-        return original(self, model, loaders, split, device)
+        return original(self, model, loaders, split, device, **kwargs)
 
     monkeypatch.setattr(Classification, "evaluate", spy)
     summary = train(cfg(), run_dir=tmp_path / "run", log=False)

@@ -25,7 +25,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+from safetensors.torch import load_file
 
 from fusionzoo.atomic import pyplot, save_figure_atomic, write_json_atomic, write_text_atomic
 from fusionzoo.compare.stats import friedman, holm, mean_ci, paired_comparison
@@ -160,7 +162,53 @@ def build_leaderboard(
     rows.sort(key=lambda r: (1 if lower else -1) * r["metrics"].get(headline, {}).get("mean", worst))
     problems = {c: dict(s) for c, s in statuses.items() if s.get("status") in ("skipped", "failed", "partial")}
     board = {"metric": metric, "reference": ref, "cells": rows, "problems": problems, "overlap": _overlap(rows, headline)}
+    if metric == "accuracy":
+        _bootstrap(cells, rows)
     return board | _paired(cells, rows, headline, lower)
+
+
+#: Bootstrap resamples of the pooled test samples (seeded: the leaderboard is reproducible).
+BOOTSTRAP = 2000
+
+
+def _correct(runs: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
+    """Per test sample, the fraction of the cell's seeds that classify it correctly, the folds'
+    test splits pooled (every sample once); None without saved predictions for every run."""
+    files = [Path(r["run_dir"]) / "test_predictions.safetensors" for r in runs]
+    if not files or not all(f.is_file() for f in files):
+        return None
+    by_seed: dict[Any, list[tuple[Any, np.ndarray]]] = {}
+    for run, file in zip(runs, files):
+        saved = load_file(str(file))
+        labels = saved["labels"]
+        keep = labels >= 0
+        hit = (saved["outputs"].argmax(1) == labels)[keep].double().numpy()
+        by_seed.setdefault(run["seed"], []).append((run.get("fold") or 0, hit))
+    pooled = [np.concatenate([h for _, h in sorted(parts, key=lambda x: x[0])]) for parts in by_seed.values()]
+    return np.mean(pooled, axis=0) if len({len(x) for x in pooled}) == 1 else None
+
+
+def _bootstrap(cells: Mapping[str, list[dict[str, Any]]], rows: list[dict[str, Any]]) -> None:
+    """``row["bootstrap"]``: the pooled test accuracy with its 95% percentile interval over
+    :data:`BOOTSTRAP` resamples of the test samples, and against the best cell the same for the
+    per-sample difference (paired: the same samples resampled for both)."""
+    correct = {r["cell"]: _correct(cells[r["cell"]]) for r in rows}
+    sizes = {len(c) for c in correct.values() if c is not None}
+    if not rows or correct[rows[0]["cell"]] is None or len(sizes) != 1:  # the best's, and the same samples for all
+        return
+    n = sizes.pop()
+    index = np.random.default_rng(0).integers(0, n, (BOOTSTRAP, n))
+    best = rows[0]["cell"]
+    for r in rows:
+        c = correct[r["cell"]]
+        if c is None:
+            continue
+        low, high = np.percentile(c[index].mean(1), [2.5, 97.5])
+        r["bootstrap"] = {"mean": float(c.mean()), "ci_low": float(low), "ci_high": float(high), "n": int(len(c))}
+        if r["cell"] != best:
+            d = c - correct[best]
+            low, high = np.percentile(d[index].mean(1), [2.5, 97.5])
+            r["bootstrap"]["vs_best"] = {"mean": float(d.mean()), "ci_low": float(low), "ci_high": float(high)}
 
 
 def _paired(cells: Mapping[str, list[dict[str, Any]]], rows: list[dict[str, Any]], headline: str, lower: bool) -> dict[str, Any]:
@@ -227,6 +275,8 @@ def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header
     head += ["contribution shares (%)"] if shares else []
     paired = any("paired" in r for r in rows)
     head += ["Δ vs best (paired)", "p (Holm)"] if paired else []
+    booted = any("bootstrap" in r for r in rows)
+    head += ["pooled test acc. (%, bootstrap 95%)"] if booted else []
     head += ["params", "MFLOPs/sample", "train s"]
     lines = [f"# {title}", "", *header_lines, "" if header_lines else "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows, 1):
@@ -239,6 +289,9 @@ def format_markdown(board: Mapping[str, Any], title: str = "Leaderboard", header
             cells.append(", ".join(f"{x} {100 * m[f'share/{x}']['mean']:.0f}" if f"share/{x}" in m else f"{x} -" for x in shares))
         if paired:
             cells += _paired_cells(r.get("paired"), metric)
+        if booted:
+            b = r.get("bootstrap")
+            cells.append(f"{100 * b['mean']:.1f} [{100 * b['ci_low']:.1f}, {100 * b['ci_high']:.1f}]" if b else "-")
         params = m.get("params", {}).get("mean")
         flops = m.get("flops_per_sample", {}).get("mean")
         seconds = m.get("train_seconds", {}).get("mean")
@@ -320,6 +373,16 @@ def _notes(board: Mapping[str, Any]) -> list[str]:
         else:
             notes.append(f"No other cell's interval overlaps that of the best, `{overlap['best']}`.")
     notes += _paired_notes(board)
+    booted = [r for r in board["cells"] if "bootstrap" in r]
+    if booted:
+        best = booted[0]
+        apart = [f"`{r['cell']}`" for r in booted[1:] if "vs_best" in r["bootstrap"] and r["bootstrap"]["vs_best"]["ci_high"] < 0]
+        notes.append(
+            f"*pooled test acc.*: the {best['bootstrap']['n']} test samples of every fold pooled (each tested once; a sample's "
+            f"correctness averaged over seeds), with the 95% percentile interval over {BOOTSTRAP} bootstrap resamples of the samples. "
+            f"Its paired difference from `{best['cell']}` (the same resamples) excludes 0 for: {', '.join(apart) if apart else 'none'} "
+            "(this interval is over test samples only: it says how sure the pooled number is, not how a new training run would score)."
+        )
     for cell, status in board["problems"].items():
         notes.append(f"`{cell}` {status['status']}: {status.get('reason', '')}")
     return [f"- {n}" for n in notes]

@@ -36,10 +36,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import yaml
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from fusionzoo.atomic import pyplot, save_figure_atomic, strict_json, write_json_atomic, write_text_atomic
+from fusionzoo.atomic import atomic_path, pyplot, save_figure_atomic, strict_json, write_json_atomic, write_text_atomic
 from fusionzoo.config import (
     ExperimentConfig,
     build_dataset,
@@ -225,6 +226,8 @@ def _datasets(cfg: ExperimentConfig, resumed: Path | None) -> tuple[dict[str, An
 
 
 FINGERPRINTS = "data_fingerprint.json"
+#: The test split's outputs and labels at the selected checkpoint, in the loader's order.
+PREDICTIONS = "test_predictions.safetensors"
 
 
 def _check_fingerprints(resumed: Path | None, fingerprints: Mapping[str, str]) -> None:
@@ -525,7 +528,11 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
     if history and run.is_main:  # the only evaluation of test, on the selected weights
         if selected != state.epoch:
             load_model_weights(state.model, run.run_dir / "checkpoints" / f"epoch-{selected:03d}")
-        test = run.objective.evaluate(state.model, run.loaders, "test", run.device)
+        predictions: dict[str, Tensor] = {}
+        test = run.objective.evaluate(state.model, run.loaders, "test", run.device, predictions=predictions)
+        if predictions:  # what the leaderboard's per-sample bootstrap resamples (pooled over folds)
+            with atomic_path(run.run_dir / PREDICTIONS) as tmp:
+                save_file({k: v.contiguous() for k, v in predictions.items()}, str(tmp), metadata={"epoch": str(selected)})
     summary = {
         "run_dir": str(run.run_dir),
         "seed": run.cfg.seed,

@@ -99,10 +99,12 @@ def evaluate(
     keep: Iterable[str] | None = None,
     noise: Mapping[str, float] | None = None,
     seed: int = 0,
+    predictions: dict[str, Tensor] | None = None,
 ) -> dict[str, float]:
     """``task``'s metrics of ``model`` on ``loader`` seeing only the modalities in ``keep`` (default:
     all), with ``noise`` (``{modality: level}``) added. Removed modalities are dropped from the batch,
-    which the model treats as missing for the whole batch."""
+    which the model treats as missing for the whole batch. ``predictions``, when given, receives the
+    ``outputs`` and ``labels`` the metrics were computed from, in the loader's order."""
     task = get_task(task)
     device = torch.device(device)
     model.eval()
@@ -119,4 +121,7 @@ def evaluate(
         labels.append(batch["label"].cpu())
     if not outputs:
         raise ValueError("evaluate: the loader yielded no batch")
+    if predictions is not None:
+        predictions.update(outputs=torch.cat(outputs), labels=torch.cat(labels))
+        return task.metrics(predictions["outputs"], predictions["labels"])
     return task.metrics(torch.cat(outputs), torch.cat(labels))

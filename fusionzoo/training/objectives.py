@@ -93,8 +93,10 @@ class Classification(Objective):
         return None if labelled else "no training sample has a label (each is missing, -1 or NaN): the loss had nothing to learn from"
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loaders: Mapping[str, Any], split: str, device: torch.device) -> dict[str, Any]:
-        return evaluate(model, loaders[split], self.task, device)
+    def evaluate(
+        self, model: nn.Module, loaders: Mapping[str, Any], split: str, device: torch.device, predictions: dict | None = None
+    ) -> dict[str, Any]:
+        return evaluate(model, loaders[split], self.task, device, predictions=predictions)
 
     def headline(self, record: Mapping[str, Any]) -> str:
         train, val = record["train"], record["val"]
@@ -212,8 +214,10 @@ class Alignment(Objective):
         return loss, torch.stack([loss.detach() * n, loss.new_tensor(n)]).double()
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loaders: Mapping[str, Any], split: str, device: torch.device) -> dict[str, Any]:
-        first, second = self.order
+    def evaluate(
+        self, model: nn.Module, loaders: Mapping[str, Any], split: str, device: torch.device, predictions: dict | None = None
+    ) -> dict[str, Any]:
+        first, second = self.order  # (retrieval keeps no per-sample predictions)
         emb, labels = embed(model, loaders[split], device)
         train, train_labels = embed(model, loaders["train"], device)
         metrics = retrieval_metrics(emb[first], emb[second], names=(first, second), labels=labels)
