@@ -357,24 +357,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action="store_true", help="then evaluate under every modality subset and noise level (eval/)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("eval", help="evaluate a run under every subset of modalities and growing noise")
-    p.add_argument("run", help="a run directory (its selected checkpoint) or a checkpoint folder")
-    p.add_argument("--missing", action="append", default=[], metavar="M1,M2", help="modalities to remove")
-    p.add_argument("--noise", action="append", default=[], metavar="M=LEVEL", help="noise added to a modality")
-    p.add_argument("--levels", default="0,0.25,0.5,1,2", help="noise levels of the robustness curves")
-    p.set_defaults(func=_eval)
-
-    p = sub.add_parser("explain", help="each modality's Shapley value for every prediction of a split (exact over all subsets)")
-    p.add_argument("run", help="a run directory (its selected checkpoint) or a checkpoint folder")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--out", default=None, help="output folder (default: <run>/explain/<split>)")
-    p.add_argument("--samples", type=int, default=None, help="explain the first N samples of the split only")
-    p.add_argument("--value", default=None, choices=("logit", "prob", "log_prob", "output"),
-                   help="what is explained: the predicted class's (each label's) logit, prob or log_prob (default logit); "
-                   "a regression target's output")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.set_defaults(func=_explain)
-
     p = sub.add_parser("compare", help="train a grid of fusion blocks / settings over seeds and write a leaderboard")
     p.add_argument("config", nargs="?", default=None, help="the base experiment config")
     p.add_argument("--fusions", default=None, metavar="PATTERNS", help="fusion blocks, comma-separated fnmatch patterns ('*': all)")
@@ -395,7 +377,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_tool_parsers(sub: argparse._SubParsersAction) -> None:
-    """The commands that work on a trained run: embed, export, ensemble."""
+    """The commands that work on a trained run: eval, explain, embed, export, ensemble."""
+    p = sub.add_parser("eval", help="evaluate a run under every subset of modalities and growing noise")
+    p.add_argument("run", help="a run directory (its selected checkpoint) or a checkpoint folder")
+    p.add_argument("--missing", action="append", default=[], metavar="M1,M2", help="modalities to remove")
+    p.add_argument("--noise", action="append", default=[], metavar="M=LEVEL", help="noise added to a modality")
+    p.add_argument("--levels", default="0,0.25,0.5,1,2", help="noise levels of the robustness curves")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("explain", help="each modality's Shapley value for every prediction of a split (exact over all subsets)")
+    p.add_argument("run", help="a run directory (its selected checkpoint) or a checkpoint folder")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", default=None, help="output folder (default: <run>/explain/<split>)")
+    p.add_argument("--samples", type=int, default=None, help="explain the first N samples of the split only")
+    p.add_argument("--value", default=None, choices=("logit", "prob", "log_prob", "output"),
+                   help="what is explained: the predicted class's (each label's) logit, prob or log_prob (default logit); "
+                   "a regression target's output")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=_explain)
+
     p = sub.add_parser("embed", help="write a run's encoder features of each split (safetensors) for feature transfer")
     p.add_argument("run", help="a run directory (its selected checkpoint) or a checkpoint folder")
     p.add_argument("--split", default="train,val,test", help="comma-separated splits (default: all three)")

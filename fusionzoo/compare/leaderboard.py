@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from fusionzoo.atomic import pyplot, save_figure_atomic, write_json_atomic, write_text_atomic
 from fusionzoo.compare.stats import friedman, holm, mean_ci, paired_comparison
+from fusionzoo.training.runfolder import claim_output
 from fusionzoo.training.tasks import lower_is_better
 
 __all__ = ["run_numbers", "collect_runs", "aggregate", "build_leaderboard", "write_leaderboard", "format_aggregate"]
@@ -402,12 +403,13 @@ def format_csv(board: Mapping[str, Any]) -> str:
 
 
 def write_leaderboard(board: Mapping[str, Any], out: str | Path, title: str = "Leaderboard", header_lines: Sequence[str] = ()) -> list[Path]:
-    """``leaderboard.{md,csv,json}``, ``leaderboard.png`` and ``robustness.png`` in ``out``; a
-    ``leaderboard.*`` there that compare did not write (no ``leaderboard.json`` of its own beside
-    it) is refused, never overwritten."""
+    """``leaderboard.{md,csv,json}``, ``leaderboard.png``, ``robustness.png`` and ``cd.png`` in
+    ``out``; such a file there that compare did not write is refused, never overwritten
+    (:func:`~fusionzoo.training.runfolder.claim_output`)."""
     out = Path(out)
     paths = [out / "leaderboard.md", out / "leaderboard.csv", out / "leaderboard.json"]
-    _check_owned(out, paths)
+    names = [p.name for p in paths] + ["leaderboard.png", "robustness.png", "cd.png"]
+    claim_output(out, names, "compare", known=_written_by_compare(paths[2]))
     write_text_atomic(paths[0], format_markdown(board, title, header_lines))
     write_text_atomic(paths[1], format_csv(board))
     write_json_atomic(paths[2], {"written_by": WRITTEN_BY, "title": title, "header": list(header_lines), **board})
@@ -418,18 +420,13 @@ def write_leaderboard(board: Mapping[str, Any], out: str | Path, title: str = "L
 WRITTEN_BY = "fusionzoo compare"
 
 
-def _check_owned(out: Path, paths: Sequence[Path]) -> None:
-    """Refuse ``out`` when it holds one of ``paths`` and its ``leaderboard.json`` is not compare's."""
-    found = [p.name for p in [*paths, out / "leaderboard.png", out / "robustness.png"] if p.exists()]
-    if not found:
-        return
+def _written_by_compare(path: Path) -> bool:
+    """Whether ``leaderboard.json`` is compare's: marked so, or an older compare's (its keys)."""
     try:
-        record = json.loads((out / "leaderboard.json").read_text())
-        ours = record.get("written_by") == WRITTEN_BY or {"title", "header", "cells"} <= set(record)  # or an older compare's
+        record = json.loads(path.read_text())
+        return record.get("written_by") == WRITTEN_BY or {"title", "header", "cells"} <= set(record)
     except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise FileExistsError(f"compare: {out} holds {', '.join(found)}, which compare did not write: give another --out (or move them)")
+        return False
 
 
 def _plots(board: Mapping[str, Any], out: Path) -> list[Path]:

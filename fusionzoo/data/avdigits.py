@@ -283,14 +283,7 @@ class AVDigits(Dataset):
         self.root = Path(root if root is not None else os.environ.get("FUSIONZOO_AVDIGITS", DEFAULT_ROOT))
         if download:
             download_avdigits(self.root)
-        needed = [self.root / "manifest.csv", *(self.root / "mnist" / f for f in MNIST_FILES["test" if split == "test" else "train"])]
-        for path in needed:
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"avdigits: {path} not found. Put the avdigits folder (manifest.csv, audio/, mnist/; "
-                    f"see its README) at {self.root}, set FUSIONZOO_AVDIGITS, or pass download=True on a "
-                    "machine that is online."
-                )
+        self._check_files(["train", "test"] if folds is not None else ["test" if split == "test" else "train"])
         self.split, self.difficulty, self.val_speaker = split, difficulty, val_speaker
         self.modalities = ("audio", "visual")
         self.sample_rates = {"audio": SAMPLE_RATE}
@@ -323,6 +316,17 @@ class AVDigits(Dataset):
         self.targets = self.labels.copy()
         if labelled_per_class is not None and split == "train":
             self.targets = hide_labels(self.labels, labelled_per_class)
+
+    def _check_files(self, splits: list[str]) -> None:
+        """The manifest and the MNIST files of the manifest ``splits`` read are there."""
+        needed = [self.root / "manifest.csv", *(self.root / "mnist" / f for s in splits for f in MNIST_FILES[s])]
+        for path in needed:
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"avdigits: {path} not found. Put the avdigits folder (manifest.csv, audio/, mnist/; "
+                    f"see its README) at {self.root}, set FUSIONZOO_AVDIGITS, or pass download=True on a "
+                    "machine that is online."
+                )
 
     @staticmethod
     def _split_rows(rows: list[dict], split: str, val_speaker: str) -> np.ndarray:

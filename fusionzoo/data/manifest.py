@@ -241,18 +241,7 @@ class ManifestDataset(Dataset):
         fitted: Mapping[str, Any] | None = None,
         raw: tuple[str, ...] | list[str] = (),
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"manifest: split must be one of {SPLITS}, got {split!r}")
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error: 'raise' or 'skip', got {on_error!r}")
-        if cache not in ("none", "memory", "disk"):
-            raise ValueError(f"cache: 'none', 'memory' or 'disk', got {cache!r}")
-        if cache_dir is not None and cache != "disk":
-            raise ValueError(f"cache_dir: only used with cache: disk (cache is {cache!r})")
-        if check not in ("header", "decode"):
-            raise ValueError(f"check: 'header' or 'decode', got {check!r}")
-        if folds is not None and splits is not None:
-            raise ValueError("folds: the splits come from the folds; give splits or folds, not both")
+        self._check_options(split, on_error, cache, cache_dir, check, splits, folds)
         self.folds = None if folds is None else check_folds(folds, "folds", group=True)
         self._args = {"path": path, "modalities": modalities, "label": label, "splits": splits, "folds": folds, "root": root, "on_error": on_error, "cache": cache, "cache_dir": cache_dir, "check": check, "raw": raw}
         self.path = Path(path)
@@ -304,6 +293,21 @@ class ManifestDataset(Dataset):
         return h.hexdigest()
 
     # -- configuration ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_options(split: str, on_error: str, cache: str, cache_dir: Any, check: str, splits: Any, folds: Any) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"manifest: split must be one of {SPLITS}, got {split!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error: 'raise' or 'skip', got {on_error!r}")
+        if cache not in ("none", "memory", "disk"):
+            raise ValueError(f"cache: 'none', 'memory' or 'disk', got {cache!r}")
+        if cache_dir is not None and cache != "disk":
+            raise ValueError(f"cache_dir: only used with cache: disk (cache is {cache!r})")
+        if check not in ("header", "decode"):
+            raise ValueError(f"check: 'header' or 'decode', got {check!r}")
+        if folds is not None and splits is not None:
+            raise ValueError("folds: the splits come from the folds; give splits or folds, not both")
 
     @staticmethod
     def _modalities(modalities: Mapping[str, Mapping[str, Any]]) -> dict[str, _Modality]:

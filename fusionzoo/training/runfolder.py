@@ -87,16 +87,16 @@ def claim(run_dir: Path, marker: bool = True) -> Iterator[None]:
 OUTPUT_MARKER = ".fusionzoo-output"
 
 
-def claim_output(out: str | Path, names: Iterable[str], what: str) -> Path:
+def claim_output(out: str | Path, names: Iterable[str], what: str, known: bool = False) -> Path:
     """Before a tool writes ``names`` into ``out``: refuse when one of them is there already and the
-    folder is not fusionzoo's (neither marked by an earlier write nor inside a run folder), so a
-    user's file is never overwritten; then mark it. Returns ``out``."""
+    folder is not fusionzoo's (neither marked by an earlier write nor inside a run folder, nor
+    ``known`` to the caller by its content), so a user's file is never overwritten; then mark it.
+    Returns ``out``."""
     out = Path(out)
     clashing = sorted(n for n in names if (out / n).exists() or (out / n).is_symlink())
-    ours = any((d / OUTPUT_MARKER).is_file() or (d / MARKER).is_file() for d in (out, *out.parents))
+    ours = known or any((d / OUTPUT_MARKER).is_file() or (d / MARKER).is_file() for d in (out, *out.parents))
     if clashing and not ours:
-        raise FileExistsError(f"{what}: {out} holds {', '.join(clashing)}, which fusionzoo did not write there: "
-                              "give another --out (or move them)")
+        raise FileExistsError(f"{what}: {out} holds {', '.join(clashing)}, which {what} did not write: give another --out (or move them)")
     if not ours:  # (inside a run folder the writers make the folder when they write)
         out.mkdir(parents=True, exist_ok=True)
         (out / OUTPUT_MARKER).touch()

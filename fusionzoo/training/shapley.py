@@ -68,8 +68,9 @@ def select_value(logits: Tensor, classes: Tensor, value: str = "logit") -> Tenso
 def output_value(logits: Tensor, value: str = "logit") -> Tensor:
     """``[p, b, k]``: every output's ``value``: a multi-label head's logit, probability (sigmoid) or
     log-probability, or (``output``) a regression head's prediction."""
-    if value not in ("logit", "prob", "log_prob", "output"):
-        raise ValueError(f"explain: value must be one of logit, prob, log_prob, output, got {value!r}")
+    allowed = VALUES["multilabel"] + VALUES["regression"]
+    if value not in allowed:
+        raise ValueError(f"explain: value must be one of {', '.join(allowed)}, got {value!r}")
     return logits.sigmoid() if value == "prob" else F.logsigmoid(logits) if value == "log_prob" else logits
 
 
