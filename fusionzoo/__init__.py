@@ -1,7 +1,7 @@
 """fusionzoo: a multimodal fusion model zoo for PyTorch.
 
 The public face: ``create_X``, ``list_X``, ``register_X`` and ``get_X_info`` for X in encoder,
-fusion, head, model, dataset, loss and optimizer; ``load_config``, ``build_model`` and
+fusion, head, model, dataset, loss, optimizer and logger; ``load_config``, ``build_model`` and
 ``from_pretrained`` (a saved folder, a run folder or a shipped model's name).
 
 ``create_X(name, **kwargs)`` calls the constructor with exactly ``kwargs``: its signature holds the
@@ -10,6 +10,7 @@ The small sizes the tests use are the entries' ``example_kwargs``: ``FUSIONS.get
 """
 
 from fusionzoo import data, encoders, fusion, losses, models, optim  # noqa: F401  (imports register the entries)
+from fusionzoo.training import loggers  # noqa: F401  (registers the experiment trackers)
 from fusionzoo.config import ExperimentConfig, build_model, load_config
 from fusionzoo.encoders.base import Encoder
 from fusionzoo.errors import ConfigError
@@ -23,6 +24,7 @@ from fusionzoo.registry import (
     ENCODERS,
     FUSIONS,
     HEADS,
+    LOGGERS,
     LOSSES,
     MODELS,
     OPTIMIZERS,
@@ -62,6 +64,10 @@ create_optimizer = OPTIMIZERS.create
 list_optimizers = OPTIMIZERS.list
 register_optimizer = OPTIMIZERS.register
 
+create_logger = LOGGERS.create
+list_loggers = LOGGERS.list
+register_logger = LOGGERS.register
+
 
 def get_encoder_info(name: str) -> dict:
     """Metadata of a registered encoder, plus parameter count and input shape of its example instance."""
@@ -98,7 +104,12 @@ def get_optimizer_info(name: str) -> dict:
     return OPTIMIZERS.get(name).describe()
 
 
-KINDS = ("encoder", "fusion", "head", "model", "dataset", "loss", "optimizer")
+def get_logger_info(name: str) -> dict:
+    """Metadata of a registered experiment tracker (``train.loggers``)."""
+    return LOGGERS.get(name).describe()
+
+
+KINDS = ("encoder", "fusion", "head", "model", "dataset", "loss", "optimizer", "logger")
 
 __all__ = [
     "AlignmentModel",
@@ -110,6 +121,7 @@ __all__ = [
     "FUSIONS",
     "FusionBlock",
     "HEADS",
+    "LOGGERS",
     "LOSSES",
     "MODELS",
     "MultimodalModel",

@@ -42,6 +42,7 @@ from fusionzoo.registry import (
     ENCODERS,
     FUSIONS,
     HEADS,
+    LOGGERS,
     LOSSES,
     OPTIMIZERS,
     Registry,
@@ -286,7 +287,21 @@ def validate_config(cfg: Mapping[str, Any], origin: str = "<dict>") -> TrainSett
         if "align" in cfg:
             raise ConfigError(f"{origin}: train.loss: an alignment names its loss in align.loss")
         _check_section(LOSSES, train.loss, "train.loss", (), origin, tag=SUPERVISED_TAGS)
+    _check_loggers(train.loggers, origin)
     return train
+
+
+def _check_loggers(entries: Any, origin: str) -> None:
+    """``train.loggers``: a list of logger names or ``{name, options}`` mappings, each once."""
+    if not isinstance(entries, list):
+        raise ConfigError(f"{origin}: train.loggers: expected a list such as [tensorboard, mlflow], got {entries!r}")
+    names = []
+    for i, entry in enumerate(entries):
+        section = {"name": entry} if isinstance(entry, str) else entry
+        _check_section(LOGGERS, section, f"train.loggers[{i}]", (), origin)
+        names.append(section["name"])
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{origin}: train.loggers: each logger once, got {names}")
 
 
 def build_from_section(registry: Registry, section: Mapping[str, Any], path: str, origin: str = "<dict>", **derived: Any) -> Any:

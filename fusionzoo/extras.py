@@ -20,6 +20,11 @@ EXTRAS = {
     "open_clip": "clip",
     "onnx": "export",
     "onnxruntime": "export",
+    "tensorboard": "track",
+    "mlflow": "track",
+    "optuna": "tune",
+    "ray": "ray",
+    "submitit": "slurm",
 }
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "DATASETS",
     "LOSSES",
     "OPTIMIZERS",
+    "LOGGERS",
     "REGISTRIES",
     "closest",
     "check_kwargs",
@@ -294,6 +295,7 @@ MODELS = Registry("model")
 DATASETS = Registry("dataset")
 LOSSES = Registry("loss")
 OPTIMIZERS = Registry("optimizer")
+LOGGERS = Registry("logger")
 
 REGISTRIES: dict[str, Registry] = {
     "encoders": ENCODERS,
@@ -303,4 +305,5 @@ REGISTRIES: dict[str, Registry] = {
     "datasets": DATASETS,
     "losses": LOSSES,
     "optimizers": OPTIMIZERS,
+    "loggers": LOGGERS,
 }

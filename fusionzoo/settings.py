@@ -12,7 +12,7 @@ from fusionzoo.transfer import STRATEGIES
 
 __all__ = ["TrainSettings"]
 
-INT_KEYS = ("epochs", "batch_size", "min_present", "num_workers", "keep_checkpoints")
+INT_KEYS = ("epochs", "batch_size", "min_present", "num_workers", "keep_checkpoints", "log_every")
 FLOAT_KEYS = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "modality_dropout")
 BOOL_KEYS = ("decay_norms_and_biases", "amp", "compile", "progress", "cache_frontend")
 NULLABLE = ("grad_clip", "progress")
@@ -74,6 +74,11 @@ class TrainSettings:
     first non-finite loss, before that epoch's checkpoint is written; ``skip_batch`` skips a batch
     whose loss or gradients are not finite (and restores the BatchNorm statistics it touched),
     counting them in the epoch's ``skipped_batches``.
+
+    ``loggers`` (``[tensorboard, mlflow]``, or ``{name: mlflow, tracking_uri: ..., experiment: ...}``
+    entries; default none) send the training loss and learning rate every ``log_every`` optimizer
+    steps, each epoch's metrics, the test metrics and the config to tracking tools
+    (:mod:`fusionzoo.training.loggers`); ``log.jsonl`` is written either way.
     """
 
     epochs: int = 10
@@ -107,6 +112,8 @@ class TrainSettings:
     select_metric: str | None = None
     early_stopping: dict | None = None
     on_nonfinite: str = "stop"
+    loggers: list = field(default_factory=list)
+    log_every: int = 10
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any] | None, origin: str = "<dict>") -> TrainSettings:
@@ -153,6 +160,7 @@ class TrainSettings:
             "feature_cache_dir": self.feature_cache_dir is None or (isinstance(self.feature_cache_dir, str) and self.feature_cache == "disk"),
             "select": self.select in ("best", "last"),
             "on_nonfinite": self.on_nonfinite in ("stop", "skip_batch"),
+            "log_every": self.log_every >= 1,
             "select_metric": self.select_metric is None or isinstance(self.select_metric, str),
             "optimizer": isinstance(self.optimizer, dict) and isinstance(self.optimizer.get("name"), str),
             "loss": self.loss is None or (isinstance(self.loss, dict) and isinstance(self.loss.get("name"), str)),

@@ -19,6 +19,7 @@ CPU), wraps model and objective in ``DistributedDataParallel``, shards the train
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -75,6 +76,7 @@ from fusionzoo.training.checkpoint import (
 from fusionzoo.training.runfolder import check_folder, check_resume_config, claim, drop_stash, restore_stash, stash_run
 from fusionzoo.training.evaluate import move_batch
 from fusionzoo.training.feature_cache import cache_datasets, cacheable_modalities
+from fusionzoo.training.loggers import LogContext, RunLoggers, build_loggers, log_identity
 from fusionzoo.training.objectives import Objective, TrainStep, build_objective
 from fusionzoo.training.selection import Selection
 from fusionzoo.training.state import TrainState
@@ -104,6 +106,9 @@ class _Run:
     init_report: str | None = None
     data_files: dict[str, str] | None = None  # the data's fitted state and skipped-row report, by file name
     regularizer: L2SP | None = None
+    loggers: RunLoggers | None = None  # rank 0's experiment trackers (train.loggers)
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+    test: bool = True
 
     @property
     def is_main(self) -> bool:
@@ -117,12 +122,22 @@ def train(
     overwrite: bool = False,
     overrides: Iterable[str] = (),
     log: bool = True,
+    *,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    test: bool = True,
+    log_as: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train what a config describes; returns the summary also written to ``metrics.json``."""
+    """Train what a config describes; returns the summary also written to ``metrics.json``.
+
+    ``on_epoch(record)`` is called after each epoch's checkpoint is written (``fusionzoo tune``
+    reports the validation metric to its pruner there; what it raises ends the run). ``test=False``
+    leaves the test split unevaluated (a tuning trial selects on validation alone). ``log_as``:
+    ``{experiment, run, tags}`` for ``train.loggers`` (default: the config's name, the folder's)."""
     cfg = load_config(config, overrides)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     check_folder(run_dir, resume, overwrite)  # fail fast; checked again under the lock
     run, state = _set_up(cfg, run_dir, log, resume)  # everything is built and validated before a file changes
+    run.on_epoch, run.test = on_epoch, test
     with claim(run_dir) if run.is_main else nullcontext():
         if run.is_main:
             check_folder(run_dir, resume, overwrite)
@@ -132,6 +147,11 @@ def train(
         stash = stash_run(run_dir) if overwrite and not resume and run.is_main else None
         try:
             _write_run_files(run, state)
+            if run.is_main and cfg.train.loggers:
+                experiment, name, tags = log_identity(cfg.name, run_dir, log_as)
+                resumed = state.scheduler.last_epoch if resume else None
+                resolved = {**cfg.to_dict(), "train": dataclasses.asdict(cfg.train)}  # every training default written out
+                run.loggers = build_loggers(cfg.train.loggers, LogContext(run_dir, resolved, experiment, name, tags, resumed))
             step = _wrap(run, state)
             started = time.perf_counter()
             for epoch in range(state.epoch, cfg.train.epochs):
@@ -145,6 +165,8 @@ def train(
         except BaseException:
             if stash is not None:
                 restore_stash(run_dir, stash)
+            if run.loggers is not None:
+                run.loggers.close()
             raise
         drop_stash(stash)
         # DDP's reducer holds the process group: freed after the group is destroyed, its destructor
@@ -431,6 +453,8 @@ def _train_epoch(run: _Run, state: TrainState, step: nn.Module, epoch: int) -> d
         state.optimizer.step()
         state.scheduler.step()
         totals += stats
+        if run.loggers and state.scheduler.last_epoch % settings.log_every == 0:  # one host sync per logged step
+            run.loggers.log_step(state.scheduler.last_epoch, {"loss": loss.item(), "lr": state.scheduler.get_last_lr()[0]})
         if not bar.disable:  # the progress bar is the only per-step reader
             bar.set_postfix(loss=f"{loss.item():.3f}")
     _stop_if_nonfinite(run, first_bad, epoch)
@@ -501,6 +525,10 @@ def _end_epoch(run: _Run, state: TrainState, record: dict[str, Any]) -> None:
         with (run.run_dir / "log.jsonl").open("a") as f:
             f.write(strict_json(record) + "\n")
         save_checkpoint(run.run_dir, state.epoch, state.model, state.state_dict(), keep=run.cfg.train.keep_checkpoints, best=best)
+        if run.loggers:
+            run.loggers.log_epoch(state.scheduler.last_epoch, record)
+    if run.on_epoch is not None:
+        run.on_epoch(record)
 
 
 def _weights_digest(model: nn.Module) -> str:
@@ -525,7 +553,7 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
     best_epoch, best_val = run.selection.best(history)
     selected = best_epoch if settings.select == "best" else state.epoch
     test = None
-    if history and run.is_main:  # the only evaluation of test, on the selected weights
+    if history and run.is_main and run.test:  # the only evaluation of test, on the selected weights
         if selected != state.epoch:
             load_model_weights(state.model, run.run_dir / "checkpoints" / f"epoch-{selected:03d}")
         predictions: dict[str, Tensor] = {}
@@ -558,6 +586,10 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
         write_json_atomic(run.run_dir / "metrics.json", summary)
         if history:
             _plot(history, best_epoch, run.run_dir / "curves.png")
+        if run.loggers is not None:
+            checkpoint = run.run_dir / "checkpoints" / f"epoch-{selected:03d}" if history else None
+            run.loggers.finish(state.scheduler.last_epoch, summary, checkpoint)
+            run.loggers.close()
     if run.world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -33,10 +33,11 @@ LOCK = ".lock"
 RUN_FILES = (
     "checkpoints", "eval", "metrics.json", "log.jsonl", "curves.png", "init_report.txt", "config.yaml", "data_state.json", "data_report.json",
     "data_fingerprint.json", "test_predictions.safetensors", "encoders", "encoders.yaml", "explain", "ensemble", "features",
+    "tensorboard", "mlflow.json",
 )
 RESUMABLE = (
     "name", "description", "train.epochs", "train.progress", "train.num_workers", "train.keep_checkpoints", "train.device",
-    "data.cache", "data.cache_dir",
+    "data.cache", "data.cache_dir", "train.loggers", "train.log_every",
 )
 
 
