@@ -370,10 +370,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, metavar="CELL", help="reference of effective robustness (default: weighted_late)")
     p.set_defaults(func=_compare)
 
+    _add_tune_parser(sub)
     _add_run_tool_parsers(sub)
     _add_bench_parser(sub)
     _add_data_parser(sub)
     return parser
+
+
+def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="search the config's tune.space with Optuna (TPE, pruning on validation), each trial a run")
+    p.add_argument("config", help="a YAML experiment config with a tune: {space: ...} section")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.add_argument("--trials", type=int, default=None, help="trials of the study, all workers together (default: tune.trials, else 20)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="start no trial after this long")
+    p.add_argument("--pruner", default=None, choices=["median", "hyperband", "none"], help="default: tune.pruner, else median")
+    p.add_argument("--out", default=None, help="default: runs/tune_<config name>")
+    p.add_argument("--storage", default=None, metavar="URL", help="a database URL shared by several workers (default: OUT/study.db)")
+    p.add_argument("--study", default=None, metavar="NAME", help="the study's name in the storage (default: the config's name)")
+    p.set_defaults(func=_tune)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from fusionzoo.tuning.study import tune
+
+    tune(args.config, args.out, overrides=args.set, trials=args.trials, timeout=args.timeout, storage=args.storage,
+         study_name=args.study, pruner=args.pruner)
+    return 0
 
 
 def _add_run_tool_parsers(sub: argparse._SubParsersAction) -> None:

@@ -51,6 +51,7 @@ from fusionzoo.registry import (
     closest,
 )
 from fusionzoo.settings import TrainSettings
+from fusionzoo.tuning.space import check_tune_section
 
 __all__ = [
     "ConfigError",
@@ -68,7 +69,7 @@ __all__ = [
     "check_input_sizes",
 ]
 
-TOP_LEVEL_KEYS = ("name", "description", "seed", "model", "align", "data", "train")
+TOP_LEVEL_KEYS = ("name", "description", "seed", "model", "align", "data", "train", "tune")
 MODEL_KEYS = ("encoders", "fusion", "head")
 ALIGN_KEYS = ("encoders", "loss", "order")
 SUPERVISED_TAGS = ("classification", "multilabel", "regression")  # train.loss; the data's task picks one
@@ -281,6 +282,8 @@ def validate_config(cfg: Mapping[str, Any], origin: str = "<dict>") -> TrainSett
             _check_section(LOSSES, align["loss"], "align.loss", (), origin, tag="contrastive")
     if "data" in cfg:
         _check_section(DATASETS, cfg["data"], "data", ("split", "fitted", "raw"), origin)
+    if "tune" in cfg:
+        check_tune_section(cfg["tune"], origin)
     train = TrainSettings.from_dict(_mapping(cfg.get("train") or {}, "train", origin), origin)
     _check_section(OPTIMIZERS, train.optimizer, "train.optimizer", ("params", "lr", "weight_decay"), origin)
     if train.loss is not None:
