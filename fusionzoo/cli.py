@@ -179,8 +179,6 @@ def _compare(args: argparse.Namespace) -> int:
     if (args.config is None) == (args.collect is None):
         print("error: give a CONFIG to run a grid, or --collect DIR to build the leaderboard of finished runs", file=sys.stderr)
         return 2
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs: cells trained at a time, an int >= 1, got {args.jobs}")
     command = "fusionzoo " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "fusionzoo compare (from Python)"
     rebuilt = None
     if args.collect is not None:
@@ -200,9 +198,14 @@ def _compare(args: argparse.Namespace) -> int:
         seeds = replicates(parse_seeds(args.seeds), args.folds)
         print(f"{len(cells)} cells x {len(seeds)} runs ({f'{args.folds} folds x ' if args.folds else ''}"
               f"{len({r.seed for r in seeds})} seeds) -> {out}")
+        launcher = make_launcher(args, out)
         with claim(out, marker=False):  # one compare per output folder
             write_text_atomic(out / "command.txt", command + "\n")
-            statuses = run_grid(args.config, cells, seeds, out, jobs=args.jobs)
+            if args.tune:
+                from fusionzoo.compare.tuned import tune_cells
+
+                tune_cells(args.config, cells, seeds[0], out, args.tune_trials, launcher)
+            statuses = run_grid(args.config, cells, seeds, out, launcher=launcher)
         root = out
     runs = collect_runs(root)
     if not runs:
@@ -212,7 +215,9 @@ def _compare(args: argparse.Namespace) -> int:
     from fusionzoo.bench import machine_tag
 
     header = [f"Command: `{command}`", ""] + ([f"Leaderboard rebuilt with `{rebuilt}`.", ""] if rebuilt else [])
-    header += [f"Machine: {machine_tag('cpu')}, torch {torch.__version__}."]
+    from fusionzoo.compare.tuned import tuning_header
+
+    header += tuning_header(root) + [f"Machine: {machine_tag('cpu')}, torch {torch.__version__}."]
     paths = write_leaderboard(board, out, title=f"Leaderboard: {out.name}", header_lines=header)
     print((out / "leaderboard.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -368,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default: runs/compare_<config name>")
     p.add_argument("--collect", default=None, metavar="DIR", help="only build the leaderboard from the finished runs under DIR")
     p.add_argument("--reference", default=None, metavar="CELL", help="reference of effective robustness (default: weighted_late)")
+    p.add_argument("--tune", action="store_true", help="tune every cell over the config's tune.space first (the same budget each); its runs use the best values")
+    p.add_argument("--tune-trials", type=int, default=None, metavar="N", help="trials per cell (default: tune.trials, else 20)")
+    add_launcher_arguments(p)
     p.set_defaults(func=_compare)
 
     _add_tune_parser(sub)
@@ -387,15 +395,40 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="default: runs/tune_<config name>")
     p.add_argument("--storage", default=None, metavar="URL", help="a database URL shared by several workers (default: OUT/study.db)")
     p.add_argument("--study", default=None, metavar="NAME", help="the study's name in the storage (default: the config's name)")
+    p.add_argument("--jobs", type=int, default=1, help="workers on the study (each a process, a Ray task or a Slurm job; default 1: this process)")
+    p.add_argument("--no-report", action="store_true", help="a worker's part only: run trials, leave the report to the command that launched it")
+    add_launcher_arguments(p)
     p.set_defaults(func=_tune)
 
 
 def _tune(args: argparse.Namespace) -> int:
     from fusionzoo.tuning.study import tune
 
+    launcher = make_launcher(args, args.out or "runs")
+    launched = launcher if (args.jobs > 1 or args.launcher != "local") else None
     tune(args.config, args.out, overrides=args.set, trials=args.trials, timeout=args.timeout, storage=args.storage,
-         study_name=args.study, pruner=args.pruner)
+         study_name=args.study, pruner=args.pruner, launcher=launched, report=not args.no_report)
     return 0
+
+
+def add_launcher_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the work runs (fusionzoo.launch): this machine, a Ray cluster, Slurm."""
+    g = p.add_argument_group("launcher (where the runs go: this machine, a Ray cluster, Slurm through submitit)")
+    g.add_argument("--launcher", default="local", choices=["local", "ray", "slurm"], help="default: local processes")
+    g.add_argument("--cpus-per-task", type=int, default=None, help="threads of each run (default: this machine's cores / --jobs)")
+    g.add_argument("--gpus-per-task", type=float, default=0, help="GPUs each Ray task or Slurm job asks for")
+    g.add_argument("--ray-address", default=None, metavar="ADDRESS", help="join a running Ray cluster (auto, ray://head:10001); default: start a local one")
+    g.add_argument("--slurm-partition", default=None)
+    g.add_argument("--slurm-time", type=int, default=240, metavar="MINUTES", help="each job's time limit (default 240)")
+    g.add_argument("--slurm-cluster", default=None, choices=["slurm", "local", "debug"],
+                   help="submitit's executor (default: slurm where sbatch is found, else local: this machine, the same code path)")
+
+
+def make_launcher(args: argparse.Namespace, out: str | Path):
+    from fusionzoo.launch import Launcher
+
+    return Launcher(args.launcher, jobs=args.jobs, cpus=args.cpus_per_task, gpus=args.gpus_per_task, address=args.ray_address,
+                    partition=args.slurm_partition, time_min=args.slurm_time, folder=Path(out) / "slurm", cluster=args.slurm_cluster)
 
 
 def _add_run_tool_parsers(sub: argparse._SubParsersAction) -> None:

@@ -82,11 +82,14 @@ def run_numbers(run_dir: str | Path) -> dict[str, Any]:
 
 
 def collect_runs(root: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Every finished run under ``root``, grouped by cell (sorted by seed within a cell)."""
+    """Every finished run under ``root``, grouped by cell (sorted by seed within a cell); the
+    trials of tuning studies are not among them."""
     root = Path(root)
     cells: dict[str, list[dict[str, Any]]] = {}
     for metrics in sorted(root.rglob("metrics.json")):
         run_dir = metrics.parent
+        if _in_study(run_dir, root):
+            continue
         seed = SEED_DIR.match(run_dir.name)
         cell_dir = run_dir.parent if seed else run_dir
         fold = FOLD_DIR.match(cell_dir.name) if seed else None
@@ -100,6 +103,12 @@ def collect_runs(root: str | Path) -> dict[str, list[dict[str, Any]]]:
     for runs in cells.values():
         runs.sort(key=lambda r: (r["fold"] is not None, r["fold"] or 0, r["seed"] is None, r["seed"]))
     return cells
+
+
+def _in_study(run_dir: Path, root: Path) -> bool:
+    """A trial of a ``fusionzoo tune`` study (``compare --tune`` keeps them in ``OUT/tune/``): a
+    tuning run, not one of the compared runs. Its study folder holds ``tune.json``."""
+    return any((p / "tune.json").is_file() for p in run_dir.parents if p == root or root in p.parents)
 
 
 def _fold_count(run_dir: Path) -> int | None:

@@ -2,8 +2,10 @@
 
 A run whose ``eval/results.json`` exists and whose saved config is the one its cell makes now is
 finished and skipped; any other is started with ``--resume`` (an interrupted run continues from its last checkpoint, a new one starts from scratch).
-``jobs`` processes run at a time, each with ``cpu_count // jobs`` threads. A process that fails is
-recorded with the last line of its log (``cells/<cell>/seed-<k>.log``) and the grid goes on.
+A :class:`~fusionzoo.launch.Launcher` runs them: ``jobs`` local processes at a time, each with
+``cpu_count // jobs`` threads (the default), Ray tasks or Slurm jobs; each is the same
+``fusionzoo train`` process on a resumable run folder. A process that fails is recorded with the
+last line of its log (``cells/<cell>/seed-<k>.log``) and the grid goes on.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ import yaml
 from fusionzoo.atomic import write_text_atomic
 from fusionzoo.compare.grid import Cell, Replicate, as_replicate
 from fusionzoo.config import load_config
+from fusionzoo.launch import Launcher
+from fusionzoo.training.loggers import EXPERIMENT_ENV, RUN_NAME_ENV, TAGS_ENV
 
 __all__ = ["run_grid", "is_finished", "die_with_parent"]
 
@@ -64,22 +67,29 @@ def _same_config(config: str | Path, cell: Cell, replicate: Replicate | int, run
     return yaml.safe_load((run_dir / "config.yaml").read_text()) == wanted
 
 
-def _run_one(config: str | Path, cell: Cell, replicate: Replicate, out: Path, threads: int) -> dict[str, Any]:
+def _run_one(config: str | Path, cell: Cell, replicate: Replicate, out: Path, threads: int, cwd: str | None = None) -> dict[str, Any]:
+    """One replicate of a cell, in whatever process the launcher runs it: paths are the grid's,
+    relative to ``cwd`` (the grid's working folder), where its ``fusionzoo train`` runs too."""
     run_dir = cell.run_dir(out, replicate)
+    here = Path(cwd or ".")
     done = {"seed": replicate.seed, "fold": replicate.fold, "replicate": replicate.path, "status": "done"}
-    if is_finished(run_dir) and _same_config(config, cell, replicate, run_dir):
+    if is_finished(here / run_dir) and _same_config(here / config, cell, replicate, here / run_dir):
         return done | {"reused": True}
     # not finished, or finished with another config: --resume continues it where only resumable keys
     # changed (train.epochs) and refuses the rest, naming them, in the cell's log and status
-    log = run_dir.parent / f"{run_dir.name}.log"
+    shown = run_dir.parent / f"{run_dir.name}.log"
+    log = here / shown
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()),
+           # train.loggers: the grid is one MLflow experiment, each replicate a run named by its folder
+           EXPERIMENT_ENV: Path(out).resolve().name, RUN_NAME_ENV: f"{cell.name}/{replicate.path}",
+           TAGS_ENV: json.dumps({"cell": cell.name, "seed": replicate.seed, "fold": replicate.fold})}
     with log.open("w") as f:
-        code = subprocess.run(_command(config, cell, replicate, run_dir), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-    if code == 0 and is_finished(run_dir):
+        code = subprocess.run(_command(config, cell, replicate, run_dir), stdout=f, stderr=subprocess.STDOUT, env=env, cwd=here).returncode
+    if code == 0 and is_finished(here / run_dir):
         return done | {"reused": False}
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return done | {"status": "failed", "reason": f"exit {code}: {lines[-1] if lines else 'no output'} (log: {log})"}
+    return done | {"status": "failed", "reason": f"exit {code}: {lines[-1] if lines else 'no output'} (log: {shown})"}
 
 
 def run_grid(
@@ -89,12 +99,13 @@ def run_grid(
     out: str | Path,
     jobs: int = 1,
     say: Callable[[str], None] = print,
+    launcher: Launcher | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train and evaluate every (cell, replicate: a seed, or a fold and seed); returns ``{cell:
     {status, fusion, reason, notes, seeds}}`` (``seeds`` keyed by the replicate's folder) and writes
-    it to ``OUT/grid.json``."""
+    it to ``OUT/grid.json``. ``launcher`` runs them (default: ``jobs`` local processes at a time)."""
     out = Path(out)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    launcher = launcher or Launcher("local", jobs=jobs)
     todo = [(c, as_replicate(s)) for c in cells if c.skipped is None for s in seeds]
     statuses: dict[str, dict[str, Any]] = {
         c.name: {"fusion": c.fusion, "overrides": list(c.overrides), "notes": c.notes, "status": "skipped" if c.skipped else "done",
@@ -105,18 +116,22 @@ def run_grid(
         if c.skipped:
             say(f"skip {c.name}: {c.skipped}")
 
-    def work(item: tuple[Cell, Replicate]) -> tuple[Cell, dict[str, Any]]:
-        cell, replicate = item
-        return cell, _run_one(config, cell, replicate, out, threads)
+    def lost(item: tuple, error: BaseException) -> dict[str, Any]:  # the task itself died (a node, a Slurm limit)
+        replicate = item[2]
+        return {"seed": replicate.seed, "fold": replicate.fold, "replicate": replicate.path, "status": "failed",
+                "reason": f"{launcher.name} task failed: {type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"}
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for n, (cell, result) in enumerate(pool.map(work, todo), 1):
-            statuses[cell.name]["seeds"][result["replicate"]] = result
-            what = "finished earlier" if result.get("reused") else result["status"]
-            which = result["replicate"].replace("/", " ").replace("-", " ")
-            say(f"[{n}/{len(todo)}] {cell.name} {which}: {what}" + (f" - {result['reason']}" if result["status"] == "failed" else ""))
-            write_text_atomic(out / "grid.json", json.dumps(statuses, indent=2))
+    items = [(config, cell, replicate, out, launcher.cpus_per_task, os.getcwd()) for cell, replicate in todo]
+    for n, (i, result) in enumerate(launcher.map(_run_one, items, lost), 1):
+        cell = todo[i][0]
+        statuses[cell.name]["seeds"][result["replicate"]] = result
+        what = "finished earlier" if result.get("reused") else result["status"]
+        which = result["replicate"].replace("/", " ").replace("-", " ")
+        say(f"[{n}/{len(todo)}] {cell.name} {which}: {what}" + (f" - {result['reason']}" if result["status"] == "failed" else ""))
+        write_text_atomic(out / "grid.json", json.dumps(statuses, indent=2))
+    order = {r.path: k for k, r in enumerate(as_replicate(s) for s in seeds)}
     for status in statuses.values():
+        status["seeds"] = dict(sorted(status["seeds"].items(), key=lambda kv: order.get(kv[0], 0)))  # the grid's order, whatever finished first
         failed = [r for r in status["seeds"].values() if r["status"] == "failed"]
         if failed and status["status"] == "done":
             status["status"] = "failed" if len(failed) == len(status["seeds"]) else "partial"

@@ -22,15 +22,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fusionzoo.config import ExperimentConfig, build_dataset, load_config
 from fusionzoo.errors import ConfigError
 from fusionzoo.extras import require
+from fusionzoo.atomic import write_json_atomic, write_text_atomic
+from fusionzoo.launch import Launcher
 from fusionzoo.training.engine import train
 from fusionzoo.training.runfolder import claim_output
 from fusionzoo.training.selection import Selection
@@ -44,7 +50,7 @@ __all__ = ["tune", "trial_seeded_tpe", "HEARTBEAT_ENV"]
 #: Seconds between a running trial's heartbeats; a trial silent for 3 of them was killed and is retried.
 HEARTBEAT = 10
 HEARTBEAT_ENV = "FUSIONZOO_TUNE_HEARTBEAT"  # the tests' shorter heartbeat
-REPORT_FILES = ("study.db", "trials", "best_config.yaml", "trials.md", "trials.csv", "tune.json", "history.png", "intermediate.png", "importance.png")
+REPORT_FILES = ("study.db", "trials", "workers", "tune_config.yaml", "best_config.yaml", "trials.md", "trials.csv", "tune.json", "history.png", "intermediate.png", "importance.png")
 
 
 def tune(
@@ -57,11 +63,16 @@ def tune(
     storage: str | None = None,
     study_name: str | None = None,
     pruner: str | None = None,
+    launcher: Launcher | None = None,
+    report: bool = True,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (or join, or resume) the study of a config's ``tune:`` section; returns what
     ``tune.json`` holds. ``trials``, ``pruner``: the section's unless given; ``timeout``: seconds
-    after which this process starts no new trial."""
+    after which this process starts no new trial. ``launcher``: its ``jobs`` workers run the trials
+    (local processes, Ray tasks or Slurm jobs, each a ``fusionzoo tune`` on the same storage) and
+    this process then reports; without one, this process runs them. ``report=False``: a worker's
+    part only, the trials."""
     optuna = require("optuna", "fusionzoo tune")
     cfg = load_config(config, overrides)
     section = cfg.require("tune", "for fusionzoo tune: a search space, tune: {space: {train.lr: {log_uniform: [1.0e-4, 1.0e-2]}}}")
@@ -73,16 +84,57 @@ def tune(
         raise ConfigError(f"--trials: an int >= 1, got {budget!r}")
     out = Path(out) if out is not None else Path("runs") / f"tune_{cfg.name}"
     claim_output(out, REPORT_FILES, "fusionzoo tune", known=(out / "tune.json").is_file() or (out / "study.db").is_file())
-    metric = _metric(base)
-    selection = Selection.for_metric(metric)
+    selection = Selection.for_metric(_metric(base))
     name = study_name or cfg.name
     prune_after = section.get("prune_after", max(2, base.train.epochs // 3))
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     study = _open_study(optuna, url, name, selection, budget, base, space, pruner or section.get("pruner", "median"), prune_after)
-    say(f"study {name!r}: {budget} trials of {', '.join(p.key for p in space.parameters)}; objective: val {metric} ({selection.mode}) -> {out}")
+    if not (out / "tune.json").is_file():  # marks the folder as a study's (compare leaves its trials out)
+        write_json_atomic(out / "tune.json", {"study": name, "finished": False})
+    say(f"study {name!r}: {budget} trials of {', '.join(p.key for p in space.parameters)}; objective: val {selection.metric} ({selection.mode}) -> {out}")
     objective = _Objective(base, space, out, selection, budget, name)
-    _work(optuna, study, objective, budget, timeout, say)
-    return write_report(study, base, space, out, selection, budget, objective, say)
+    if launcher is not None:
+        worker = [str(config) if not isinstance(config, (Mapping, ExperimentConfig)) else _config_file(cfg, out), list(overrides),
+                  budget, timeout, url, name, pruner]
+        _launch_workers(launcher, worker, out, say)
+    _work(optuna, study, objective, budget, timeout, say)  # (after launched workers: what they left, a stale trial)
+    return write_report(study, base, space, out, selection, budget, objective, say) if report else {}
+
+
+def _config_file(cfg: ExperimentConfig, out: Path) -> str:
+    """A config given as data, written for the workers to read."""
+    path = out / "tune_config.yaml"
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return str(path)
+
+
+def _launch_workers(launcher: Launcher, worker: list, out: Path, say: Callable[[str], None]) -> None:
+    """``launcher.jobs`` workers on the study, each its own ``fusionzoo tune`` process."""
+    items = [(k, *worker, launcher.cpus_per_task, str(out), os.getcwd()) for k in range(launcher.jobs)]
+
+    def lost(item: tuple, error: BaseException) -> dict[str, Any]:
+        return {"worker": item[0], "exit": None, "last": f"{type(error).__name__}: {error}"}
+
+    say(f"{launcher.jobs} workers on {launcher.name}")
+    for _, result in launcher.map(tune_worker, items, lost):
+        if result["exit"] != 0:
+            say(f"worker {result['worker']} failed: {result['last']}")
+
+
+def tune_worker(k: int, config: str, overrides: list, trials: int, timeout: float | None, storage: str, study: str, pruner: str | None,
+                threads: int, out: str, cwd: str) -> dict[str, Any]:
+    """Worker ``k`` of a launched study (in a local thread, a Ray task or a Slurm job): one
+    ``fusionzoo tune --no-report`` process with ``threads`` threads, logging to ``OUT/workers/``."""
+    command = [sys.executable, "-m", "fusionzoo", "tune", config, "--out", out, "--trials", str(trials), "--storage", storage,
+               "--study", study, "--no-report", *[a for o in overrides for a in ("--set", o)]]
+    command += (["--timeout", str(timeout)] if timeout is not None else []) + (["--pruner", pruner] if pruner else [])
+    log = Path(cwd) / out / "workers" / f"worker-{k}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as f:
+        code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd).returncode
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return {"worker": k, "exit": code, "last": lines[-1] if lines else "no output"}
 
 
 def _base_config(cfg: ExperimentConfig) -> ExperimentConfig:
