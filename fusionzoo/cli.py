@@ -18,6 +18,7 @@ import fusionzoo
 from fusionzoo.config import build_model, load_config
 from fusionzoo.errors import ConfigError, RunFolderError, TrainingDiverged
 from fusionzoo.zoo import headline
+from fusionzoo.extras import MissingExtraError
 from fusionzoo.registry import REGISTRIES, closest, required_kwargs
 
 __all__ = ["main", "format_table"]
@@ -194,11 +195,11 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.set)
         out = Path(args.out) if args.out else Path("runs") / f"compare_{cfg.name}"
+        launcher = make_launcher(args, out)
         cells = expand_grid(args.config, args.fusions, args.set_grid, args.set)
         seeds = replicates(parse_seeds(args.seeds), args.folds)
         print(f"{len(cells)} cells x {len(seeds)} runs ({f'{args.folds} folds x ' if args.folds else ''}"
               f"{len({r.seed for r in seeds})} seeds) -> {out}")
-        launcher = make_launcher(args, out)
         with claim(out, marker=False):  # one compare per output folder
             write_text_atomic(out / "command.txt", command + "\n")
             if args.tune:
@@ -585,7 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError, RunFolderError, TrainingDiverged) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError, RunFolderError, TrainingDiverged,
+            MissingExtraError) as e:
         if args.debug or os.environ.get("FUSIONZOO_DEBUG") == "1":
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)  # ConfigError and CheckpointError are ValueErrors

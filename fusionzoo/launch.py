@@ -48,7 +48,7 @@ class Launcher:
         if self.name not in LAUNCHERS:
             raise ConfigError(f"--launcher: one of {', '.join(LAUNCHERS)}, got {self.name!r}")
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
-            raise ConfigError(f"--jobs: items run at a time, an int >= 1, got {self.jobs!r}")
+            raise ConfigError(f"--jobs: runs (or tune workers) at a time, an int >= 1, got {self.jobs!r}")
         if self.cpus is not None and self.cpus < 1 or self.gpus < 0:
             raise ConfigError(f"--cpus-per-task / --gpus-per-task: expected cpus >= 1 and gpus >= 0, got {self.cpus}, {self.gpus}")
 

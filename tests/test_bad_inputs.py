@@ -773,7 +773,7 @@ def test_compare_does_not_overwrite_a_leaderboard_it_did_not_write(finished, tmp
     assert json.loads((root / "leaderboard.json").read_text())["written_by"] == "fusionzoo compare"
     capsys.readouterr()
     assert main(["compare", str(config_file(tmp_path, cfg(1))), "--jobs", "0", "--out", str(tmp_path / "jobs")]) == 2
-    assert "--jobs: cells trained at a time, an int >= 1, got 0" in capsys.readouterr().err
+    assert "--jobs: runs (or tune workers) at a time, an int >= 1, got 0" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- state reused only with its fingerprint

@@ -129,3 +129,27 @@ def test_loggers_may_change_on_resume(tmp_path):
     summary = train(tiny_config(epochs=2, loggers=["tensorboard"]), run_dir=run_dir, resume=True, log=False)
     assert summary["epochs_run"] == 2
     assert [step for step, _ in _scalars(run_dir / "tensorboard", "val/accuracy")] == [6]  # from the resumed epoch on
+
+
+def test_compare_names_each_replicate_s_tracking_run(tmp_path, monkeypatch):
+    """A grid's cells log into one MLflow experiment (the output folder's name), a run per
+    replicate named by its folder and tagged with its cell, fold and seed."""
+    from fusionzoo.compare import runner
+    from fusionzoo.compare.grid import Cell, Replicate
+    from fusionzoo.training.loggers import log_identity
+
+    seen = {}
+
+    def fake_run(command, env, **kwargs):
+        seen.update(env)
+        return type("Done", (), {"returncode": 1})()
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    cell = Cell("fusion=gmu", ("model.fusion.name=gmu",))
+    runner._run_one("c.yaml", cell, Replicate(3, 1, 5), tmp_path / "grid_x", 1, str(tmp_path))
+    for key in ("FUSIONZOO_LOG_EXPERIMENT", "FUSIONZOO_LOG_RUN", "FUSIONZOO_LOG_TAGS"):
+        monkeypatch.setenv(key, seen[key])
+    experiment, name, tags = log_identity("tiny", tmp_path / "run")
+    assert (experiment, name) == ("grid_x", "fusion=gmu/fold-1/seed-3")
+    assert tags == {"cell": "fusion=gmu", "seed": "3", "fold": "1"}
+    assert log_identity("tiny", tmp_path / "run", {"experiment": "study", "run": "trial-0002"})[:2] == ("study", "trial-0002")

@@ -153,7 +153,8 @@ def test_torchrun_two_processes_on_cpu(tmp_path, kind):
     import yaml
 
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_cfg(epochs=3) if kind == "classification" else align_cfg(3)))
+    # the classification run logs to TensorBoard too: rank 0 alone writes its events
+    path.write_text(yaml.safe_dump(tiny_cfg(epochs=3, loggers=["tensorboard"]) if kind == "classification" else align_cfg(3)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
@@ -168,6 +169,13 @@ def test_torchrun_two_processes_on_cpu(tmp_path, kind):
     assert metrics["world_size"] == 2 and metrics["weights_identical_across_ranks"]
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and log[-1]["train"]["loss"] < log[0]["train"]["loss"]
+    if kind == "classification":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+        events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+        events.Reload()
+        assert len(events.Scalars("val/accuracy")) == 3
 
 
 def test_loss_and_optimizer_are_chosen_by_name(tmp_path):

@@ -195,3 +195,18 @@ def test_the_cli_runs_a_study(tmp_path, capsys):
     assert "trial 0: complete" in printed and "best: trial" in printed and "best config:" in printed
     assert main(["tune", str(path), "--out", str(tmp_path / "s"), "--trials", "0"]) == 2
     assert "--trials: an int >= 1" in capsys.readouterr().err
+
+
+def test_without_optuna_tune_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    path = config_file(tmp_path, tune_config())
+    assert main(["tune", str(path), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'fusionzoo[tune]'" in err
+
+
+def test_hyperband_prunes_by_brackets(tmp_path):
+    config = tune_config(epochs=4, trials=6, pruner="hyperband")
+    config["tune"]["space"] = {"train.lr": {"log_uniform": [1.0e-7, 3.0e-2]}}
+    result = tune(config, tmp_path / "s", say=_quiet)
+    assert result["pruner"] == "HyperbandPruner" and sum(result["trials"].values()) == 6
