@@ -405,9 +405,10 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
 def _tune(args: argparse.Namespace) -> int:
     from fusionzoo.tuning.study import tune
 
-    launcher = make_launcher(args, args.out or "runs")
+    out = args.out or Path("runs") / f"tune_{load_config(args.config, args.set).name}"
+    launcher = make_launcher(args, out)
     launched = launcher if (args.jobs > 1 or args.launcher != "local") else None
-    tune(args.config, args.out, overrides=args.set, trials=args.trials, timeout=args.timeout, storage=args.storage,
+    tune(args.config, out, overrides=args.set, trials=args.trials, timeout=args.timeout, storage=args.storage,
          study_name=args.study, pruner=args.pruner, launcher=launched, report=not args.no_report)
     return 0
 

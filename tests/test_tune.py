@@ -210,3 +210,14 @@ def test_hyperband_prunes_by_brackets(tmp_path):
     config["tune"]["space"] = {"train.lr": {"log_uniform": [1.0e-7, 3.0e-2]}}
     result = tune(config, tmp_path / "s", say=_quiet)
     assert result["pruner"] == "HyperbandPruner" and sum(result["trials"].values()) == 6
+
+
+def test_the_tune_section_is_not_part_of_a_run(tmp_path):
+    """Editing the search space does not change what a run trained: --resume accepts it."""
+    from fusionzoo.training import train
+
+    run_dir = tmp_path / "run"
+    train(tune_config(epochs=1), run_dir=run_dir, log=False)
+    edited = tune_config(epochs=2)
+    edited["tune"]["space"] = {"train.lr": {"uniform": [0.001, 0.01]}}
+    assert train(edited, run_dir=run_dir, resume=True, log=False)["epochs_run"] == 2

@@ -119,7 +119,7 @@ class TensorBoardLogger(RunLogger):
 
         purge = None if context.resumed_step is None else context.resumed_step + 1
         self.writer = SummaryWriter(log_dir=str(context.run_dir / self.subdir), purge_step=purge)
-        if context.resumed_step is None:
+        if not context.resumed_step:  # a new run (or a resume before its first checkpoint)
             self.writer.add_text("config", "```yaml\n" + _yaml(context.config) + "```", 0)
 
     def log_step(self, step: int, values: Mapping[str, float]) -> None:

@@ -37,7 +37,7 @@ RUN_FILES = (
 )
 RESUMABLE = (
     "name", "description", "train.epochs", "train.progress", "train.num_workers", "train.keep_checkpoints", "train.device",
-    "data.cache", "data.cache_dir", "train.loggers", "train.log_every",
+    "data.cache", "data.cache_dir", "train.loggers", "train.log_every", "tune",
 )
 
 
@@ -165,7 +165,7 @@ def config_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
     a, b = _flatten(saved), _flatten(new)
     lines = []
     for key in sorted(set(a) | set(b)):
-        if key in RESUMABLE or a.get(key) == b.get(key):
+        if key in RESUMABLE or key.partition(".")[0] in RESUMABLE or a.get(key) == b.get(key):  # "tune": the whole section
             continue
         lines.append(f"{key}: the run has {a.get(key, '(unset)')!r}, now {b.get(key, '(unset)')!r}")
     return lines
