@@ -49,7 +49,7 @@ venv: $(STAMP)
 $(STAMP): requirements/pinned.txt requirements/extras.txt requirements/docs.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements/pinned.txt -r requirements/extras.txt -r requirements/docs.txt
-	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test,bench,hf,timm,clip,export,track,tune,ray,slurm]"
+	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test,bench,hf,timm,clip,export,track,tune,ray,slurm,data]"
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 

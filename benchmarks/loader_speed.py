@@ -1,7 +1,8 @@
 """Samples/s of the data pipeline (dataset + collate + DataLoader) for the registered datasets, and
 the time to build each dataset. With the avdigits data present, it is also written as a manifest
 folder (PNG + WAV + captions, ``fusionzoo data export-avdigits``) and read back through the
-``manifest`` dataset: decoding image, audio and text per sample, and from the decoded memory cache.
+``manifest`` dataset: decoding image, audio and text per sample, from the decoded memory cache, and
+from one Parquet file holding every image's and recording's bytes.
 
     python benchmarks/loader_speed.py [--avdigits ../shared/datasets/avdigits] [--out DIR]
 """
@@ -41,6 +42,24 @@ def time_loader(dataset, batch_size: int, num_workers: int, epochs: int = 2) -> 
     return epochs * len(dataset) / (time.perf_counter() - start)
 
 
+def _embedded_parquet(items: Path) -> Path:
+    """The manifest as one Parquet file with each image's and recording's bytes in its cell."""
+    import csv
+
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    rows = []
+    for r in csv.DictReader(items.open()):
+        r = {k: (v if v != "" else None) for k, v in r.items()}
+        for c in ("image", "audio"):
+            r[c] = None if r[c] is None else (items.parent / r[c]).read_bytes()
+        rows.append(r)
+    path = items.with_suffix(".parquet")
+    pq.write_table(pyarrow.Table.from_pylist(rows), str(path))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--avdigits", default=os.environ.get("FUSIONZOO_AVDIGITS", "../shared/datasets/avdigits"))
@@ -58,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = {"path": items, "modalities": MANIFEST_MODALITIES, "label": {"column": "label"}}
         builds["manifest png+wav+text train (2000)"] = lambda: fz.create_dataset("manifest", **manifest)
         builds["manifest png+wav+text, cache: memory"] = lambda: fz.create_dataset("manifest", **manifest, cache="memory")
+        parquet = _embedded_parquet(items)
+        builds["parquet, png+wav bytes inside (2000)"] = lambda: fz.create_dataset("manifest", **{**manifest, "path": parquet})
     for name, build in builds.items():
         start = time.perf_counter()
         ds = build()

@@ -25,6 +25,10 @@ EXTRAS = {
     "optuna": "tune",
     "ray": "ray",
     "submitit": "slurm",
+    "pyarrow": "data",
+    "pandas": "data",
+    "datasets": "data",
+    "webdataset": "data",
 }
 
 

@@ -6,9 +6,9 @@ from fusionzoo.data.collate import Frames, collate
 from fusionzoo.data.features import FeatureDataset
 from fusionzoo.data.frontend_cache import FrontendCache
 from fusionzoo.data.loader import make_loader
-from fusionzoo.data.manifest import ManifestDataset
+from fusionzoo.data.manifest import ManifestDataset, from_dataframe
 from fusionzoo.data.mnist import MNIST
 from fusionzoo.data.synthetic import SyntheticTrimodal
 from fusionzoo.vocab import PAD_ID, UNK_ID, Vocab, tokenize
 
-__all__ = ["AVDigits", "FeatureDataset", "Frames", "FrontendCache", "MNIST", "ManifestDataset", "mnist", "features", "avdigits", "manifest", "PAD_ID", "UNK_ID", "SyntheticTrimodal", "Vocab", "collate", "make_loader", "synthetic", "tokenize"]
+__all__ = ["AVDigits", "FeatureDataset", "Frames", "FrontendCache", "MNIST", "ManifestDataset", "from_dataframe", "mnist", "features", "avdigits", "manifest", "PAD_ID", "UNK_ID", "SyntheticTrimodal", "Vocab", "collate", "make_loader", "synthetic", "tokenize"]

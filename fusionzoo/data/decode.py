@@ -32,6 +32,7 @@ that change the decoding, so a changed file or option is decoded again and never
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import re
@@ -72,6 +73,21 @@ def _existing(path: Path) -> Path:
     if not path.is_file():
         raise CellError(f"file not found: {path}")
     return path
+
+
+#: What an image or audio cell holds: a file's path, or the bytes of the encoded file (a Parquet
+#: column, a Hugging Face ``Image`` / ``Audio`` feature).
+Source = Path | bytes
+
+
+def _name(source: Source) -> str:
+    """A source as messages name it."""
+    return str(source) if isinstance(source, Path) else f"(the cell's {len(source):,} bytes)"
+
+
+def _opened(source: Source) -> Any:
+    """A file object (or path string) soundfile and the header readers take."""
+    return io.BytesIO(source) if isinstance(source, bytes) else str(_existing(source))
 
 
 class ImageReader:
@@ -167,35 +183,39 @@ class ImageReader:
             return mean, std
         raise ValueError(f"{where}.normalize: 'imagenet', none, or {{mean: [...], std: [...]}}, got {normalize!r}")
 
-    def check(self, path: Path) -> None:
-        """Cheap check at start: the file exists, starts like an image torchvision decodes, and its
-        header declares at most ``max_pixels``."""
-        with _existing(path).open("rb") as f:
-            head = f.read(16)
+    def check(self, path: Source) -> None:
+        """Cheap check at start: the file exists (or the cell holds bytes), starts like an image
+        torchvision decodes, and its header declares at most ``max_pixels``."""
+        if isinstance(path, bytes):
+            head = path[:16]
+        else:
+            with _existing(path).open("rb") as f:
+                head = f.read(16)
         if not (any(head.startswith(magic) for magic, _ in IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
-            raise CellError(f"{path} is not a PNG, JPEG, WebP or GIF image (it starts with {head[:8]!r})")
+            raise CellError(f"{_name(path)} is not a PNG, JPEG, WebP or GIF image (it starts with {head[:8]!r})")
         self._check_pixels(path)
 
-    def _check_pixels(self, path: Path) -> None:
+    def _check_pixels(self, path: Source) -> None:
         """Refuse an image whose header declares more than ``max_pixels`` (before it is decoded)."""
         size = image_size(path) if self.max_pixels is not None else None
         if size is not None and size[0] * size[1] > self.max_pixels:
             raise CellError(
-                f"image {path} declares {size[0]} x {size[1]} pixels ({size[0] * size[1]:,}), more than {self.where}.max_pixels "
+                f"image {_name(path)} declares {size[0]} x {size[1]} pixels ({size[0] * size[1]:,}), more than {self.where}.max_pixels "
                 f"({self.max_pixels:,}): decoded it takes {size[0] * size[1] * self.channels / 2**30:.1f} GiB. "
                 f"Raise max_pixels (null: no limit) if it is meant"
             )
 
-    def decode(self, path: Path) -> Tensor:
+    def decode(self, path: Source) -> Tensor:
         from torchvision.io import decode_image, read_file
 
-        self._check_pixels(_existing(path))
+        self._check_pixels(path if isinstance(path, bytes) else _existing(path))
         try:
-            image = decode_image(read_file(str(path)), mode=self.mode)
+            data = torch.frombuffer(bytearray(path), dtype=torch.uint8) if isinstance(path, bytes) else read_file(str(path))
+            image = decode_image(data, mode=self.mode)
         except RuntimeError as e:
-            raise CellError(f"cannot decode image {path}: {str(e).splitlines()[0]}") from None
+            raise CellError(f"cannot decode image {_name(path)}: {str(e).splitlines()[0]}") from None
         if image.dim() == 4:  # an animated GIF or WebP: [frames, c, h, w]
-            raise CellError(f"image {path} is animated ({image.shape[0]} frames); give one still image (its first frame saved alone)")
+            raise CellError(f"image {_name(path)} is animated ({image.shape[0]} frames); give one still image (its first frame saved alone)")
         if image.shape[0] != self.channels:  # a decoder that ignores the mode (WebP): convert as the mode would have
             from torchvision.transforms.v2.functional import rgb_to_grayscale
 
@@ -236,45 +256,45 @@ class AudioReader:
         self.crop, self.gain_db = crop, float(gain)
         self.cache_key = f"audio:{sample_rate}:{self.resample}:{self.peak}"
 
-    def check(self, path: Path) -> None:
+    def check(self, path: Source) -> None:
         """Cheap check at start: the header is readable, the rate acceptable, the file not empty."""
         import soundfile
 
         try:
-            info = soundfile.info(str(_existing(path)))
+            info = soundfile.info(_opened(path))
         except (RuntimeError, soundfile.LibsndfileError) as e:
-            raise CellError(f"cannot read audio {path}: {e}") from None
+            raise CellError(f"cannot read audio {_name(path)}: {e}") from None
         self._check_rate(info.samplerate, path)
         if info.frames == 0:
-            raise CellError(f"audio {path} holds no samples")
+            raise CellError(f"audio {_name(path)} holds no samples")
         seconds = info.frames / info.samplerate
         if self.max_samples is None and seconds > self.LONG_SECONDS:
             raise CellError(
-                f"audio {path} lasts {seconds:.0f} s and {self.where}.max_seconds is not set: its batch would be padded to "
+                f"audio {_name(path)} lasts {seconds:.0f} s and {self.where}.max_seconds is not set: its batch would be padded to "
                 f"{round(seconds * self.sample_rate):,} samples per clip. Set max_seconds (longer clips are cut, explicitly)"
             )
 
-    def _check_rate(self, rate: int, path: Path) -> None:
+    def _check_rate(self, rate: int, path: Source) -> None:
         if rate != self.sample_rate and not self.resample:
-            raise CellError(f"audio {path} is sampled at {rate} Hz, expected {self.sample_rate} Hz (resample: false)")
+            raise CellError(f"audio {_name(path)} is sampled at {rate} Hz, expected {self.sample_rate} Hz (resample: false)")
 
-    def decode(self, path: Path) -> Tensor:
+    def decode(self, path: Source) -> Tensor:
         """Mono float32 ``[t]`` at ``sample_rate``, before the per-sample transform."""
         import soundfile
         import torchaudio.functional as AF
 
         try:
-            x, rate = soundfile.read(str(_existing(path)), dtype="float32", always_2d=True)
+            x, rate = soundfile.read(_opened(path), dtype="float32", always_2d=True)
         except (RuntimeError, soundfile.LibsndfileError) as e:
-            raise CellError(f"cannot read audio {path}: {e}") from None
+            raise CellError(f"cannot read audio {_name(path)}: {e}") from None
         self._check_rate(rate, path)
         if x.shape[0] == 0:
-            raise CellError(f"audio {path} holds no samples")
+            raise CellError(f"audio {_name(path)} holds no samples")
         wave = torch.from_numpy(x).mean(dim=1)
         if rate != self.sample_rate:
             wave = AF.resample(wave, rate, self.sample_rate)
         if not torch.isfinite(wave).all():
-            raise CellError(f"audio {path} holds non-finite samples")
+            raise CellError(f"audio {_name(path)} holds non-finite samples")
         if self.peak:
             wave = wave - wave.mean()
             wave = wave / wave.abs().max().clamp(min=1e-8)
@@ -299,12 +319,15 @@ class DiskCache:
         self.folder = Path(folder)
         self.unwritable = False  # set at the first failed write (a full disk): decoding goes on uncached
 
-    def _file(self, path: Path, reader: ImageReader | AudioReader) -> Path:
-        stat = _existing(path).stat()
-        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{reader.cache_key}"
+    def _file(self, path: Source, reader: ImageReader | AudioReader) -> Path:
+        if isinstance(path, bytes):  # a cell's own bytes: keyed by their content
+            key = f"bytes:{hashlib.sha256(path).hexdigest()}|{reader.cache_key}"
+        else:
+            stat = _existing(path).stat()
+            key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{reader.cache_key}"
         return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
 
-    def load(self, path: Path, reader: ImageReader | AudioReader) -> Tensor:
+    def load(self, path: Source, reader: ImageReader | AudioReader) -> Tensor:
         from safetensors import SafetensorError
         from safetensors.torch import load_file, save_file
 

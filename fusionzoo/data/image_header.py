@@ -9,6 +9,7 @@ find (the decoder then says what is wrong).
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -19,9 +20,9 @@ __all__ = ["image_size"]
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-def image_size(path: str | Path) -> tuple[int, int] | None:
-    """``(width, height)`` as the file's header declares them, or None."""
-    with open(path, "rb") as f:
+def image_size(path: str | Path | bytes) -> tuple[int, int] | None:
+    """``(width, height)`` as the file's header (or an encoded image's bytes) declares them, or None."""
+    with (io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb")) as f:
         head = f.read(32)
         if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
             return struct.unpack(">II", head[16:24])

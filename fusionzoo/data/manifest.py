@@ -1,4 +1,8 @@
-"""``manifest``: your own data, one row per sample in a CSV or JSONL file, any mix of modalities.
+"""``manifest``: your own data, one row per sample in a table, any mix of modalities.
+
+The table is a CSV or JSONL file, a Parquet file or folder, a pandas DataFrame or a Hugging Face
+dataset (:mod:`fusionzoo.data.sources`; ``hf_dataset`` loads one by name or folder): the column
+specification below is the same for all of them.
 
 A config names a column per modality and how to read it::
 
@@ -58,11 +62,11 @@ How each kind is read and transformed: :mod:`fusionzoo.data.decode`.
 from __future__ import annotations
 
 import copy
-import csv
+import io
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,10 +78,12 @@ from torch.utils.data import Dataset
 from fusionzoo.data.decode import AudioReader, CellError, DiskCache, ImageReader, read_features
 from fusionzoo.data.folds import assign_folds, check_folds, fold_splits
 from fusionzoo.data.image_header import image_size
+from fusionzoo.data.sources import is_table, read_manifest, read_source
+from fusionzoo.extras import require
 from fusionzoo.registry import DATASETS
 from fusionzoo.vocab import Vocab
 
-__all__ = ["ManifestDataset", "read_manifest", "draw_splits", "SPLITS", "KINDS", "TASK_NAMES"]
+__all__ = ["ManifestDataset", "from_dataframe", "hf_dataset", "read_manifest", "draw_splits", "SPLITS", "KINDS", "TASK_NAMES"]
 
 SPLITS = ("train", "val", "test")
 KINDS = ("image", "audio", "text", "features")
@@ -92,95 +98,6 @@ class _RowError(Exception):
     def __init__(self, column: str, message: str) -> None:
         super().__init__(message)
         self.column = column
-
-
-def read_manifest(path: str | Path) -> tuple[list[str], list[tuple[int, dict]]]:
-    """``(columns, [(line number, row), ...])`` of a CSV (header row) or JSONL file; a malformed
-    line raises naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest: {path} not found")
-    with path.open("rb") as f:
-        if f.read(2) == b"\x1f\x8b":
-            raise ValueError(f"{path}: line 1: the file is gzip-compressed; decompress it (gunzip) and point data.path at the text")
-    try:
-        return _read_jsonl(path) if path.suffix.lower() in (".jsonl", ".ndjson") else _read_csv(path)
-    except _NotText as e:
-        raise ValueError(f"{path}: line {e.line}: not UTF-8 text ({e.reason}); save the file as UTF-8") from None
-
-
-class _NotText(Exception):
-    def __init__(self, line: int, reason: str) -> None:
-        self.line, self.reason = line, reason
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(number, text)`` of every line, decoded one by one, so a byte that is not UTF-8 raises
-    :class:`_NotText` with its exact line (a leading byte-order mark is dropped)."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise _NotText(number, f"byte {raw[e.start]:#04x} at column {e.start + 1}") from None
-
-
-def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
-    columns: dict[str, None] = {}
-    rows: list[tuple[int, dict]] = []
-    for number, text in _lines(path):
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text, object_pairs_hook=_unique_keys)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {number}: not valid JSON ({e.msg}, column {e.colno})") from None
-        except _RepeatedKey as e:
-            raise ValueError(f"{path}: line {number}: the key {e.args[0]!r} appears twice (which one is meant?)") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
-        columns.update(dict.fromkeys(row))
-        rows.append((number, row))
-    return list(columns), rows
-
-
-class _RepeatedKey(Exception):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in seen:
-            raise _RepeatedKey(k)
-        seen[k] = v
-    return seen
-
-
-#: The largest CSV cell read (inline features, long captions): csv's default is 128 KiB.
-CSV_FIELD_LIMIT = 64 << 20
-
-
-def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
-    rows: list[tuple[int, dict]] = []
-    limit = csv.field_size_limit(CSV_FIELD_LIMIT)
-    try:
-        reader = csv.DictReader(text for _, text in _lines(path))
-        header = list(reader.fieldnames or [])
-        if len(set(header)) != len(header):
-            raise ValueError(f"{path}: line 1: repeated column names in the header {header}")
-        for row in reader:
-            if None in row or any(v is None for v in row.values()):
-                cells = len(header) + len(row.get(None, [])) - sum(v is None for v in row.values())
-                raise ValueError(f"{path}: line {reader.line_num}: {cells} cells, the header has {len(header)}")
-            rows.append((reader.line_num, row))
-    except csv.Error as e:
-        raise ValueError(f"{path}: line {reader.line_num + 1}: {e}") from None
-    finally:
-        csv.field_size_limit(limit)
-    if not header:
-        raise ValueError(f"{path}: empty file; expected a header row naming the columns")
-    return header, rows
 
 
 def _empty(value: Any) -> bool:
@@ -227,7 +144,7 @@ class ManifestDataset(Dataset):
     def __init__(
         self,
         *,
-        path: str | Path,
+        path: Any,
         modalities: Mapping[str, Mapping[str, Any]],
         label: Mapping[str, Any],
         splits: Mapping[str, Any] | None = None,
@@ -244,10 +161,11 @@ class ManifestDataset(Dataset):
         self._check_options(split, on_error, cache, cache_dir, check, splits, folds)
         self.folds = None if folds is None else check_folds(folds, "folds", group=True)
         self._args = {"path": path, "modalities": modalities, "label": label, "splits": splits, "folds": folds, "root": root, "on_error": on_error, "cache": cache, "cache_dir": cache_dir, "check": check, "raw": raw}
-        self.path = Path(path)
-        self.root = Path(root) if root is not None else self.path.parent
+        self.path = None if is_table(path) else Path(path)  # (a DataFrame or a Hugging Face dataset: no file)
+        home = self.path.parent if self.path is not None and not self.path.is_dir() else self.path if self.path is not None else Path(".")
+        self.root = Path(root) if root is not None else home
         self.split, self.on_error, self.cache = split, on_error, cache
-        self._disk = DiskCache(cache_dir if cache_dir is not None else self.path.parent / ".fusionzoo-cache") if cache == "disk" else None
+        self._disk = DiskCache(cache_dir if cache_dir is not None else home / ".fusionzoo-cache") if cache == "disk" else None
         self.specs = self._modalities(modalities)
         self.raw = self._raw(raw)
         self.modalities = tuple(sorted(self.specs))
@@ -259,10 +177,12 @@ class ManifestDataset(Dataset):
         #: Modalities whose training samples are augmented at random (different at every read).
         self.augmented = tuple(m for m, s in self.specs.items() if s.options.get("augment")) if split == "train" else ()
         self._label(label)
-        columns, rows = read_manifest(self.path)
+        self.source = read_source(path)
+        self.origin = self.source.origin
+        columns, rows = self.source.columns, self.source.rows
         for where, column in [(f"modalities.{m}.column", s.column) for m, s in self.specs.items()] + [("label.column", self.label_column)]:
             if column not in columns:
-                raise ValueError(f"{where}: {self.path} has no column {column!r} (it has {columns})")
+                raise ValueError(f"{where}: {self.origin} has no column {column!r} (it has {columns})")
         assigned = self._assign_splits(splits, columns, rows)
         mine = [(line, row) for (line, row), s in zip(rows, assigned) if s == split]
         self.skipped: list[dict[str, Any]] = []
@@ -272,15 +192,16 @@ class ManifestDataset(Dataset):
         self._use_fitted(fitted)
         self.records = self._finish_rows(records)
         if not self.records:
-            raise ValueError(f"{self.path}: no usable rows in the {split!r} split" + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
+            raise ValueError(f"{self.origin}: no usable rows in the {split!r} split" + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
         if self.task == "multiclass":
             self.labels = np.array([r.label for r in self.records], dtype=np.int64)
 
     def fingerprint(self) -> str:
-        """SHA-256 of what this split is made from: the manifest file's bytes, every file a cell names
-        (its path under ``root``, size and modification time) and every feature vector's values, so
-        a changed manifest or file gives another fingerprint (``--resume`` compares them)."""
-        h = hashlib.sha256(self.path.read_bytes())
+        """SHA-256 of what this split is made from: the table's content (a manifest file's bytes),
+        every file a cell names (its path under ``root``, size and modification time) and every
+        feature vector's values, so a changed table or file gives another fingerprint (``--resume``
+        compares them)."""
+        h = hashlib.sha256(self.source.digest.encode())
         for record in self.records:
             for m in sorted(record.values):
                 value = record.values[m]
@@ -288,6 +209,8 @@ class ManifestDataset(Dataset):
                     stat = value.stat()
                     where = value.relative_to(self.root) if value.is_relative_to(self.root) else value
                     h.update(f"{m}:{where}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+                elif isinstance(value, bytes):
+                    h.update(hashlib.sha256(value).digest())
                 elif isinstance(value, torch.Tensor):
                     h.update(value.numpy().tobytes())
         return h.hexdigest()
@@ -378,7 +301,7 @@ class ManifestDataset(Dataset):
             return self._fold_splits(columns, rows)
         if splits is None:
             if "split" not in columns:
-                raise ValueError(f"splits: {self.path} has no 'split' column; name one ({{column: NAME}}) or draw them ({{val: 0.1, test: 0.1, seed: 0}})")
+                raise ValueError(f"splits: {self.origin} has no 'split' column; name one ({{column: NAME}}) or draw them ({{val: 0.1, test: 0.1, seed: 0}})")
             splits = {"column": "split"}
         if not isinstance(splits, Mapping):
             raise ValueError(f"splits: {{column: NAME}} or {{val: FRACTION, test: FRACTION, seed: INT}}, got {splits!r}")
@@ -387,12 +310,12 @@ class ManifestDataset(Dataset):
                 raise ValueError(f"splits: either a column or fractions, got {dict(splits)}")
             column = splits["column"]
             if column not in columns:
-                raise ValueError(f"splits.column: {self.path} has no column {column!r} (it has {columns})")
+                raise ValueError(f"splits.column: {self.origin} has no column {column!r} (it has {columns})")
             out = []
             for line, row in rows:
                 value = str(row.get(column) if row.get(column) is not None else "").strip()
                 if value not in SPLITS:
-                    raise ValueError(f"{self.path}: line {line}: column {column!r}: split must be one of {SPLITS}, got {value!r}")
+                    raise ValueError(f"{self.source.at(line)}: column {column!r}: split must be one of {SPLITS}, got {value!r}")
                 out.append(value)
             return out
         unknown = sorted(set(splits) - {"val", "test", "seed"})
@@ -408,7 +331,7 @@ class ManifestDataset(Dataset):
         ``folds.group`` (an empty cell: no group, dealt stratified by class)."""
         k, fold, seed, group = self.folds["k"], self.folds["fold"], self.folds["seed"], self.folds.get("group")
         if group is not None and group not in columns:
-            raise ValueError(f"folds.group: {self.path} has no column {group!r} (it has {columns})")
+            raise ValueError(f"folds.group: {self.origin} has no column {group!r} (it has {columns})")
         groups = None if group is None else [None if _empty(row.get(group)) else str(row.get(group)).strip() for _, row in rows]
         strata = [str(row.get(self.label_column)) if self.task == "multiclass" else "" for _, row in rows]
         return fold_splits(assign_folds(strata, groups, k, seed), k, fold)
@@ -417,7 +340,7 @@ class ManifestDataset(Dataset):
 
     def _fail(self, line: int, column: str, message: str) -> None:
         if self.on_error == "raise":
-            raise ValueError(f"{self.path}: line {line}: column {column!r}: {message}")
+            raise ValueError(f"{self.source.at(line)}: column {column!r}: {message}")
         self.skipped.append({"line": line, "column": column, "error": message})
 
     def _read_rows(self, rows: list[tuple[int, dict]], decode: bool) -> list[_Record]:
@@ -448,15 +371,26 @@ class ManifestDataset(Dataset):
             return cell
         if spec.kind == "features":
             return read_features(cell, self.root, spec.options.get("key"))
-        if not isinstance(cell, str):
-            raise CellError(f"expected a file path, got {type(cell).__name__} {cell!r}")
-        path = self.root / cell.strip()
+        path = self._file_cell(cell)
         spec.reader.check(path)
         if decode:
             tensor = spec.reader.decode(path)
             if self.cache == "memory":
                 self._cache[(index, spec.name)] = tensor
         return path
+
+    def _file_cell(self, cell: Any) -> Path | bytes:
+        """An image or audio cell: a path under ``root``, the encoded file's bytes, or a Hugging
+        Face ``{bytes, path}`` struct (its bytes when it has them, else its path)."""
+        if isinstance(cell, dict) and set(cell) <= {"bytes", "path", "sampling_rate", "array"}:
+            if cell.get("bytes"):
+                return bytes(cell["bytes"])
+            cell = cell.get("path")
+        if isinstance(cell, bytes):
+            return cell
+        if not isinstance(cell, str) or not cell.strip():
+            raise CellError(f"expected a file path or the bytes of a file, got {type(cell).__name__} {str(cell)[:80]!r}")
+        return self.root / cell.strip()
 
     def _raw_label(self, cell: Any) -> Any:
         column = self.label_column
@@ -496,10 +430,10 @@ class ManifestDataset(Dataset):
                 fitted["classes"] = self.fixed_classes
             else:
                 seen = {c for r in records for c in (r.label if self.task == "multilabel" else [r.label]) if c is not None}
-                _check_spellings(seen, self.path)
+                _check_spellings(seen, self.origin)
                 fitted["classes"] = sorted(seen, key=_natural)
                 if not fitted["classes"]:
-                    raise ValueError(f"{self.path}: the training split has no labels")
+                    raise ValueError(f"{self.origin}: the training split has no labels")
         for m, spec in self.specs.items():
             present = [r.values[m] for r in records if r.values[m] is not None]
             if spec.kind == "text" and m not in self.raw:
@@ -593,7 +527,7 @@ class ManifestDataset(Dataset):
                 try:
                     decoded = self._disk.load(value, spec.reader) if self._disk is not None else spec.reader.decode(value)
                 except CellError as e:
-                    raise ValueError(f"{self.path}: line {record.line}: column {spec.column!r}: {e}") from None
+                    raise ValueError(f"{self.source.at(record.line)}: column {spec.column!r}: {e}") from None
             sample[m] = spec.reader.transform(decoded, train)
         return sample
 
@@ -611,7 +545,7 @@ class ManifestDataset(Dataset):
         small = []
         for record in self.records:
             path = record.values.get(modality)
-            size = image_size(path) if isinstance(path, Path) else None
+            size = image_size(path) if isinstance(path, (Path, bytes)) else None
             if size is not None and min(size) < pixels:
                 small.append((record.line, f"{size[0]}x{size[1]}"))
         return small
@@ -625,8 +559,8 @@ class ManifestDataset(Dataset):
         short = []
         for record in self.records:
             path = record.values.get(modality)
-            if isinstance(path, Path):
-                info = soundfile.info(str(path))
+            if isinstance(path, (Path, bytes)):
+                info = soundfile.info(io.BytesIO(path) if isinstance(path, bytes) else str(path))
                 n = round(info.frames * reader.sample_rate / info.samplerate)
                 n = n if reader.max_samples is None else min(n, reader.max_samples)
                 if n < samples:
@@ -634,7 +568,54 @@ class ManifestDataset(Dataset):
         return short
 
 
-def _check_spellings(names: set[str], path: Path) -> None:
+def from_dataframe(frame: Any, **options: Any) -> ManifestDataset:
+    """A pandas DataFrame as a dataset of one split: the manifest's options (``modalities``,
+    ``label``, ``splits`` or ``folds``, ``root``, ``split``, ...) over its columns; rows are named by
+    their index label in errors. In a Python config, ``data: {name: manifest, path: frame, ...}``
+    trains on it (the run folder keeps it as ``data.parquet``)."""
+    if type(frame).__module__.partition(".")[0] != "pandas":
+        raise TypeError(f"from_dataframe: expected a pandas DataFrame, got {type(frame).__name__}")
+    return ManifestDataset(path=frame, **options)
+
+
+@DATASETS.register("hf_dataset", tags=("user", "real"))
+def hf_dataset(
+    *,
+    path: str,
+    modalities: Mapping[str, Mapping[str, Any]],
+    label: Mapping[str, Any],
+    config_name: str | None = None,
+    revision: str | None = None,
+    splits: Mapping[str, Any] | None = None,
+    folds: Mapping[str, Any] | None = None,
+    root: str | Path | None = None,
+    on_error: str = "raise",
+    cache: str = "none",
+    cache_dir: str | Path | None = None,
+    check: str = "header",
+    split: str = "train",
+    fitted: Mapping[str, Any] | None = None,
+    raw: tuple[str, ...] | list[str] = (),
+) -> ManifestDataset:
+    """A Hugging Face dataset read through the manifest's column specification: ``path`` is a
+    folder written by ``save_to_disk`` or a hub name (``load_dataset(path, config_name,
+    revision=...)``). Its ``train`` / ``validation`` / ``test`` splits are the splits (or ``splits``
+    / ``folds`` over one split); ``Image`` and ``Audio`` columns are read undecoded and decoded by
+    the manifest's readers, ``Value`` and ``Sequence`` columns are text, labels and features, a
+    ``None`` cell a missing modality."""
+    datasets = require("datasets", "the hf_dataset data source")
+    local = Path(path)
+    try:
+        loaded = datasets.load_from_disk(str(local)) if local.is_dir() else datasets.load_dataset(path, config_name, revision=revision)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+        raise ValueError(f"hf_dataset: cannot load {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return ManifestDataset(
+        path=loaded, modalities=modalities, label=label, splits=splits, folds=folds, root=root if root is not None else (local if local.is_dir() else None),
+        on_error=on_error, cache=cache, cache_dir=cache_dir, check=check, split=split, fitted=fitted, raw=raw,
+    )
+
+
+def _check_spellings(names: set[str], path: str) -> None:
     """Two label names that are one number spelled twice (``0`` and ``0.0``, ``01`` and ``1``) are
     refused: as names they would be two classes."""
     by_value: dict[float, str] = {}

@@ -19,6 +19,7 @@ CPU), wraps model and objective in ``DistributedDataParallel``, shards the train
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import hashlib
@@ -53,6 +54,7 @@ from fusionzoo.config import (
     load_config,
 )
 from fusionzoo.data.frontend_cache import FrontendCache
+from fusionzoo.data.sources import is_table, read_source, write_parquet
 from fusionzoo.data.loader import make_loader
 from fusionzoo.encoders.audio import LogMelFrontEnd
 from fusionzoo.encoders.base import preprocessors
@@ -150,7 +152,7 @@ def train(
             if run.is_main and cfg.train.loggers:
                 experiment, name, tags = log_identity(cfg.name, run_dir, log_as)
                 resumed = state.scheduler.last_epoch if resume else None
-                resolved = {**cfg.to_dict(), "train": dataclasses.asdict(cfg.train)}  # every training default written out
+                resolved = {**saved_config(cfg, run_dir), "train": dataclasses.asdict(cfg.train)}  # every training default written out
                 run.loggers = build_loggers(cfg.train.loggers, LogContext(run_dir, resolved, experiment, name, tags, resumed))
             step = _wrap(run, state)
             started = time.perf_counter()
@@ -248,6 +250,22 @@ def _datasets(cfg: ExperimentConfig, resumed: Path | None) -> tuple[dict[str, An
 
 
 FINGERPRINTS = "data_fingerprint.json"
+#: A run trained on a table given in memory keeps it as this Parquet file (its config names it).
+TABLE_COPY = "data.parquet"
+
+
+def saved_config(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """The config as ``config.yaml`` holds it: a ``data.path`` given as a DataFrame or a Hugging
+    Face dataset is the run's Parquet copy of it (:data:`TABLE_COPY`)."""
+    data = cfg.data or {}
+    if not is_table(data.get("path")):
+        return cfg.to_dict()
+    raw = {k: v for k, v in cfg.raw.items() if k != "data"}
+    saved = copy.deepcopy(raw)
+    saved["data"] = {**{k: copy.deepcopy(v) for k, v in data.items() if k != "path"}, "path": str((Path(run_dir) / TABLE_COPY).resolve())}
+    if "root" not in saved["data"]:  # relative file paths in the table resolved where they were
+        saved["data"]["root"] = str(Path.cwd())
+    return saved
 #: The test split's outputs and labels at the selected checkpoint, in the loader's order.
 PREDICTIONS = "test_predictions.safetensors"
 
@@ -367,7 +385,7 @@ def _restore(run: _Run, state: TrainState) -> None:
     then the newest intact checkpoint; a checkpoint passed over is a warning naming it."""
     saved = run.run_dir / "config.yaml"
     if saved.is_file():
-        check_resume_config(load_run_config(run.run_dir).to_dict(), run.cfg.to_dict(), run.run_dir)
+        check_resume_config(load_run_config(run.run_dir).to_dict(), saved_config(run.cfg, run.run_dir), run.run_dir)
     failed: tuple[Path, ...] = ()
     unloadable: list[str] = []
     while True:
@@ -393,7 +411,10 @@ def _restore(run: _Run, state: TrainState) -> None:
 def _write_run_files(run: _Run, state: TrainState) -> None:
     if not run.is_main:
         return
-    write_text_atomic(run.run_dir / "config.yaml", yaml.safe_dump(run.cfg.to_dict(), sort_keys=False))
+    table = (run.cfg.data or {}).get("path")
+    if is_table(table):  # a DataFrame or a Hugging Face dataset given in Python: the run keeps a copy
+        write_parquet(read_source(table), run.run_dir / TABLE_COPY)
+    write_text_atomic(run.run_dir / "config.yaml", yaml.safe_dump(saved_config(run.cfg, run.run_dir), sort_keys=False))
     if run.init_report is not None:
         write_text_atomic(run.run_dir / "init_report.txt", run.init_report)
     for name, text in (run.data_files or {}).items():

@@ -33,7 +33,7 @@ LOCK = ".lock"
 RUN_FILES = (
     "checkpoints", "eval", "metrics.json", "log.jsonl", "curves.png", "init_report.txt", "config.yaml", "data_state.json", "data_report.json",
     "data_fingerprint.json", "test_predictions.safetensors", "encoders", "encoders.yaml", "explain", "ensemble", "features",
-    "tensorboard", "mlflow.json",
+    "tensorboard", "mlflow.json", "data.parquet",
 )
 RESUMABLE = (
     "name", "description", "train.epochs", "train.progress", "train.num_workers", "train.keep_checkpoints", "train.device",
