@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-full pretrained docs venv clean
+.PHONY: run test bench bench-full gpu-check pretrained docs venv clean
 
 # The main job: train on the embedded synthetic data, then evaluate under every subset of modalities.
 run: $(STAMP)
@@ -32,6 +32,12 @@ bench-full: $(STAMP)
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/fusionzoo bench --device cuda --fusions '*' --encoders '*' --models configs/experiments/quickstart.yaml --batch-sizes 256,1024 --dtypes float32,bfloat16 --compile --channels-last --name gpu
+
+# The device check on a GPU machine, with that machine's own Python (offline: nothing is installed;
+# what is missing is named): GPU tests, CUDA benchmarks, training throughput, in under 8 minutes,
+# into benchmarks/results/gpu-<device>/. Without CUDA it says so in one line.
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py
 
 # Train the shipped pretrained models again from their configs and rewrite fusionzoo/zoo/ (about 5 minutes).
 pretrained: $(STAMP)

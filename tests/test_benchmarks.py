@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fusion_reference  # noqa: E402
+import gpu_check  # noqa: E402
 import latency  # noqa: E402
 import peers  # noqa: E402
 import train_speed  # noqa: E402
@@ -77,3 +78,24 @@ def test_peft_benchmark_measures_one_variant():
 
     row = peft_lora.measure("LoRA r=8 (query, value)", steps=1, batch=2, tokens=8)
     assert 0 < row["trainable"] < 0.01 * row["total"] and row["step_s"] > 0
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the dry run without CUDA")
+def test_gpu_check_without_cuda_is_one_line_and_exit_0(tmp_path, capsys):
+    import subprocess
+
+    assert gpu_check.main(["--out", str(tmp_path / "gpu")]) == 0
+    assert capsys.readouterr().out == "gpu-check: needs CUDA (no GPU is visible here); nothing run\n"
+    assert not (tmp_path / "gpu").exists()
+    done = subprocess.run(["make", "-s", "gpu-check", f"PYTHON={sys.executable}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith("nothing run")
+
+
+def test_gpu_check_names_what_the_machine_lacks(monkeypatch):
+    real = gpu_check.importlib.util.find_spec
+    monkeypatch.setattr(gpu_check.importlib.util, "find_spec", lambda name: None if name in ("optuna", "yaml") else real(name))
+    missing = gpu_check.missing_packages()
+    assert any(m.startswith("optuna==") for m in missing) and any(m.startswith("pyyaml==") for m in missing)
+    steps = [name for name, _, _ in gpu_check.steps(ROOT / "x")]
+    assert steps == ["pytest_gpu", "bench_eager", "bench_compiled", "train_speed"]
+    assert abs(sum(share for _, _, share in gpu_check.steps(ROOT / "x")) - 0.95) < 1e-9  # a margin of the budget
