@@ -99,3 +99,21 @@ def test_gpu_check_names_what_the_machine_lacks(monkeypatch):
     steps = [name for name, _, _ in gpu_check.steps(ROOT / "x")]
     assert steps == ["pytest_gpu", "bench_eager", "bench_compiled", "train_speed"]
     assert abs(sum(share for _, _, share in gpu_check.steps(ROOT / "x")) - 0.95) < 1e-9  # a margin of the budget
+
+
+def test_loop_overhead_times_both_loops_and_writes_the_table(tmp_path):
+    import loop_overhead
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "tiny", "seed": 0, "data": {"name": "synthetic", "n": 64, "val_n": 16, "test_n": 16, "num_classes": 8},
+        "model": {"encoders": {"text": {"name": "text_embedding", "vocab_size": 64, "embed_dim": 8, "out_dim": 8}},
+                  "fusion": {"name": "concat_mlp", "out_dim": 8}, "head": {"name": "linear", "out_dim": 8}},
+        "train": {"epochs": 1, "batch_size": 16},
+    }))
+    assert loop_overhead.main(["--configs", str(config), "--rounds", "1", "--epochs", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "loop_overhead.json").read_text())["results"][0]
+    assert result["ours"] > 0 and result["plain"] > 0 and result["ratio"] == pytest.approx(result["ours"] / result["plain"])
+    md = (tmp_path / "loop_overhead.md").read_text()
+    assert "| `tiny` |" in md and "The plain loop, one epoch" in md
