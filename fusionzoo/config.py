@@ -406,11 +406,13 @@ def check_input_sizes(cfg: ExperimentConfig, model: nn.Module, dataset: Any) -> 
         else:
             continue
         if found:
-            rows = ", ".join(f"line {line} ({n} {unit})" for line, n in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            row = getattr(getattr(dataset, "source", None), "unit", "line")  # a file's line, a table's row
+            rows = ", ".join(f"{row} {line!r} ({n} {unit})" if isinstance(line, str) else f"{row} {line} ({n} {unit})" for line, n in found[:3])
+            rows += f" and {len(found) - 3} more" if len(found) > 3 else ""
             raise cfg.error(
                 f"{section}.encoders.{m}",
                 f"{type(enc).__name__} reads {what}; {len(found)} {'are' if len(found) > 1 else 'is'} smaller in "
-                f"{getattr(dataset, 'path', 'the data')}: {rows}. Give larger inputs (size, max_seconds), a smaller network, or drop those rows",
+                f"{getattr(dataset, 'origin', None) or getattr(dataset, 'path', 'the data')}: {rows}. Give larger inputs (size, max_seconds), a smaller network, or drop those rows",
             )
 
 

@@ -77,6 +77,20 @@ def _dataset_kwargs(name, tmp_path):
     if name == "manifest":
         root, _ = build_folder(tmp_path)
         return {"path": str(root / "items.csv"), "modalities": {m: s for m, s in MODALITIES.items() if m != "extra"}, "label": {"column": "label"}}
+    if name == "hf_dataset":  # the same folder as a Hugging Face dataset (save_to_disk), the files' bytes inside
+        datasets = pytest.importorskip("datasets")
+        root, rows = build_folder(tmp_path)
+        parts = {}
+        for hf_split, split in (("train", "train"), ("validation", "val"), ("test", "test")):
+            mine = [r for r in rows if r["split"] == split]
+            part = datasets.Dataset.from_dict({
+                "image": [{"bytes": (root / r["image"]).read_bytes(), "path": None} for r in mine],
+                "audio": [{"bytes": (root / r["audio"]).read_bytes(), "path": None} for r in mine],
+                "caption": [r["caption"] for r in mine], "label": [r["label"] for r in mine],
+            })
+            parts[hf_split] = part.cast_column("image", datasets.Image()).cast_column("audio", datasets.Audio(decode=False))
+        datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "hf"))
+        return {"path": str(tmp_path / "hf"), "modalities": {m: s for m, s in MODALITIES.items() if m != "extra"}, "label": {"column": "label"}}
     if name == "features":  # what `fusionzoo embed` writes: visual features, one of them missing
         tensors = {"features.visual": torch.randn(6, 5), "present.visual": torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.uint8),
                    "label": torch.arange(6) % 3, "index": torch.arange(6)}

@@ -101,7 +101,7 @@ class _RowError(Exception):
 
 
 def _empty(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
+    return value is None or (isinstance(value, str) and not value.strip()) or value == b""
 
 
 @dataclass
