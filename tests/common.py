@@ -147,5 +147,19 @@ MODALITIES = {
 }
 
 
+def model_section(out_dim=3):
+    """A small model for build_folder's four columns (image, audio, caption, features)."""
+    return {
+        "encoders": {
+            "visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4], "out_dim": 8},
+            "audio": {"name": "audio_spec_cnn", "sample_rate": 8000, "n_fft": 128, "hop_length": 64, "n_mels": 16, "channels": [4], "out_dim": 8},
+            "text": {"name": "text_embedding", "vocab_size": 32, "embed_dim": 8, "out_dim": 8},
+            "extra": {"name": "feature_mlp", "in_dim": 3, "out_dim": 8},
+        },
+        "fusion": {"name": "concat_mlp", "out_dim": 16},
+        "head": {"name": "linear", "out_dim": out_dim},
+    }
+
+
 def data_section(root, fmt="csv", **kw):
     return {"name": "manifest", "path": str(root / f"items.{fmt}"), "modalities": MODALITIES, "label": {"column": "label"}, **kw}

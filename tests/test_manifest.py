@@ -21,20 +21,7 @@ from fusionzoo.data.manifest import ManifestDataset, draw_splits, read_manifest
 from fusionzoo.training import evaluate_run, explain_run, load_run, train
 from fusionzoo.training.checkpoint import load_data_state
 
-from common import AVDIGITS, CLASSES, ROOT, MODALITIES, build_folder, data_section, needs_avdigits, write_rows, write_wav
-
-def model_section(out_dim=3):
-    return {
-        "encoders": {
-            "visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4], "out_dim": 8},
-            "audio": {"name": "audio_spec_cnn", "sample_rate": 8000, "n_fft": 128, "hop_length": 64, "n_mels": 16, "channels": [4], "out_dim": 8},
-            "text": {"name": "text_embedding", "vocab_size": 32, "embed_dim": 8, "out_dim": 8},
-            "extra": {"name": "feature_mlp", "in_dim": 3, "out_dim": 8},
-        },
-        "fusion": {"name": "concat_mlp", "out_dim": 16},
-        "head": {"name": "linear", "out_dim": out_dim},
-    }
-
+from common import AVDIGITS, CLASSES, ROOT, MODALITIES, build_folder, data_section, model_section, needs_avdigits, write_rows, write_wav
 
 def config(root, fmt="csv", epochs=2, out_dim=3, data=None, **train_kw):
     return {

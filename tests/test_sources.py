@@ -15,23 +15,14 @@ from fusionzoo.cli import main
 from fusionzoo.config import build_dataset, load_config
 from fusionzoo.training import evaluate_run, train
 
-from common import AVDIGITS, MODALITIES, ROOT, build_folder, data_section, needs_avdigits
+from common import AVDIGITS, ROOT, build_folder, data_section, model_section, needs_avdigits
 
 pa = pytest.importorskip("pyarrow")
 pd = pytest.importorskip("pandas")
 datasets = pytest.importorskip("datasets")
 import pyarrow.parquet as pq  # noqa: E402
 
-MODEL = {
-    "encoders": {
-        "visual": {"name": "visual_cnn", "in_channels": 1, "channels": [4], "out_dim": 8},
-        "audio": {"name": "audio_spec_cnn", "sample_rate": 8000, "n_fft": 128, "hop_length": 64, "n_mels": 16, "channels": [4], "out_dim": 8},
-        "text": {"name": "text_embedding", "vocab_size": 32, "embed_dim": 8, "out_dim": 8},
-        "extra": {"name": "feature_mlp", "in_dim": 3, "out_dim": 8},
-    },
-    "fusion": {"name": "concat_mlp", "out_dim": 16},
-    "head": {"name": "linear", "out_dim": 3},
-}
+MODEL = model_section()
 FILES = ("image", "audio")
 
 
