@@ -82,7 +82,7 @@ def _run_one(config: str | Path, cell: Cell, replicate: Replicate, out: Path, th
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()),
            # train.loggers: the grid is one MLflow experiment, each replicate a run named by its folder
-           EXPERIMENT_ENV: Path(out).resolve().name, RUN_NAME_ENV: f"{cell.name}/{replicate.path}",
+           EXPERIMENT_ENV: (here / out).resolve().name, RUN_NAME_ENV: f"{cell.name}/{replicate.path}",
            TAGS_ENV: json.dumps({"cell": cell.name, "seed": replicate.seed, "fold": replicate.fold})}
     with log.open("w") as f:
         code = subprocess.run(_command(config, cell, replicate, run_dir), stdout=f, stderr=subprocess.STDOUT, env=env, cwd=here).returncode
