@@ -16,6 +16,7 @@ is taken up again by running the same command. Ray and Slurm workers must see th
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any
 from fusionzoo.errors import ConfigError
 from fusionzoo.extras import require
 
-__all__ = ["Launcher", "LAUNCHERS"]
+__all__ = ["Launcher", "LAUNCHERS", "run_logged"]
 
 LAUNCHERS = ("local", "ray", "slurm")
 
@@ -51,6 +52,11 @@ class Launcher:
             raise ConfigError(f"--jobs: runs (or tune workers) at a time, an int >= 1, got {self.jobs!r}")
         if self.cpus is not None and self.cpus < 1 or self.gpus < 0:
             raise ConfigError(f"--cpus-per-task / --gpus-per-task: expected cpus >= 1 and gpus >= 0, got {self.cpus}, {self.gpus}")
+
+    def failure(self, error: BaseException) -> str:
+        """One line for an item whose task itself died (a lost node, a job Slurm killed)."""
+        text = str(error).strip()
+        return f"{self.name} task failed: {type(error).__name__}: {text.splitlines()[-1] if text else ''}"
 
     @property
     def cpus_per_task(self) -> int:
@@ -113,3 +119,14 @@ class Launcher:
                         yield i, on_error(items[i], e)
             if pending:
                 time.sleep(1)
+
+
+def run_logged(command: Sequence[str], log: Path, cwd: str | Path, threads: int, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``command`` in ``cwd`` with ``threads`` threads, its output into ``log`` (its folder made);
+    returns the exit code and the log's last non-empty line (``no output``)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **(env or {})}
+    with log.open("w") as f:
+        code = subprocess.run(list(command), stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd).returncode
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return code, lines[-1] if lines else "no output"

@@ -134,6 +134,7 @@ def test_loggers_may_change_on_resume(tmp_path):
 def test_compare_names_each_replicate_s_tracking_run(tmp_path, monkeypatch):
     """A grid's cells log into one MLflow experiment (the output folder's name), a run per
     replicate named by its folder and tagged with its cell, fold and seed."""
+    from fusionzoo import launch
     from fusionzoo.compare import runner
     from fusionzoo.compare.grid import Cell, Replicate
     from fusionzoo.training.loggers import log_identity
@@ -144,7 +145,7 @@ def test_compare_names_each_replicate_s_tracking_run(tmp_path, monkeypatch):
         seen.update(env)
         return type("Done", (), {"returncode": 1})()
 
-    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    monkeypatch.setattr(launch.subprocess, "run", fake_run)  # the cell's train process, as run_logged starts it
     cell = Cell("fusion=gmu", ("model.fusion.name=gmu",))
     runner._run_one("c.yaml", cell, Replicate(3, 1, 5), tmp_path / "grid_x", 1, str(tmp_path))
     for key in ("FUSIONZOO_LOG_EXPERIMENT", "FUSIONZOO_LOG_RUN", "FUSIONZOO_LOG_TAGS"):

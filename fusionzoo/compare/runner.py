@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ import yaml
 from fusionzoo.atomic import write_text_atomic
 from fusionzoo.compare.grid import Cell, Replicate, as_replicate
 from fusionzoo.config import load_config
-from fusionzoo.launch import Launcher
+from fusionzoo.launch import Launcher, run_logged
 from fusionzoo.training.loggers import EXPERIMENT_ENV, RUN_NAME_ENV, TAGS_ENV
 
 __all__ = ["run_grid", "is_finished", "die_with_parent"]
@@ -78,18 +77,14 @@ def _run_one(config: str | Path, cell: Cell, replicate: Replicate, out: Path, th
     # not finished, or finished with another config: --resume continues it where only resumable keys
     # changed (train.epochs) and refuses the rest, naming them, in the cell's log and status
     shown = run_dir.parent / f"{run_dir.name}.log"
-    log = here / shown
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()),
+    env = {PARENT_ENV: str(os.getpid()),
            # train.loggers: the grid is one MLflow experiment, each replicate a run named by its folder
            EXPERIMENT_ENV: (here / out).resolve().name, RUN_NAME_ENV: f"{cell.name}/{replicate.path}",
            TAGS_ENV: json.dumps({"cell": cell.name, "seed": replicate.seed, "fold": replicate.fold})}
-    with log.open("w") as f:
-        code = subprocess.run(_command(config, cell, replicate, run_dir), stdout=f, stderr=subprocess.STDOUT, env=env, cwd=here).returncode
+    code, last = run_logged(_command(config, cell, replicate, run_dir), here / shown, here, threads, env)
     if code == 0 and is_finished(here / run_dir):
         return done | {"reused": False}
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return done | {"status": "failed", "reason": f"exit {code}: {lines[-1] if lines else 'no output'} (log: {shown})"}
+    return done | {"status": "failed", "reason": f"exit {code}: {last} (log: {shown})"}
 
 
 def run_grid(
@@ -118,8 +113,7 @@ def run_grid(
 
     def lost(item: tuple, error: BaseException) -> dict[str, Any]:  # the task itself died (a node, a Slurm limit)
         replicate = item[2]
-        return {"seed": replicate.seed, "fold": replicate.fold, "replicate": replicate.path, "status": "failed",
-                "reason": f"{launcher.name} task failed: {type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"}
+        return {"seed": replicate.seed, "fold": replicate.fold, "replicate": replicate.path, "status": "failed", "reason": launcher.failure(error)}
 
     items = [(config, cell, replicate, out, launcher.cpus_per_task, os.getcwd()) for cell, replicate in todo]
     for n, (i, result) in enumerate(launcher.map(_run_one, items, lost), 1):

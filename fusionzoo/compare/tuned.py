@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 from fusionzoo.compare.grid import Cell, Replicate
 from fusionzoo.config import load_config
 from fusionzoo.errors import ConfigError
-from fusionzoo.launch import Launcher
+from fusionzoo.launch import Launcher, run_logged
 from fusionzoo.tuning.space import SearchSpace
 
 __all__ = ["tune_cells", "tuning_header"]
@@ -37,13 +36,8 @@ def _tune_one(config: str, cell: Cell, first: Replicate, out: str, trials: int |
     sets = [a for o in (*cell.overrides, *first.overrides) for a in ("--set", o)]
     command = [sys.executable, "-m", "fusionzoo", "tune", config, "--out", str(study_dir), "--study", cell.name, *sets]
     command += ["--trials", str(trials)] if trials is not None else []
-    log = Path(cwd) / study_dir / "tune.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    with log.open("w") as f:
-        code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd).returncode
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return {"exit": code, "last": lines[-1] if lines else "no output", "log": str(study_dir / "tune.log")}
+    code, last = run_logged(command, Path(cwd) / study_dir / "tune.log", cwd, threads)
+    return {"exit": code, "last": last, "log": str(study_dir / "tune.log")}
 
 
 def tune_cells(
@@ -65,7 +59,7 @@ def tune_cells(
     items = [(str(config), c, first, str(out), trials, launcher.cpus_per_task, os.getcwd()) for c in todo]
 
     def lost(item: tuple, error: BaseException) -> dict[str, Any]:
-        return {"exit": None, "last": f"{launcher.name} task failed: {type(error).__name__}: {error}", "log": ""}
+        return {"exit": None, "last": launcher.failure(error), "log": ""}
 
     results = {}
     for i, run in launcher.map(_tune_one, items, lost):

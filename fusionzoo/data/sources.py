@@ -157,8 +157,7 @@ def _hf(dataset: Any) -> Rows:
             rows.append((len(rows), cells))
     if hasattr(dataset, "keys") and "split" not in columns:
         columns.append("split")
-    origin = f"Hugging Face dataset {getattr(dataset, 'info', None) and dataset.info.dataset_name or ''}".strip() if not hasattr(dataset, "keys") else "Hugging Face dataset"
-    return Rows(columns, rows, origin, "row", digest_rows(columns, rows))
+    return Rows(columns, rows, "Hugging Face dataset", "row", digest_rows(columns, rows))
 
 
 def _undecoded(part: Any) -> Any:

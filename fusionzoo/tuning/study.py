@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -36,7 +35,7 @@ from fusionzoo.config import ExperimentConfig, build_dataset, load_config
 from fusionzoo.errors import ConfigError
 from fusionzoo.extras import require
 from fusionzoo.atomic import write_json_atomic, write_text_atomic
-from fusionzoo.launch import Launcher
+from fusionzoo.launch import Launcher, run_logged
 from fusionzoo.training.engine import train
 from fusionzoo.training.runfolder import claim_output
 from fusionzoo.training.selection import Selection
@@ -113,7 +112,7 @@ def _launch_workers(launcher: Launcher, worker: list, out: Path, say: Callable[[
     items = [(k, *worker, launcher.cpus_per_task, str(out), os.getcwd()) for k in range(launcher.jobs)]
 
     def lost(item: tuple, error: BaseException) -> dict[str, Any]:
-        return {"worker": item[0], "exit": None, "last": f"{type(error).__name__}: {error}"}
+        return {"worker": item[0], "exit": None, "last": launcher.failure(error)}
 
     say(f"{launcher.jobs} workers on {launcher.name}")
     for _, result in launcher.map(tune_worker, items, lost):
@@ -128,13 +127,12 @@ def tune_worker(k: int, config: str, overrides: list, trials: int, timeout: floa
     command = [sys.executable, "-m", "fusionzoo", "tune", config, "--out", out, "--trials", str(trials), "--storage", storage,
                "--study", study, "--no-report", *[a for o in overrides for a in ("--set", o)]]
     command += (["--timeout", str(timeout)] if timeout is not None else []) + (["--pruner", pruner] if pruner else [])
-    log = Path(cwd) / out / "workers" / f"worker-{k}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    with log.open("w") as f:
-        code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd).returncode
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return {"worker": k, "exit": code, "last": lines[-1] if lines else "no output"}
+    code, last = run_logged(command, Path(cwd) / out / "workers" / f"worker-{k}.log", cwd, threads)
+    return {"worker": k, "exit": code, "last": last}
+
+
+def _heartbeat() -> int:
+    return int(os.environ.get(HEARTBEAT_ENV, HEARTBEAT))
 
 
 def _base_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -173,7 +171,7 @@ def _open_study(optuna, url: str, name: str, selection: Selection, budget: int, 
     """Create or load the study; one made from another config, space or metric is refused."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    heartbeat = int(os.environ.get(HEARTBEAT_ENV, HEARTBEAT))
+    heartbeat = _heartbeat()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial, ours
     direction = "maximize" if selection.mode == "max" else "minimize"
     with warnings.catch_warnings():
@@ -335,7 +333,7 @@ def _work(optuna, study, objective: _Objective, budget: int, timeout: float | No
         if not _budget_left(study, budget):
             study.stop()
 
-    heartbeat = int(os.environ.get(HEARTBEAT_ENV, HEARTBEAT))
+    heartbeat = _heartbeat()
     while True:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
@@ -343,9 +341,7 @@ def _work(optuna, study, objective: _Objective, budget: int, timeout: float | No
         waiting = any(t.state.name == "WAITING" for t in study.get_trials(deepcopy=False))
         if _budget_left(study, budget) or waiting:
             study.optimize(objective, timeout=left, catch=(Exception,), callbacks=[after], gc_after_trial=True)
-            continue_after = any(t.state.name == "WAITING" for t in study.get_trials(deepcopy=False))
-            if continue_after:
-                continue
+            continue  # the budget spent, the time up, or a retry queued meanwhile: the checks above say which
         if not any(t.state.name == "RUNNING" for t in study_trials(study)):
             return
         time.sleep(heartbeat)  # another worker's trial: wait for it, or for its heartbeat to go stale
