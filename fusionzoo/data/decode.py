@@ -360,7 +360,16 @@ _NUMBERS = re.compile(r"[\s,;]+")
 
 
 def read_features(cell: Any, root: Path, key: str | None = None) -> Tensor:
-    """A float32 ``[d]`` vector from a file path (``.npy``, ``.safetensors``) or inline numbers."""
+    """A float32 ``[d]`` vector from a file path (``.npy``, ``.safetensors``), the bytes of an
+    ``.npy`` file (a shard member) or inline numbers."""
+    if isinstance(cell, bytes):
+        if not cell.startswith(b"\x93NUMPY"):
+            try:
+                cell = cell.decode()  # numbers written as text
+            except UnicodeDecodeError:
+                raise CellError(f"expected the bytes of an .npy file or numbers as text, got {cell[:8]!r}...") from None
+            return read_features(cell, root, key)
+        return _finite(torch.from_numpy(_npy(cell).astype(np.float32)), _name(cell))
     if isinstance(cell, list):
         values = cell
     elif isinstance(cell, (int, float)) and not isinstance(cell, bool):
@@ -413,9 +422,11 @@ def _check_vector(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
         raise CellError(f"{path}: declares {shape[0]:,} values, more than a feature vector holds ({MAX_FEATURE_VALUES:,})")
 
 
-def _npy(path: Path) -> np.ndarray:
-    """A ``.npy`` file, its header checked before its data is read (an ``.npz`` archive is named)."""
-    with path.open("rb") as f:
+def _npy(source: Source) -> np.ndarray:
+    """A ``.npy`` file (or its bytes), its header checked before its data is read (an ``.npz``
+    archive is named)."""
+    path = _name(source)
+    with (io.BytesIO(source) if isinstance(source, bytes) else source.open("rb")) as f:
         magic = f.read(6)
         if magic.startswith(b"PK"):
             raise CellError(f"{path} is an .npz archive, not an .npy array: save one array with numpy.save")
@@ -424,8 +435,9 @@ def _npy(path: Path) -> np.ndarray:
         f.seek(0)
         version = np.lib.format.read_magic(f)
         shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
-    _check_vector(path, shape, dtype)
-    return np.load(path, allow_pickle=False)
+        _check_vector(path, shape, dtype)
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
 
 
 def _safetensors(path: Path, key: str | None) -> np.ndarray:

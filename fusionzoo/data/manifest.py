@@ -61,13 +61,9 @@ How each kind is read and transformed: :mod:`fusionzoo.data.decode`.
 
 from __future__ import annotations
 
-import copy
 import io
 import hashlib
-import json
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,66 +71,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fusionzoo.data.decode import AudioReader, CellError, DiskCache, ImageReader, read_features
+from fusionzoo.data.columns import KINDS, TASK_NAMES, ColumnAttributes, Columns, Record, RowError, empty
+from fusionzoo.data.decode import CellError, DiskCache
 from fusionzoo.data.folds import assign_folds, check_folds, fold_splits
 from fusionzoo.data.image_header import image_size
 from fusionzoo.data.sources import is_table, read_manifest, read_source
 from fusionzoo.extras import require
 from fusionzoo.registry import DATASETS
-from fusionzoo.vocab import Vocab
 
 __all__ = ["ManifestDataset", "from_dataframe", "hf_dataset", "read_manifest", "draw_splits", "SPLITS", "KINDS", "TASK_NAMES"]
 
 SPLITS = ("train", "val", "test")
-KINDS = ("image", "audio", "text", "features")
-TASK_NAMES = ("multiclass", "multilabel", "regression")
-TEXT_OPTIONS = ("min_freq", "max_size", "lower", "max_tokens")
-FEATURE_OPTIONS = ("dim", "key")
-LABEL_KEYS = ("column", "task", "separator", "classes", "allow_unlabelled")
-FORMAT = 1
-
-
-class _RowError(Exception):
-    def __init__(self, column: str, message: str) -> None:
-        super().__init__(message)
-        self.column = column
-
-
-def _empty(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip()) or value == b""
-
-
-@dataclass
-class _Modality:
-    name: str
-    column: str
-    kind: str
-    options: dict
-    reader: ImageReader | AudioReader | None = None
-
-
-@dataclass
-class _Record:
-    line: int
-    label: Any
-    values: dict[str, Any] = field(default_factory=dict)
-
-
-def _check_text_options(options: Mapping[str, Any], where: str) -> None:
-    """The word-vocabulary options of a text column: counts are ints >= 1 (``max_size``, ``max_tokens``
-    may be null: no limit), ``lower`` a bool."""
-    for key, least, nullable in (("min_freq", 1, False), ("max_size", 1, True), ("max_tokens", 1, True)):
-        if key not in options or options[key] is None and nullable:
-            continue
-        value = options[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise ValueError(f"{where}.{key}: an int >= {least}{' or null' if nullable else ''}, got {value!r}")
-    if not isinstance(options.get("lower", True), bool):
-        raise ValueError(f"{where}.lower: true or false, got {options['lower']!r}")
 
 
 @DATASETS.register("manifest", tags=("user", "real"))
-class ManifestDataset(Dataset):
+class ManifestDataset(ColumnAttributes, Dataset):
     """Samples from a CSV or JSONL manifest (see the module docstring).
 
     Samples: ``{modality: image float [c, h, w] | audio float [t] | text long [l] (str when raw) | features float [d],
@@ -166,21 +117,15 @@ class ManifestDataset(Dataset):
         self.root = Path(root) if root is not None else home
         self.split, self.on_error, self.cache = split, on_error, cache
         self._disk = DiskCache(cache_dir if cache_dir is not None else home / ".fusionzoo-cache") if cache == "disk" else None
-        self.specs = self._modalities(modalities)
-        self.raw = self._raw(raw)
-        self.modalities = tuple(sorted(self.specs))
-        self.standardized = tuple(m for m, s in self.specs.items() if s.kind == "image" and s.reader.normalized)
-        #: The rate each audio modality's waveforms come at (checked against its encoder's).
-        self.sample_rates = {m: s.options["sample_rate"] for m, s in self.specs.items() if s.kind == "audio"}
+        self.columns = Columns(modalities, label, raw)
         #: Modalities not to read at all (their samples come from elsewhere: the frozen-feature cache).
         self.skip: set[str] = set()
         #: Modalities whose training samples are augmented at random (different at every read).
         self.augmented = tuple(m for m, s in self.specs.items() if s.options.get("augment")) if split == "train" else ()
-        self._label(label)
         self.source = read_source(path)
         self.origin = self.source.origin
         columns, rows = self.source.columns, self.source.rows
-        for where, column in [(f"modalities.{m}.column", s.column) for m, s in self.specs.items()] + [("label.column", self.label_column)]:
+        for where, column in self.columns.columns:
             if column not in columns:
                 raise ValueError(f"{where}: {self.origin} has no column {column!r} (it has {columns})")
         assigned = self._assign_splits(splits, columns, rows)
@@ -188,8 +133,8 @@ class ManifestDataset(Dataset):
         self.skipped: list[dict[str, Any]] = []
         records = self._read_rows(mine, decode=check == "decode" or cache == "memory")
         if fitted is None:
-            fitted = self._fit(records) if split == "train" else ManifestDataset(**self._args, split="train").fitted
-        self._use_fitted(fitted)
+            fitted = self.columns.fit(records, self.origin) if split == "train" else ManifestDataset(**self._args, split="train").fitted
+        self.columns.use(fitted)
         self.records = self._finish_rows(records)
         if not self.records:
             raise ValueError(f"{self.origin}: no usable rows in the {split!r} split" + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
@@ -232,70 +177,6 @@ class ManifestDataset(Dataset):
         if folds is not None and splits is not None:
             raise ValueError("folds: the splits come from the folds; give splits or folds, not both")
 
-    @staticmethod
-    def _modalities(modalities: Mapping[str, Mapping[str, Any]]) -> dict[str, _Modality]:
-        if not isinstance(modalities, Mapping) or not modalities:
-            raise ValueError("modalities: a mapping {modality: {column, kind, ...}} with at least one entry")
-        specs = {}
-        for m, spec in modalities.items():
-            where = f"modalities.{m}"
-            if not isinstance(spec, Mapping) or "column" not in spec or "kind" not in spec:
-                raise ValueError(f"{where}: needs column and kind (one of {KINDS}), got {spec!r}")
-            kind, options = spec["kind"], {k: v for k, v in spec.items() if k not in ("column", "kind")}
-            reader: Any = None
-            if kind == "image":
-                allowed = ImageReader.OPTIONS
-            elif kind == "audio":
-                allowed = AudioReader.OPTIONS
-            elif kind == "text":
-                allowed = TEXT_OPTIONS
-            elif kind == "features":
-                allowed = FEATURE_OPTIONS
-            else:
-                raise ValueError(f"{where}.kind: one of {KINDS}, got {kind!r}")
-            unknown = sorted(set(options) - set(allowed))
-            if unknown:
-                raise ValueError(f"{where}.{unknown[0]}: unknown option for kind {kind} (allowed: {', '.join(allowed)})")
-            if kind == "text":
-                _check_text_options(options, where)
-            if kind == "image":
-                reader = ImageReader(**options, where=where)
-            elif kind == "audio":
-                if "sample_rate" not in options:
-                    raise ValueError(f"{where}.sample_rate: required for audio (the rate the encoder expects)")
-                reader = AudioReader(**options, where=where)
-            specs[m] = _Modality(m, str(spec["column"]), kind, options, reader)
-        return specs
-
-    def _raw(self, raw: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-        """The modalities given as they are (their encoder preprocesses them); a word-vocabulary option
-        on one of them is refused."""
-        kept = tuple(m for m in raw if m in self.specs)
-        for m in kept:
-            word_options = sorted(set(self.specs[m].options) & set(TEXT_OPTIONS))
-            if word_options:
-                raise ValueError(
-                    f"modalities.{m}.{word_options[0]}: a word-vocabulary option, but the model's {m} encoder tokenizes "
-                    "the text itself (its tokenizer's max_length and truncation say how long a text may be)"
-                )
-        return kept
-
-    def _label(self, label: Mapping[str, Any]) -> None:
-        if not isinstance(label, Mapping) or "column" not in label:
-            raise ValueError(f"label: needs column (and task, one of {TASK_NAMES}), got {label!r}")
-        unknown = sorted(set(label) - set(LABEL_KEYS))
-        if unknown:
-            raise ValueError(f"label.{unknown[0]}: unknown key (allowed: {', '.join(LABEL_KEYS)})")
-        self.label_column, self.task = str(label["column"]), label.get("task", "multiclass")
-        if self.task not in TASK_NAMES:
-            raise ValueError(f"label.task: one of {TASK_NAMES}, got {self.task!r}")
-        self.separator = label.get("separator", ";")
-        self.allow_unlabelled = bool(label.get("allow_unlabelled", False))
-        classes = label.get("classes")
-        if classes is not None and (self.task == "regression" or not isinstance(classes, list) or len(set(map(str, classes))) != len(classes) or not classes):
-            raise ValueError(f"label.classes: a list of distinct class names for a classification task, got {classes!r}")
-        self.fixed_classes = None if classes is None else [str(c) for c in classes]
-
     def _assign_splits(self, splits: Mapping[str, Any] | None, columns: list[str], rows: list[tuple[int, dict]]) -> list[str]:
         if self.folds is not None:
             return self._fold_splits(columns, rows)
@@ -332,7 +213,7 @@ class ManifestDataset(Dataset):
         k, fold, seed, group = self.folds["k"], self.folds["fold"], self.folds["seed"], self.folds.get("group")
         if group is not None and group not in columns:
             raise ValueError(f"folds.group: {self.origin} has no column {group!r} (it has {columns})")
-        groups = None if group is None else [None if _empty(row.get(group)) else str(row.get(group)).strip() for _, row in rows]
+        groups = None if group is None else [None if empty(row.get(group)) else str(row.get(group)).strip() for _, row in rows]
         strata = [str(row.get(self.label_column)) if self.task == "multiclass" else "" for _, row in rows]
         return fold_splits(assign_folds(strata, groups, k, seed), k, fold)
 
@@ -343,20 +224,23 @@ class ManifestDataset(Dataset):
             raise ValueError(f"{self.source.at(line)}: column {column!r}: {message}")
         self.skipped.append({"line": line, "column": column, "error": message})
 
-    def _read_rows(self, rows: list[tuple[int, dict]], decode: bool) -> list[_Record]:
+    def _read_rows(self, rows: list[tuple[int, dict]], decode: bool) -> list[Record]:
         """First pass: parse the label and check every cell (decode images and audio with ``decode``)."""
         records = []
         self._cache: dict[tuple[int, str], torch.Tensor] = {}
         for line, row in rows:
             try:
-                record = _Record(line, self._raw_label(row.get(self.label_column)))
-                for m, spec in self.specs.items():
-                    cell = row.get(spec.column)
-                    try:
-                        record.values[m] = None if _empty(cell) else self._read_cell(spec, cell, decode, len(records))
-                    except CellError as e:
-                        raise _RowError(spec.column, str(e)) from None
-            except _RowError as e:
+                record = self.columns.read_row(line, row, self.root)
+                if decode:
+                    for m, spec in self.specs.items():
+                        if spec.reader is not None and record.values[m] is not None:
+                            try:
+                                tensor = spec.reader.decode(record.values[m])
+                            except CellError as e:
+                                raise RowError(spec.column, str(e)) from None
+                            if self.cache == "memory":
+                                self._cache[(len(records), m)] = tensor
+            except RowError as e:
                 for m in self.specs:
                     self._cache.pop((len(records), m), None)
                 self._fail(line, e.column, str(e))
@@ -364,122 +248,13 @@ class ManifestDataset(Dataset):
             records.append(record)
         return records
 
-    def _read_cell(self, spec: _Modality, cell: Any, decode: bool, index: int) -> Any:
-        if spec.kind == "text":
-            if not isinstance(cell, str):
-                raise CellError(f"expected text, got {type(cell).__name__} {cell!r}")
-            return cell
-        if spec.kind == "features":
-            return read_features(cell, self.root, spec.options.get("key"))
-        path = self._file_cell(cell)
-        spec.reader.check(path)
-        if decode:
-            tensor = spec.reader.decode(path)
-            if self.cache == "memory":
-                self._cache[(index, spec.name)] = tensor
-        return path
-
-    def _file_cell(self, cell: Any) -> Path | bytes:
-        """An image or audio cell: a path under ``root``, the encoded file's bytes, or a Hugging
-        Face ``{bytes, path}`` struct (its bytes when it has them, else its path)."""
-        if isinstance(cell, dict) and set(cell) <= {"bytes", "path", "sampling_rate", "array"}:
-            if cell.get("bytes"):
-                return bytes(cell["bytes"])
-            cell = cell.get("path")
-        if isinstance(cell, bytes):
-            return cell
-        if not isinstance(cell, str) or not cell.strip():
-            raise CellError(f"expected a file path or the bytes of a file, got {type(cell).__name__} {str(cell)[:80]!r}")
-        return self.root / cell.strip()
-
-    def _raw_label(self, cell: Any) -> Any:
-        column = self.label_column
-        if isinstance(cell, bool) or isinstance(cell, list) and any(isinstance(n, (bool, dict, list)) for n in cell):
-            raise _RowError(column, f"a label is a name or a number, got {json.dumps(cell)} (quote it to mean the word)")
-        if self.task == "multilabel":
-            if _empty(cell):
-                return []
-            if isinstance(cell, str) and cell.strip().startswith("["):  # a JSON list written into a CSV cell
-                try:
-                    cell = json.loads(cell)
-                except json.JSONDecodeError:
-                    raise _RowError(column, f"{cell!r} starts like a JSON list but is not one") from None
-            names = cell if isinstance(cell, list) else str(cell).split(self.separator)
-            return sorted({str(n).strip() for n in names if str(n).strip()})
-        if _empty(cell):
-            if not self.allow_unlabelled:
-                raise _RowError(column, "no label (label.allow_unlabelled: true accepts unlabelled rows)")
-            return None
-        if self.task == "regression":
-            try:
-                value = float(cell)
-            except (TypeError, ValueError):
-                raise _RowError(column, f"regression target {cell!r} is not a number") from None
-            if not math.isfinite(value):
-                raise _RowError(column, f"regression target {cell!r} is not finite")
-            return value
-        return str(cell).strip()
-
-    # -- fitting on the training split -----------------------------------------------------------
-
-    def _fit(self, records: list[_Record]) -> dict[str, Any]:
-        """Label list, vocabularies and feature widths from the (kept) training rows."""
-        fitted: dict[str, Any] = {"format": FORMAT, "task": self.task, "classes": None, "vocabs": {}, "feature_dims": {}}
-        if self.task != "regression":
-            if self.fixed_classes is not None:
-                fitted["classes"] = self.fixed_classes
-            else:
-                seen = {c for r in records for c in (r.label if self.task == "multilabel" else [r.label]) if c is not None}
-                _check_spellings(seen, self.origin)
-                fitted["classes"] = sorted(seen, key=_natural)
-                if not fitted["classes"]:
-                    raise ValueError(f"{self.origin}: the training split has no labels")
-        for m, spec in self.specs.items():
-            present = [r.values[m] for r in records if r.values[m] is not None]
-            if spec.kind == "text" and m not in self.raw:
-                o = spec.options
-                vocab = Vocab.build(present, min_freq=o.get("min_freq", 1), max_size=o.get("max_size"), lower=o.get("lower", True))
-                fitted["vocabs"][m] = {"lower": vocab.lower, "itos": vocab.itos}
-            elif spec.kind == "features":
-                dim = spec.options.get("dim", present[0].numel() if present else None)
-                if dim is None:
-                    raise ValueError(f"modalities.{m}: no training row has features; give dim")
-                fitted["feature_dims"][m] = int(dim)
-        return fitted
-
-    def _use_fitted(self, fitted: Mapping[str, Any]) -> None:
-        if fitted.get("task") != self.task:
-            raise ValueError(f"label.task: {self.task!r}, but the training split's saved state says {fitted.get('task')!r}")
-        self.fitted = copy.deepcopy(dict(fitted))
-        self.classes = fitted["classes"]
-        self.class_index = {c: i for i, c in enumerate(self.classes or [])}
-        self.num_classes = 1 if self.task == "regression" else len(self.classes)
-        self.vocabs = {m: Vocab(v["itos"], lower=v["lower"]) for m, v in fitted["vocabs"].items()}
-        self.feature_dims = dict(fitted["feature_dims"])
-        for m, spec in self.specs.items():
-            if spec.kind == "text" and m not in self.vocabs and m not in self.raw or spec.kind == "features" and m not in self.feature_dims:
-                raise ValueError(f"modalities.{m}: the training split's saved state has nothing for it")
-        if len(self.vocabs) == 1:
-            self.vocab = next(iter(self.vocabs.values()))
-
-    def _finish_rows(self, records: list[_Record]) -> list[_Record]:
+    def _finish_rows(self, records: list[Record]) -> list[Record]:
         """Second pass: labels to indices, texts to ids, feature widths checked."""
         done, cache = [], {}
         for index, record in enumerate(records):
             try:
-                record.label = self._label_value(record.label)
-                for m, spec in self.specs.items():
-                    value = record.values[m]
-                    if value is None:
-                        continue
-                    if spec.kind == "text" and m not in self.raw:
-                        ids = self.vocabs[m].ids(value)
-                        if spec.options.get("max_tokens") is not None:
-                            ids = ids[: int(spec.options["max_tokens"])]
-                        record.values[m] = torch.tensor(ids, dtype=torch.long)
-                    elif spec.kind == "features" and value.numel() != self.feature_dims[m]:
-                        raise _RowError(spec.column, f"{value.numel()} features, expected {self.feature_dims[m]} (the training split's width)")
-            except _RowError as e:
+                self.columns.finish(record)
+            except RowError as e:
                 self._fail(record.line, e.column, str(e))
                 continue
             for m in self.specs:
@@ -489,23 +264,6 @@ class ManifestDataset(Dataset):
         self._cache = cache
         return done
 
-    def _label_value(self, raw: Any) -> Any:
-        column = self.label_column
-        if self.task == "regression":
-            return float("nan") if raw is None else raw
-        if self.task == "multiclass":
-            if raw is None:
-                return -1
-            if raw not in self.class_index:
-                raise _RowError(column, f"label {raw!r} is not in the label list {self.classes} (from the training split)")
-            return self.class_index[raw]
-        target = torch.zeros(len(self.classes))
-        for name in raw:
-            if name not in self.class_index:
-                raise _RowError(column, f"label {name!r} is not in the label list {self.classes} (from the training split)")
-            target[self.class_index[name]] = 1.0
-        return target
-
     # -- samples ---------------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -513,23 +271,17 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         record = self.records[i]
-        sample: dict[str, Any] = {"label": record.label}
-        train = self.split == "train"
-        for m, spec in self.specs.items():
-            value = record.values[m]
-            if value is None or m in self.skip:
-                continue
-            if spec.reader is None:
-                sample[m] = value
-                continue
-            decoded = self._cache.get((i, m))
+
+        def decode(spec: Any, source: Any) -> torch.Tensor:
+            decoded = self._cache.get((i, spec.name))
             if decoded is None:
-                try:
-                    decoded = self._disk.load(value, spec.reader) if self._disk is not None else spec.reader.decode(value)
-                except CellError as e:
-                    raise ValueError(f"{self.source.at(record.line)}: column {spec.column!r}: {e}") from None
-            sample[m] = spec.reader.transform(decoded, train)
-        return sample
+                decoded = self._disk.load(source, spec.reader) if self._disk is not None else spec.reader.decode(source)
+            return decoded
+
+        try:
+            return self.columns.sample(record, self.split == "train", decode, self.skip)
+        except RowError as e:
+            raise ValueError(f"{self.source.at(record.line)}: column {e.column!r}: {e}") from None
 
     def line_of(self, i: int) -> int:
         """The manifest line sample ``i`` came from."""
@@ -613,28 +365,6 @@ def hf_dataset(
         path=loaded, modalities=modalities, label=label, splits=splits, folds=folds, root=root if root is not None else (local if local.is_dir() else None),
         on_error=on_error, cache=cache, cache_dir=cache_dir, check=check, split=split, fitted=fitted, raw=raw,
     )
-
-
-def _check_spellings(names: set[str], path: str) -> None:
-    """Two label names that are one number spelled twice (``0`` and ``0.0``, ``01`` and ``1``) are
-    refused: as names they would be two classes."""
-    by_value: dict[float, str] = {}
-    for name in sorted(names):
-        try:
-            value = float(name)
-        except ValueError:
-            continue
-        if value in by_value:
-            raise ValueError(f"{path}: the labels {by_value[value]!r} and {name!r} are one number spelled twice, and would be two "
-                             "classes; write every label the same way (or list them in label.classes)")
-        by_value[value] = name
-
-
-def _natural(name: str) -> tuple:
-    try:
-        return (0, float(name), name)
-    except ValueError:
-        return (1, 0.0, name)
 
 
 def draw_splits(groups: list[str], val: float, test: float, seed: int) -> list[str]:
