@@ -477,12 +477,19 @@ def _add_run_tool_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_data_parser(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="check a config's data; write the avdigits example as a manifest folder")
+    data = sub.add_parser("data", help="check a config's data; write it as WebDataset shards; write the avdigits example as a manifest folder")
     verbs = data.add_subparsers(dest="verb", required=True)
     p = verbs.add_parser("check", help="read every row of the three splits: sizes, classes, missing cells, skipped rows")
     p.add_argument("config", help="a YAML experiment config with a data: section")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.set_defaults(func=_data_check)
+    p = verbs.add_parser("shard", help="write a config's table data (manifest, hf_dataset) as WebDataset shards and their index")
+    p.add_argument("config", help="a YAML experiment config with a data: section")
+    p.add_argument("out", help="a new folder: {train,val,test}-NNNNNN.tar and shards.json")
+    p.add_argument("--shard-size", type=int, required=True, help="samples per shard")
+    p.add_argument("--seed", type=int, default=0, help="the order rows are written in")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.set_defaults(func=_data_shard)
     p = verbs.add_parser("export-avdigits", help="write avdigits as PNG + WAV + a noisy transcript column, with items.csv")
     p.add_argument("out", help="a new folder")
     p.add_argument("--root", default=None, help="the avdigits folder (default: $FUSIONZOO_AVDIGITS or ../shared/datasets/avdigits)")
@@ -515,6 +522,25 @@ def _data_check(args: argparse.Namespace) -> int:
     for split, ds in sets.items():
         for row in getattr(ds, "skipped", [])[:5]:
             print(f"skipped ({split}): line {row['line']}, column {row['column']!r}: {row['error']}")
+    return 0
+
+
+def _data_shard(args: argparse.Namespace) -> int:
+    from fusionzoo.config import build_from_section
+    from fusionzoo.data.shards import write_shards
+    from fusionzoo.registry import DATASETS
+
+    cfg = load_config(args.config, args.set)
+    section = cfg.require("data", "to write shards")
+    try:
+        index = write_shards(section, args.out, args.shard_size, args.seed, create=lambda s, **d: build_from_section(DATASETS, s, "data", cfg.origin, **d))
+    except ValueError as e:
+        raise ConfigError(f"{args.config}: {e}" if not str(e).startswith(cfg.origin) else str(e)) from None
+    splits = json.loads(index.read_text())["splits"]
+    for split, part in splits.items():
+        skipped = f", {part['skipped']} rows skipped (on_error: skip)" if part["skipped"] else ""
+        print(f"{split}: {sum(part['samples'])} samples in {len(part['shards'])} shards{skipped}")
+    print(f"wrote {index}; train on it with data: {{name: webdataset, path: {index}}}")
     return 0
 
 

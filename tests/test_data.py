@@ -1,6 +1,7 @@
 """Datasets, collation and the loader recipe."""
 
 import io
+import itertools
 import re
 import wave
 import zipfile
@@ -91,6 +92,13 @@ def _dataset_kwargs(name, tmp_path):
             parts[hf_split] = part.cast_column("image", datasets.Image()).cast_column("audio", datasets.Audio(decode=False))
         datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "hf"))
         return {"path": str(tmp_path / "hf"), "modalities": {m: s for m, s in MODALITIES.items() if m != "extra"}, "label": {"column": "label"}}
+    if name == "webdataset":  # the same folder written as shards
+        pytest.importorskip("webdataset")
+        from fusionzoo.data.shards import write_shards
+
+        root, _ = build_folder(tmp_path)
+        section = {"name": "manifest", "path": str(root / "items.csv"), "modalities": {m: s for m, s in MODALITIES.items() if m != "extra"}, "label": {"column": "label"}}
+        return {"path": str(write_shards(section, tmp_path / "shards", shard_size=4))}
     if name == "features":  # what `fusionzoo embed` writes: visual features, one of them missing
         tensors = {"features.visual": torch.randn(6, 5), "present.visual": torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.uint8),
                    "label": torch.arange(6) % 3, "index": torch.arange(6)}
@@ -102,10 +110,11 @@ def _dataset_kwargs(name, tmp_path):
 @pytest.mark.parametrize("name", fz.list_datasets())
 def test_dataset_samples_follow_the_batch_contract(name, tmp_path):
     ds = fz.create_dataset(name, **_dataset_kwargs(name, tmp_path))
-    sample = ds[0]
+    first = list(itertools.islice(ds, 4)) if isinstance(ds, torch.utils.data.IterableDataset) else [ds[i] for i in range(4)]
+    sample = first[0]
     assert set(sample) <= {"visual", "audio", "text", "label"} and isinstance(sample["label"], int)
     assert set(ds.modalities) <= {"visual", "audio", "text"}
-    batch = collate([ds[i] for i in range(4)])
+    batch = collate(first)
     for m in ds.modalities:
         assert batch["present"][m].shape == (4,)
     features = name == "features"

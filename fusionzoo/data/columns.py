@@ -66,11 +66,12 @@ class Modality:
 @dataclass
 class Record:
     """One row read: where it is (``line``: a number or a name), its label and each modality's value
-    (None: missing)."""
+    (None: missing); once finished, ``given`` keeps the label as the row wrote it."""
 
     line: Any
     label: Any
     values: dict[str, Any] = field(default_factory=dict)
+    given: Any = None
 
 
 def _check_text_options(options: Mapping[str, Any], where: str) -> None:
@@ -260,7 +261,7 @@ class Columns:
         self.classes = fitted["classes"]
         self.class_index = {c: i for i, c in enumerate(self.classes or [])}
         self.num_classes = 1 if self.task == "regression" else len(self.classes)
-        self.vocabs = {m: Vocab(v["itos"], lower=v["lower"]) for m, v in fitted["vocabs"].items()}
+        self.vocabs = {m: Vocab(v["itos"], lower=v["lower"]) for m, v in fitted["vocabs"].items() if m not in self.raw}
         self.feature_dims = dict(fitted["feature_dims"])
         for m, spec in self.specs.items():
             if spec.kind == "text" and m not in self.vocabs and m not in self.raw or spec.kind == "features" and m not in self.feature_dims:
@@ -268,7 +269,7 @@ class Columns:
 
     def finish(self, record: Record) -> Record:
         """Labels to indices, texts to ids, feature widths checked (in place; :meth:`use` first)."""
-        record.label = self._label_value(record.label)
+        record.given, record.label = record.label, self._label_value(record.label)
         for m, spec in self.specs.items():
             value = record.values[m]
             if value is None:

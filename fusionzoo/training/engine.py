@@ -40,6 +40,7 @@ import torch.distributed as dist
 import yaml
 from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
 from fusionzoo.atomic import atomic_path, pyplot, save_figure_atomic, strict_json, write_json_atomic, write_text_atomic
@@ -191,6 +192,9 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tu
     for split in datasets.values():
         check_input_sizes(cfg, model, split)
     attach_vocabularies(model.encoders, data_vocabularies(datasets["train"], model.encoders))
+    for key in ("cache_frontend", "feature_cache"):
+        if getattr(settings, key) not in (False, "none") and isinstance(datasets["train"], IterableDataset):
+            raise cfg.error(f"train.{key}", f"caches by sample index, and {cfg.data['name']} data streams (no index); use a map-style source (manifest, Parquet)")
     if settings.cache_frontend:
         datasets = cache_frontends(cfg, model, datasets)
     model.to(device)

@@ -3,7 +3,8 @@
 Determinism: the global RNGs (torch's, and numpy's and Python's, which libraries draw from: the
 time masks of Hugging Face speech models come from numpy) are reseeded from ``(seed, epoch, rank)``
 at the start of every epoch
-(:func:`epoch_seed`) and the data order is a function of ``(seed, epoch)``, so a run resumed from
+(:func:`epoch_seed`) and the data order is a function of ``(seed, epoch)`` (a streaming dataset's too:
+:mod:`fusionzoo.data.stream`), so a run resumed from
 the checkpoint of epoch ``e`` continues exactly as the uninterrupted run would (bitwise on the CPU).
 The loader's generator state is saved too, and checked against that rule on restore.
 """
@@ -52,6 +53,8 @@ class TrainState:
             sampler.set_epoch(epoch)
         else:
             self.loader.generator.manual_seed(self.seed + epoch)
+        if hasattr(self.loader.dataset, "set_epoch"):  # a stream: its shard order and shuffle buffer
+            self.loader.dataset.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """What ``state.pt`` holds (the model's weights go to ``model.safetensors``)."""
