@@ -2,7 +2,9 @@
 the time to build each dataset. With the avdigits data present, it is also written as a manifest
 folder (PNG + WAV + captions, ``fusionzoo data export-avdigits``) and read back through the
 ``manifest`` dataset: decoding image, audio and text per sample, from the decoded memory cache, and
-from one Parquet file holding every image's and recording's bytes.
+from one Parquet file holding every image's and recording's bytes, and streamed from WebDataset
+shards (``fusionzoo data shard``: 100 samples a shard, a shuffle buffer of 1,000; its workers
+restart every epoch).
 
     python benchmarks/loader_speed.py [--avdigits ../shared/datasets/avdigits] [--out DIR]
 """
@@ -23,6 +25,7 @@ from fusionzoo.atomic import write_text_atomic
 from fusionzoo.bench import machine_tag
 from fusionzoo.data import make_loader
 from fusionzoo.data.export import export_avdigits
+from fusionzoo.data.shards import write_shards
 
 MANIFEST_MODALITIES = {
     "visual": {"column": "image", "kind": "image", "channels": 1, "normalize": {"mean": [0.1307], "std": [0.3081]}},
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         builds["manifest png+wav+text, cache: memory"] = lambda: fz.create_dataset("manifest", **manifest, cache="memory")
         parquet = _embedded_parquet(items)
         builds["parquet, png+wav bytes inside (2000)"] = lambda: fz.create_dataset("manifest", **{**manifest, "path": parquet})
+        index = write_shards({"name": "manifest", **manifest}, folder / "shards", shard_size=100)
+        builds["webdataset, 20 shards of 100 (2000)"] = lambda: fz.create_dataset("webdataset", path=index)
     for name, build in builds.items():
         start = time.perf_counter()
         ds = build()
