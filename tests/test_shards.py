@@ -203,3 +203,29 @@ def test_two_torchrun_ranks_stream_disjoint_samples(tmp_path):
     a, b = ({tuple(v) for v in r["seen"]} for r in ranks)
     assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 12 and ranks[0]["batches"] == 4
     assert not a & b and len(a | b) == 24  # disjoint, and together every training sample
+
+
+def test_a_streamed_hugging_face_dataset_gives_the_map_style_samples_and_trains(tmp_path):
+    pytest.importorskip("datasets")
+    from test_sources import _hf_dict, _rows
+
+    root, _ = build_folder(tmp_path, n_per_class=12, blank_every=5)
+    _hf_dict(root, _rows(root)).save_to_disk(str(tmp_path / "hf"))
+    mapped = {"name": "hf_dataset", "path": str(tmp_path / "hf"), **{k: v for k, v in data_section(root).items() if k not in ("name", "path")}, "root": str(root)}
+    streamed = {**mapped, "streaming": True, "num_shards": 6, "shuffle_buffer": 5}
+    fitted = {}
+    for split in ("train", "val", "test"):
+        a = build_dataset(load_config({"data": mapped}), split, fitted.get("map"))
+        b = build_dataset(load_config({"data": streamed}), split, fitted.get("stream"))
+        fitted = fitted or {"map": a.fitted, "stream": b.fitted}
+        assert len(b) == len(a) and b.classes == a.classes and b.fitted["vocabs"] == a.fitted["vocabs"]
+        assert sorted(map(_key, b), key=str) == sorted((_key(a[i]) for i in range(len(a))), key=str), split
+    ds = build_dataset(load_config({"data": streamed}), "train")
+    batches = list(make_loader(ds, 4, shuffle=True, num_workers=2))
+    assert len(batches) == 6 and sum(len(b["label"]) for b in batches) == 24
+    run = train({"seed": 0, "data": streamed, "model": MODEL, "train": {"epochs": 1, "batch_size": 4, "lr": 0.01}}, run_dir=tmp_path / "run", log=False)
+    assert run["test"]["n"] == 6
+    with pytest.raises(Exception, match="data: folds: only for a map-style dataset"):
+        build_dataset(load_config({"data": {**streamed, "folds": {"k": 3, "fold": 0}}}), "train")
+    with pytest.raises(Exception, match="data: num_shards: only for a streamed dataset"):
+        build_dataset(load_config({"data": {**mapped, "num_shards": 4}}), "train")

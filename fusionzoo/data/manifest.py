@@ -1,7 +1,7 @@
 """``manifest``: your own data, one row per sample in a table, any mix of modalities.
 
 The table is a CSV or JSONL file, a Parquet file or folder, a pandas DataFrame or a Hugging Face
-dataset (:mod:`fusionzoo.data.sources`; ``hf_dataset`` loads one by name or folder): the column
+dataset (:mod:`fusionzoo.data.sources`; ``hf_dataset``, :mod:`fusionzoo.data.hf`, loads one by name or folder): the column
 specification below is the same for all of them.
 
 A config names a column per modality and how to read it::
@@ -76,10 +76,9 @@ from fusionzoo.data.decode import CellError, DiskCache
 from fusionzoo.data.folds import assign_folds, check_folds, fold_splits
 from fusionzoo.data.image_header import image_size
 from fusionzoo.data.sources import is_table, read_manifest, read_source
-from fusionzoo.extras import require
 from fusionzoo.registry import DATASETS
 
-__all__ = ["ManifestDataset", "from_dataframe", "hf_dataset", "read_manifest", "draw_splits", "SPLITS", "KINDS", "TASK_NAMES"]
+__all__ = ["ManifestDataset", "from_dataframe", "read_manifest", "draw_splits", "SPLITS", "KINDS", "TASK_NAMES"]
 
 SPLITS = ("train", "val", "test")
 
@@ -328,43 +327,6 @@ def from_dataframe(frame: Any, **options: Any) -> ManifestDataset:
     if type(frame).__module__.partition(".")[0] != "pandas":
         raise TypeError(f"from_dataframe: expected a pandas DataFrame, got {type(frame).__name__}")
     return ManifestDataset(path=frame, **options)
-
-
-@DATASETS.register("hf_dataset", tags=("user", "real"))
-def hf_dataset(
-    *,
-    path: str,
-    modalities: Mapping[str, Mapping[str, Any]],
-    label: Mapping[str, Any],
-    config_name: str | None = None,
-    revision: str | None = None,
-    splits: Mapping[str, Any] | None = None,
-    folds: Mapping[str, Any] | None = None,
-    root: str | Path | None = None,
-    on_error: str = "raise",
-    cache: str = "none",
-    cache_dir: str | Path | None = None,
-    check: str = "header",
-    split: str = "train",
-    fitted: Mapping[str, Any] | None = None,
-    raw: tuple[str, ...] | list[str] = (),
-) -> ManifestDataset:
-    """A Hugging Face dataset read through the manifest's column specification: ``path`` is a
-    folder written by ``save_to_disk`` or a hub name (``load_dataset(path, config_name,
-    revision=...)``). Its ``train`` / ``validation`` / ``test`` splits are the splits (or ``splits``
-    / ``folds`` over one split); ``Image`` and ``Audio`` columns are read undecoded and decoded by
-    the manifest's readers, ``Value`` and ``Sequence`` columns are text, labels and features, a
-    ``None`` cell a missing modality."""
-    datasets = require("datasets", "the hf_dataset data source")
-    local = Path(path)
-    try:
-        loaded = datasets.load_from_disk(str(local)) if local.is_dir() else datasets.load_dataset(path, config_name, revision=revision)
-    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
-        raise ValueError(f"hf_dataset: cannot load {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return ManifestDataset(
-        path=loaded, modalities=modalities, label=label, splits=splits, folds=folds, root=root if root is not None else (local if local.is_dir() else None),
-        on_error=on_error, cache=cache, cache_dir=cache_dir, check=check, split=split, fitted=fitted, raw=raw,
-    )
 
 
 def draw_splits(groups: list[str], val: float, test: float, seed: int) -> list[str]:

@@ -126,9 +126,9 @@ class WebDataset(ShardStream):
         self._index_path = Path(path) if path is not None else None
         fitted = fitted if fitted is not None else (index or {}).get("fitted")
         if fitted is None or counts is None:
-            fitted = self._scan(fitted, counts is None)
+            fitted = self.scan(fitted, counts is None)
         elif index is None:  # nothing scanned: the first shard shows the columns are there
-            self._check_columns(self._columns_seen(self.shards[:1]), f"the first shard {self.shards[0]}")
+            self.check_columns(self.columns_seen(self.shards[:1]), f"the first shard {self.shards[0]}")
         self.columns.use(fitted)
 
     @staticmethod
@@ -166,50 +166,6 @@ class WebDataset(ShardStream):
     def describe_shard(self, shard: Path) -> str:
         stat = shard.stat()
         return f"{shard.name}:{stat.st_size}:{stat.st_mtime_ns}"
-
-    def _scan(self, fitted: Mapping[str, Any] | None, count: bool) -> dict[str, Any]:
-        """One pass over the split (nothing decoded): its sample counts, each spec column seen in
-        some sample, and (training split, no fitted state given) the fitted state."""
-        if fitted is None and self.split != "train":
-            raise ValueError(f"{self.origin}: the {self.split} split needs the training split's fitted state")
-        counts, seen, records = [], set(), []
-        keep = {m for m, s in self.specs.items() if s.kind in ("text", "features")}
-        for shard in self.shards:
-            n = 0
-            for where, sample in self.read_shard(shard):
-                n += 1
-                try:
-                    row = self.to_row(sample)
-                    seen.update(k for k, v in row.items() if v is not None)
-                    if fitted is None:
-                        record = self.columns.read_row(where, row, self.root, check=False)
-                        records.append(Record(where, record.label, {m: (v if m in keep else None) for m, v in record.values.items()}))
-                except RowError as e:
-                    if self.on_error == "raise":
-                        raise ValueError(f"{where}: column {e.column!r}: {e}") from None
-            counts.append(n)
-        self._check_columns(seen, self.origin)
-        if count:
-            self.counts = counts
-        if sum(self.counts) == 0:
-            raise ValueError(f"{self.origin}: no samples in the {self.split} split")
-        return dict(fitted) if fitted is not None else self.columns.fit(records, self.origin)
-
-
-    def _columns_seen(self, shards: list[Path]) -> set[str]:
-        seen: set[str] = set()
-        for shard in shards:
-            for where, sample in self.read_shard(shard):
-                try:
-                    seen.update(k for k, v in self.to_row(sample).items() if v is not None)
-                except RowError as e:
-                    raise ValueError(f"{where}: column {e.column!r}: {e}") from None
-        return seen
-
-    def _check_columns(self, seen: set[str], where_seen: str) -> None:
-        for where, column in self.columns.columns:
-            if column not in seen:
-                raise ValueError(f"{where}: no sample of {where_seen} has a member or json field {column!r} (they have {sorted(seen)})")
 
 
 def _read_index(path: Path) -> dict[str, Any]:

@@ -146,7 +146,7 @@ def _hf(dataset: Any) -> Rows:
     for name, part in parts:
         if name is not None and name not in HF_SPLITS:
             raise ValueError(f"Hugging Face dataset: split {name!r} is none of {sorted(HF_SPLITS)}; select the splits to use")
-        part = _undecoded(part)
+        part = undecoded(part)
         for c in part.column_names:
             if c not in columns:
                 columns.append(c)
@@ -160,11 +160,11 @@ def _hf(dataset: Any) -> Rows:
     return Rows(columns, rows, "Hugging Face dataset", "row", digest_rows(columns, rows))
 
 
-def _undecoded(part: Any) -> Any:
+def undecoded(part: Any) -> Any:
     """The split with its ``Image`` and ``Audio`` columns cast to ``decode=False``."""
     from datasets import Audio, Image
 
-    for c, feature in part.features.items():
+    for c, feature in (part.features or {}).items():  # (a streamed hub dataset may not know them)
         if isinstance(feature, (Image, Audio)) and feature.decode:
             part = part.cast_column(c, type(feature)(decode=False))
     return part

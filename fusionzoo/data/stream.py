@@ -44,7 +44,7 @@ import copy
 import hashlib
 import itertools
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,52 @@ class ShardStream(ColumnAttributes, IterableDataset):
         for shard in self.shards:
             h.update(f"{self.describe_shard(shard)};".encode())
         return h.hexdigest()
+
+    # -- fitting and counting, for sources that know neither -----------------------------------
+
+    def scan(self, fitted: Mapping[str, Any] | None, count: bool) -> dict[str, Any]:
+        """One pass over the split (nothing decoded): its sample counts, each spec column seen in
+        some sample, and (training split, no fitted state given) the fitted state."""
+        if fitted is None and self.split != "train":
+            raise ValueError(f"{self.origin}: the {self.split} split needs the training split's fitted state")
+        counts, seen, records = [], set(), []
+        keep = {m for m, s in self.specs.items() if s.kind in ("text", "features")}
+        for shard in self.shards:
+            n = 0
+            for where, sample in self.read_shard(shard):
+                n += 1
+                try:
+                    row = self.to_row(sample)
+                    seen.update(k for k, v in row.items() if v is not None)
+                    if fitted is None:
+                        record = self.columns.read_row(where, row, self.root, check=False)
+                        records.append(Record(where, record.label, {m: (v if m in keep else None) for m, v in record.values.items()}))
+                except RowError as e:
+                    if self.on_error == "raise":
+                        raise ValueError(f"{where}: column {e.column!r}: {e}") from None
+            counts.append(n)
+        self.check_columns(seen, self.origin)
+        if count:
+            self.counts = counts
+        if sum(self.counts) == 0:
+            raise ValueError(f"{self.origin}: no samples in the {self.split} split")
+        return dict(fitted) if fitted is not None else self.columns.fit(records, self.origin)
+
+
+    def columns_seen(self, shards: list[Any]) -> set[str]:
+        seen: set[str] = set()
+        for shard in shards:
+            for where, sample in self.read_shard(shard):
+                try:
+                    seen.update(k for k, v in self.to_row(sample).items() if v is not None)
+                except RowError as e:
+                    raise ValueError(f"{where}: column {e.column!r}: {e}") from None
+        return seen
+
+    def check_columns(self, seen: set[str], where_seen: str) -> None:
+        for where, column in self.columns.columns:
+            if column not in seen:
+                raise ValueError(f"{where}: no sample of {where_seen} has a member or json field {column!r} (they have {sorted(seen)})")
 
     # -- iteration -------------------------------------------------------------------------------
 
