@@ -15,8 +15,15 @@ splits, folds, caches, every row checked). Streamed, nothing is read up front bu
 fitted (one pass over the training split when no ``label.classes``/vocabulary is given and for
 counts the dataset does not know); the splits are the dataset's ``train`` / ``validation`` /
 ``test``, its shards (the hub dataset's files; a ``save_to_disk`` folder cut into ``num_shards``
-contiguous parts, default 16) are dealt to ranks and workers, and ``shuffle_buffer`` and
-``samples_per_epoch`` work as for WebDataset shards (:mod:`fusionzoo.data.stream`).
+contiguous parts) are dealt to ranks and workers, and ``shuffle_buffer`` and ``samples_per_epoch``
+work as for WebDataset shards (:mod:`fusionzoo.data.stream`).
+
+A shard is a contiguous run of rows and the stream shuffles shards and, within its buffer,
+samples, so rows stored in order (sorted by class, as the AV digits export is) stream well only in
+short runs: a folder is cut into runs of 10 rows by default (at most 1,024 shards). With 16 runs of
+125 rows, AV digits' first epoch lost 0.13 more than the manifest's (2.126 against 1.996); with
+runs of 10 the difference is 0.026, within the seeds' spread. A hub dataset's files are its
+shards: a hub dataset sorted by class needs a ``shuffle_buffer`` spanning several of them.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from fusionzoo.registry import DATASETS
 
 __all__ = ["hf_dataset", "HFStream"]
 
+#: The most shards a ``save_to_disk`` folder is cut into by default (runs of 10 rows below that).
+MAX_LOCAL_SHARDS = 1024
 MAP_ONLY = {"splits": None, "folds": None, "cache": "none", "cache_dir": None, "check": "header"}
 
 
@@ -107,7 +116,8 @@ class HFStream(ShardStream):
             if num_shards is not None and (isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1):
                 raise ValueError(f"num_shards: an int >= 1, got {num_shards!r}")
             count, self._version = len(part), part._fingerprint
-            part = part.to_iterable_dataset(num_shards=min(num_shards or 16, max(1, len(part))))
+            fine = min(MAX_LOCAL_SHARDS, -(-len(part) // 10))  # a shard is a contiguous run of rows: keep runs short
+            part = part.to_iterable_dataset(num_shards=max(1, min(num_shards or fine, len(part))))
         else:
             if num_shards is not None:
                 raise ValueError("num_shards: only for a save_to_disk folder (a hub dataset's shards are its files)")
