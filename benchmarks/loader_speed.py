@@ -45,7 +45,7 @@ def time_loader(dataset, batch_size: int, num_workers: int, epochs: int = 2) -> 
     return epochs * len(dataset) / (time.perf_counter() - start)
 
 
-def _embedded_parquet(items: Path) -> Path:
+def embedded_parquet(items: Path) -> Path:
     """The manifest as one Parquet file with each image's and recording's bytes in its cell."""
     import csv
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = {"path": items, "modalities": MANIFEST_MODALITIES, "label": {"column": "label"}}
         builds["manifest png+wav+text train (2000)"] = lambda: fz.create_dataset("manifest", **manifest)
         builds["manifest png+wav+text, cache: memory"] = lambda: fz.create_dataset("manifest", **manifest, cache="memory")
-        parquet = _embedded_parquet(items)
+        parquet = embedded_parquet(items)
         builds["parquet, png+wav bytes inside (2000)"] = lambda: fz.create_dataset("manifest", **{**manifest, "path": parquet})
         index = write_shards({"name": "manifest", **manifest}, folder / "shards", shard_size=100)
         builds["webdataset, 20 shards of 100 (2000)"] = lambda: fz.create_dataset("webdataset", path=index)

@@ -29,23 +29,9 @@ from fusionzoo.config import load_config
 from fusionzoo.data.export import export_avdigits
 from fusionzoo.data.shards import write_shards
 from fusionzoo.training import evaluate_run, train
+from loader_speed import embedded_parquet  # (benchmarks/, the script's folder)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "avdigits_manifest.yaml"
-
-
-def _parquet(items: Path) -> Path:
-    import csv
-
-    import pyarrow
-    import pyarrow.parquet as pq
-
-    rows = [{k: (v if v != "" else None) for k, v in r.items()} for r in csv.DictReader(items.open())]
-    for r in rows:
-        for c in ("image", "audio"):
-            r[c] = None if r[c] is None else (items.parent / r[c]).read_bytes()
-    path = items.with_suffix(".parquet")
-    pq.write_table(pyarrow.Table.from_pylist(rows), str(path))
-    return path
 
 
 def _hf_folder(items: Path, out: Path) -> Path:
@@ -79,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config(CONFIG, [f"data.path={items}", "data.cache=none", "train.epochs=1"])
     sources = {
         "manifest (PNG + WAV files)": base.data,
-        "Parquet (bytes inside)": {**base.data, "path": str(_parquet(items))},
+        "Parquet (bytes inside)": {**base.data, "path": str(embedded_parquet(items))},
         "WebDataset shards (20 x 100, streamed)": {"name": "webdataset", "path": str(write_shards(base.data, work / "shards", shard_size=100))},
         "Hugging Face save_to_disk, streamed": {**{k: v for k, v in base.data.items() if k != "splits"}, "name": "hf_dataset",
                                                 "path": str(_hf_folder(items, work / "hf")), "streaming": True},
