@@ -1157,3 +1157,23 @@ def test_images_smaller_than_the_encoder_reads_are_refused_at_the_start_naming_r
     config["data"]["modalities"]["visual"]["size"] = [8, 8]
     with pytest.raises(ConfigError, match=r"VisualCNN reads images of at least 16x16 pixels; 1 is smaller .*\(8x8 pixels\)"):
         train(config, run_dir=tmp_path / "run", log=False)
+
+
+@pytest.mark.parametrize("name", __import__("fusionzoo").list_fusions())
+def test_a_block_remembers_passing_inputs_but_checks_anything_new(name):
+    """``prepare`` skips the checks for inputs shaped as the last ones that passed; a new width, batch
+    size or dtype is checked in full and named."""
+    import fusionzoo as fz
+
+    block = fz.FUSIONS.get(name).example().eval()
+    feats = block.example_input(2)
+    first = block(feats)
+    assert torch.equal(block(feats), first)  # remembered: the same result
+    m = sorted(feats)[0]
+    with pytest.raises(ValueError, match=rf"features\['{m}'\]"):
+        block({**feats, m: feats[m][..., :-1]})
+    with pytest.raises(ValueError, match="batch size"):
+        block({**feats, m: feats[m][:1]})
+    with pytest.raises(TypeError, match=rf"features\['{m}'\] is float64"):
+        block({**feats, m: feats[m].double()})
+    assert torch.equal(block(feats), first)
