@@ -13,7 +13,7 @@ from fusionzoo.transfer import STRATEGIES
 __all__ = ["TrainSettings"]
 
 INT_KEYS = ("epochs", "batch_size", "min_present", "num_workers", "keep_checkpoints", "log_every")
-FLOAT_KEYS = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "modality_dropout")
+FLOAT_KEYS = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "modality_dropout", "ema")
 BOOL_KEYS = ("decay_norms_and_biases", "amp", "compile", "progress", "cache_frontend")
 NULLABLE = ("grad_clip", "progress")
 SUBSECTIONS = {
@@ -70,6 +70,12 @@ class TrainSettings:
     ``patience`` epochs without an improvement larger than ``min_delta``; ``select`` (``best`` or
     ``last``) is the checkpoint that ``test`` is evaluated on, once, after the last epoch.
 
+    ``ema`` (default 0: off): the decay of an exponential moving average of the weights (and
+    BatchNorm statistics), updated after every optimizer step (``torch.optim.swa_utils.AveragedModel``);
+    with it on, validation, selection, the checkpoints' ``model.safetensors``, test and everything
+    that loads a run use the averaged weights, and ``state.pt`` keeps the trained ones for
+    ``--resume``. 0.99 averages over about the last 100 steps.
+
     ``on_nonfinite``: ``stop`` (default) ends the run with an error naming the epoch and step of the
     first non-finite loss, before that epoch's checkpoint is written; ``skip_batch`` skips a batch
     whose loss or gradients are not finite (and restores the BatchNorm statistics it touched),
@@ -91,6 +97,7 @@ class TrainSettings:
     warmup_epochs: float = 0.5
     grad_clip: float | None = 1.0
     modality_dropout: float = 0.0
+    ema: float = 0.0
     min_present: int = 1
     amp: bool = True
     compile: bool = False
@@ -151,6 +158,7 @@ class TrainSettings:
             "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs,
             "grad_clip": self.grad_clip is None or self.grad_clip > 0,
             "modality_dropout": 0 <= self.modality_dropout <= 1,
+            "ema": 0 <= self.ema < 1,
             "min_present": self.min_present >= 0,
             "num_workers": self.num_workers >= 0,
             "device": self.device in ("auto", "cpu", "cuda"),

@@ -205,3 +205,26 @@ def test_loss_and_optimizer_errors_name_the_key(train_section, message):
     cfg["train"].update(train_section)
     with pytest.raises(ConfigError, match=message):
         fz.load_config(cfg)
+
+
+def test_ema_is_what_is_validated_and_saved_and_resumes_bitwise(tmp_path):
+    """``train.ema``: training is unchanged (the trained weights in ``state.pt`` are the plain run's),
+    the averaged weights are validated, checkpointed and tested, and a resume ends bitwise the same."""
+    import shutil
+
+    plain = train(tiny_cfg(), run_dir=tmp_path / "plain", log=False)
+    full = train(tiny_cfg(ema=0.9), run_dir=tmp_path / "full", log=False)
+    last = tmp_path / "full" / "checkpoints" / "epoch-002"
+    state = torch.load(last / "state.pt", weights_only=True)
+    averaged, trained = load_file(str(last / "model.safetensors")), state["trained_weights"]
+    unaveraged = load_file(str(tmp_path / "plain" / "checkpoints" / "epoch-002" / "model.safetensors"))
+    assert all(torch.equal(trained[k], unaveraged[k]) for k in unaveraged)  # the average does not change training
+    assert any(not torch.equal(averaged[k], trained[k]) for k in averaged if averaged[k].is_floating_point())
+    assert full["val"]["loss"] != plain["val"]["loss"] and int(state["ema_updates"]) == 6  # 96 / 32 x 2 epochs
+    part = tmp_path / "part"
+    train(tiny_cfg(ema=0.9), run_dir=part, log=False)
+    (part / "checkpoints" / "last").write_text("epoch-001\n")
+    shutil.rmtree(part / "checkpoints" / "epoch-002")
+    assert train(tiny_cfg(ema=0.9), run_dir=part, resume=True, log=False)["weights_sha256"] == full["weights_sha256"]
+    with pytest.raises(ConfigError, match=r"train\.ema: invalid value 1\.0"):
+        train(tiny_cfg(ema=1.0), run_dir=tmp_path / "bad", log=False)

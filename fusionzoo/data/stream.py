@@ -141,7 +141,9 @@ class ShardStream(ColumnAttributes, IterableDataset):
         return self._rank_samples() if self._shuffle else total if self._limit is None else min(self._limit, total)
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(f"{self.origin};{self.samples_per_epoch}".encode())
+        """SHA-256 of the epoch's length and each shard as :meth:`describe_shard` gives it (``--resume``
+        compares them; the shards' folder may move)."""
+        h = hashlib.sha256(f"{self.samples_per_epoch}".encode())
         for shard in self.shards:
             h.update(f"{self.describe_shard(shard)};".encode())
         return h.hexdigest()

@@ -40,6 +40,7 @@ import torch.distributed as dist
 import yaml
 from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
@@ -219,7 +220,8 @@ def _set_up(cfg: ExperimentConfig, run_dir: Path, log: bool, resume: bool) -> tu
     steps = len(loader)
     schedule = warmup_cosine(round(settings.warmup_epochs * steps), settings.epochs * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, objective=objective, loader=loader, seed=cfg.seed)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True) if settings.ema > 0 else None
+    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, objective=objective, loader=loader, seed=cfg.seed, ema=ema)
     run = _Run(
         cfg=cfg, run_dir=run_dir, rank=rank, world=world, device=device, say=say, loaders=loaders, objective=objective,
         selection=_selection(cfg, objective), unfreezer=unfreezer, init_report=init_report, data_files=data_files,
@@ -397,7 +399,7 @@ def _restore(run: _Run, state: TrainState) -> None:
         if checkpoint is None:
             break
         try:
-            restored = load_checkpoint(checkpoint, state.model)
+            restored = load_checkpoint(checkpoint, state.evaluated)
             break
         except CheckpointError as e:  # verified, but its state does not load: passed over as a corrupted one is
             failed += (checkpoint,)
@@ -477,6 +479,7 @@ def _train_epoch(run: _Run, state: TrainState, step: nn.Module, epoch: int) -> d
             nn.utils.clip_grad_norm_(trained, settings.grad_clip)
         state.optimizer.step()
         state.scheduler.step()
+        state.step_done()
         totals += stats
         if run.loggers and state.scheduler.last_epoch % settings.log_every == 0:  # one host sync per logged step
             run.loggers.log_step(state.scheduler.last_epoch, {"loss": loss.item(), "lr": state.scheduler.get_last_lr()[0]})
@@ -523,7 +526,7 @@ def _show_progress(run: _Run) -> bool:
 def _validate(run: _Run, state: TrainState) -> dict[str, Any]:
     """The epoch's validation metrics; under ``torchrun`` rank 0's (BatchNorm statistics are per
     process), so every rank makes the same selection and stopping decisions."""
-    metrics = run.objective.evaluate(state.model, run.loaders, "val", run.device)
+    metrics = run.objective.evaluate(state.evaluated, run.loaders, "val", run.device)
     if run.world > 1:
         shared = [metrics]
         dist.broadcast_object_list(shared, src=0)
@@ -549,7 +552,7 @@ def _end_epoch(run: _Run, state: TrainState, record: dict[str, Any]) -> None:
     if run.is_main:
         with (run.run_dir / "log.jsonl").open("a") as f:
             f.write(strict_json(record) + "\n")
-        save_checkpoint(run.run_dir, state.epoch, state.model, state.state_dict(), keep=run.cfg.train.keep_checkpoints, best=best)
+        save_checkpoint(run.run_dir, state.epoch, state.evaluated, state.state_dict(), keep=run.cfg.train.keep_checkpoints, best=best)
         if run.loggers:
             run.loggers.log_epoch(state.scheduler.last_epoch, record)
     if run.on_epoch is not None:
@@ -570,7 +573,7 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
     """Evaluate ``test`` once on the selected checkpoint; write ``metrics.json`` and ``curves.png``;
     tear the process group down."""
     history, settings = state.history, run.cfg.train
-    digest = _weights_digest(state.model)
+    digest = _weights_digest(state.evaluated)
     digests = [digest]
     if run.world > 1:
         digests = [None] * run.world
@@ -580,9 +583,9 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
     test = None
     if history and run.is_main and run.test:  # the only evaluation of test, on the selected weights
         if selected != state.epoch:
-            load_model_weights(state.model, run.run_dir / "checkpoints" / f"epoch-{selected:03d}")
+            load_model_weights(state.evaluated, run.run_dir / "checkpoints" / f"epoch-{selected:03d}")
         predictions: dict[str, Tensor] = {}
-        test = run.objective.evaluate(state.model, run.loaders, "test", run.device, predictions=predictions)
+        test = run.objective.evaluate(state.evaluated, run.loaders, "test", run.device, predictions=predictions)
         if predictions:  # what the leaderboard's per-sample bootstrap resamples (pooled over folds)
             with atomic_path(run.run_dir / PREDICTIONS) as tmp:
                 save_file({k: v.contiguous() for k, v in predictions.items()}, str(tmp), metadata={"epoch": str(selected)})

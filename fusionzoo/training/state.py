@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 __all__ = ["TrainState", "epoch_seed"]
@@ -41,6 +42,18 @@ class TrainState:
     seed: int
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The moving average of the weights (``train.ema``), or None.
+    ema: AveragedModel | None = None
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that are validated, checkpointed and tested: the average when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+    def step_done(self) -> None:
+        """After an optimizer step: the average takes the new weights in."""
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def begin_epoch(self, epoch: int, rank: int) -> None:
         """Reseed the global RNGs and fix the data order of ``epoch``."""
@@ -66,7 +79,10 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(),
             "objective": self.objective.state_dict(),
             "loader_generator": self.loader.generator.get_state(),
-        }
+        } | ({} if self.ema is None else {  # the checkpoint's model.safetensors holds the average
+            "trained_weights": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "ema_updates": self.ema.n_averaged.detach().cpu().clone(),
+        })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["seed"]) != self.seed:
@@ -75,4 +91,9 @@ class TrainState:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.loader.generator.set_state(state["loader_generator"])
+        if (self.ema is None) != ("trained_weights" not in state):
+            raise ValueError("the checkpoint was trained " + ("without" if self.ema is not None else "with") + " train.ema, the config says otherwise")
+        if self.ema is not None:
+            self.model.load_state_dict(state["trained_weights"])
+            self.ema.n_averaged.copy_(state["ema_updates"])
         self.history, self.epoch = list(state["history"]), int(state["epoch"])
