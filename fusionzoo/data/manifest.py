@@ -1,8 +1,9 @@
 """``manifest``: your own data, one row per sample in a table, any mix of modalities.
 
 The table is a CSV or JSONL file, a Parquet file or folder, a pandas DataFrame or a Hugging Face
-dataset (:mod:`fusionzoo.data.sources`; ``hf_dataset``, :mod:`fusionzoo.data.hf`, loads one by name or folder): the column
-specification below is the same for all of them.
+dataset (:mod:`fusionzoo.data.sources`; ``hf_dataset``, :mod:`fusionzoo.data.hf`, loads one by name
+or folder): the column specification below (:mod:`fusionzoo.data.columns`) is the same for all of
+them, and for the streamed sources (``webdataset``, ``hf_dataset`` with ``streaming: true``).
 
 A config names a column per modality and how to read it::
 

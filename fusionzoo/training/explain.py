@@ -164,8 +164,10 @@ def explain_run(
     if samples is not None:
         if samples < 1:
             raise ValueError(f"explain: --samples must be >= 1, got {samples}")
-        first = range(min(samples, len(dataset)))
-        dataset = dataset.take(samples) if hasattr(dataset, "take") else torch.utils.data.Subset(dataset, first)
+        if hasattr(dataset, "take"):  # a stream: its first samples in shard order
+            dataset = dataset.take(samples)
+        else:
+            dataset = torch.utils.data.Subset(dataset, range(min(samples, len(dataset))))
     loader = make_loader(dataset, batch_size, preprocess=preprocessors(model.encoders))
     result = explain(model, loader, value, exact_up_to, permutations, task)
     names = _output_names(task, getattr(dataset, "dataset", dataset), result)

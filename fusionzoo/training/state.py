@@ -32,7 +32,8 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 @dataclass
 class TrainState:
     """Model, optimizer, scheduler, objective (its modules, learned task weights and loss history),
-    the epoch reached, the metrics history, the seed and the training loader's order."""
+    the epoch reached, the metrics history, the seed, the training loader's order and, with
+    ``train.ema``, the moving average of the weights."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
