@@ -190,8 +190,8 @@ def test_the_avdigits_export_from_every_source_trains_as_the_manifest(tmp_path):
     sections = {"manifest": base.data, "parquet": {**base.data, "path": str(tmp_path / "avd.parquet")},
                 "hf_dataset": {**base.data, "name": "hf_dataset", "path": str(tmp_path / "hf")},
                 "dataframe": {**base.data, "path": pd.DataFrame(embedded)}}
-    streams = {"webdataset": {"name": "webdataset", "path": str(write_shards(base.data, tmp_path / "shards", shard_size=100))},
-               "hf streaming": {**{k: v for k, v in sections["hf_dataset"].items() if k != "splits"}, "streaming": True}}
+    # (the streamed Hugging Face dataset: tests/test_shards.py and benchmarks/sources_first_epoch.py)
+    streams = {"webdataset": {"name": "webdataset", "path": str(write_shards(base.data, tmp_path / "shards", shard_size=100))}}
     losses = {}
     for name, section in {**sections, **streams}.items():
         cfg = {**base.to_dict(), "data": section}
