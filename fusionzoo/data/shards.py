@@ -123,7 +123,6 @@ class WebDataset(ShardStream):
             root=Path(root) if root is not None else files[0].parent, origin=origin, shuffle_buffer=shuffle_buffer,
             samples_per_epoch=samples_per_epoch if split == "train" else None, on_error=on_error,
         )
-        self._index_path = Path(path) if path is not None else None
         fitted = fitted if fitted is not None else (index or {}).get("fitted")
         if fitted is None or counts is None:
             fitted = self.scan(fitted, counts is None)
