@@ -323,10 +323,12 @@ class Columns:
 
 
 class ColumnAttributes:
-    """What a dataset read through :class:`Columns` (its ``columns``) tells the model builder:
-    modalities, task, classes, vocabularies, sample rates, input standardisation."""
+    """What a dataset read through :class:`Columns` (its ``columns``) of one ``split`` tells the
+    model builder: modalities, task, classes, vocabularies, sample rates, input standardisation,
+    augmentation."""
 
     columns: Columns
+    split: str
 
     specs = property(lambda self: self.columns.specs)
     raw = property(lambda self: self.columns.raw)
@@ -352,6 +354,11 @@ class ColumnAttributes:
     @property
     def standardized(self) -> tuple[str, ...]:
         return tuple(m for m, s in self.columns.specs.items() if s.kind == "image" and s.reader.normalized)
+
+    @property
+    def augmented(self) -> tuple[str, ...]:
+        """Modalities whose training samples are augmented at random (different at every read)."""
+        return tuple(m for m, s in self.columns.specs.items() if s.options.get("augment")) if self.split == "train" else ()
 
     @property
     def sample_rates(self) -> dict[str, int]:

@@ -120,8 +120,6 @@ class ManifestDataset(ColumnAttributes, Dataset):
         self.columns = Columns(modalities, label, raw)
         #: Modalities not to read at all (their samples come from elsewhere: the frozen-feature cache).
         self.skip: set[str] = set()
-        #: Modalities whose training samples are augmented at random (different at every read).
-        self.augmented = tuple(m for m, s in self.specs.items() if s.options.get("augment")) if split == "train" else ()
         self.source = read_source(path)
         self.origin = self.source.origin
         columns, rows = self.source.columns, self.source.rows

@@ -236,7 +236,7 @@ def write_shards(section: Mapping[str, Any], out: str | Path, shard_size: int, s
         raise ValueError(f"data.name: {section.get('name')!r} is not a table source; shards are written from manifest or hf_dataset data")
     columns = Columns(modalities, section["label"])
     spec = {m: {**modalities[m], "column": m} for m in train.specs}
-    label = {k: v for k, v in section["label"].items() if k not in ("separator",)} | {"column": "label"}
+    label = {k: v for k, v in section["label"].items() if k != "separator"} | {"column": "label"}
     fitted = columns.fit([Record(r.line, r.given, dict(r.values)) for r in train.records], train.origin)
     index: dict[str, Any] = {"format": FORMAT, "origin": train.origin, "modalities": spec, "label": label, "fitted": fitted, "splits": {}}
     with atomic_folder(out) as tmp:

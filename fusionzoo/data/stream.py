@@ -89,7 +89,6 @@ class ShardStream(ColumnAttributes, IterableDataset):
         self.shuffle_buffer, self._samples_per_epoch = shuffle_buffer, samples_per_epoch
         #: Modalities not to read at all.
         self.skip: set[str] = set()
-        self.augmented = tuple(m for m, s in self.specs.items() if s.options.get("augment")) if split == "train" else ()
         self.epoch, self._limit = 0, None
         # how a loader reads it (:meth:`stream`); by default, in order, as one process would
         self._batch_size, self._shuffle, self._drop_last, self._seed, self._rank, self._world = 1, False, False, 0, 0, 1
