@@ -9,11 +9,13 @@ puts on ``sys.path``.
 
 Each pair is built at the reference shape (B=256, ``{"audio": 128, "text": 256, "visual": 512}`` ->
 256) with matched widths, and timed forward+backward with gradients flowing on to the inputs (as
-inside a model), ``--rounds`` times, ours and theirs alternating (the order flips every round),
+inside a model; each call starts with every parameter's and input's ``.grad`` set to None, as after
+an optimizer's ``zero_grad``), ``--rounds`` times, ours and theirs alternating (the order flips every round),
 each time with ``torch.utils.benchmark.Timer``; the table gives the medians, the ratio peer / ours
 (above 1: ours is faster) with the interquartile range of the per-round ratios, and the share of
 the float32 matmul rate measured in the same run. A pair whose ratio range spans 1 is a tie: the
-difference is within this machine's round-to-round noise. Ours are called
+difference is within this machine's round-to-round noise. The A/A column times a second, freshly
+built instance of the peer against the first: how far two identical blocks already differ here. Ours are called
 without ``present`` (the peers have no missing-modality handling), so they take the fast path; the
 second column forces the masked path (``block.fast_path = False``: the presence machinery running
 although nothing is missing, as every call did before the fast path).
@@ -102,28 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     feats = {m: torch.randn(args.batch_size, d, generator=g).requires_grad_() for m, d in REFERENCE_DIMS.items()}
     grad = torch.randn(args.batch_size, 256, generator=g)
 
-    def step(block: nn.Module, fast: bool = True) -> None:
-        if hasattr(block, "fast_path"):
-            block.fast_path = fast
-        block.zero_grad(set_to_none=True)
-        for x in feats.values():
+    def step(block: nn.Module, leaves: list[torch.Tensor]) -> None:
+        for x in leaves:  # as an optimizer's zero_grad: every parameter and input starts without a gradient
             x.grad = None
         block(feats).backward(grad)
 
     rows = []
-    for name, (ours, peer) in pairs().items():
-        ours.train(), peer.train()
-        calls = {
-            "ours": lambda ours=ours: step(ours),
-            "ours, masked path": lambda ours=ours: step(ours, fast=False),
-            "peer": lambda peer=peer: step(peer),
-        }
-        times: dict[str, list[float]] = {k: [] for k in calls}
-        for r in range(args.rounds):
-            for key in list(calls)[:: 1 if r % 2 == 0 else -1]:
-                times[key].append(time_callable(calls[key], "cpu", args.min_time)[0] * 1e3)
+    for (name, (ours, peer)), (_, peer_again) in zip(pairs().items(), pairs().values()):
+        blocks = {"ours": ours, "ours, masked path": ours, "peer": peer, "peer, second instance": peer_again}
+        calls = {}
+        for key, block in blocks.items():
+            leaves = [*block.train().parameters(), *feats.values()]
+            calls[key] = lambda block=block, leaves=leaves: step(block, leaves)
+        times = time_rounds(calls, ours, args.rounds, args.min_time)
         med = {k: statistics.median(v) for k, v in times.items()}
-        ratios = [p / o for p, o in zip(times["peer"], times["ours"])]
         flops = {"ours": count_flops(calls["ours"]), "peer": count_flops(calls["peer"])}
         rows.append({
             "pair": name,
@@ -132,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             "flops": flops,
             "params": {"ours": sum(p.numel() for p in ours.parameters()), "peer": sum(p.numel() for p in peer.parameters())},
             "peer_over_ours": med["peer"] / med["ours"],
-            "peer_over_ours_iqr": statistics.quantiles(ratios, n=4)[::2],
+            "peer_over_ours_iqr": ratio_iqr(times["peer"], times["ours"]),
             "peer_over_ours_masked": med["peer"] / med["ours, masked path"],
+            "peer_over_peer_again_iqr": ratio_iqr(times["peer"], times["peer, second instance"]),
             "pct_of_peak": {"ours": 100 * flops["ours"] / (med["ours"] / 1e3) / peak, "peer": 100 * flops["peer"] / (med["peer"] / 1e3) / peak},
         })
         print(f"{name}: ours {med['ours']:.2f} ms (masked path {med['ours, masked path']:.2f}), peer {med['peer']:.2f} ms", flush=True)
@@ -144,6 +139,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def time_rounds(calls: dict, ours: nn.Module, rounds: int, min_time: float) -> dict[str, list[float]]:
+    """Milliseconds per call of each entry, ``rounds`` times, the order flipping every round."""
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for r in range(rounds):
+        for key in list(calls)[:: 1 if r % 2 == 0 else -1]:
+            ours.fast_path = key == "ours"  # set outside the timed call: the peer's step has nothing like it
+            times[key].append(time_callable(calls[key], "cpu", min_time)[0] * 1e3)
+    ours.fast_path = True
+    return times
+
+
+def ratio_iqr(numerator: list[float], denominator: list[float]) -> list[float]:
+    """The interquartile range of the per-round ratios."""
+    return statistics.quantiles([a / b for a, b in zip(numerator, denominator)], n=4)[::2]
+
+
 def render(payload: dict) -> str:
     lines = [
         "# Fusion blocks vs TorchMultimodal",
@@ -152,16 +163,17 @@ def render(payload: dict) -> str:
         f"{payload['machine']['torch']}, peer {', '.join(payload['peer'])}. B={payload['batch_size']}, forward+backward, "
         f"median of {payload['rounds']} interleaved rounds; float32 matmul peak in the same run {payload['matmul_peak_gflops']:.1f} GFLOP/s.",
         "",
-        "| block | ours ms | ours, masked path ms | TorchMultimodal ms | peer / ours | per-round ratio IQR | verdict | peer / ours (masked path) | ours % of peak | peer % of peak |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| block | ours ms | ours, masked path ms | TorchMultimodal ms | peer / ours | per-round ratio IQR | verdict | peer / peer (A/A) IQR | peer / ours (masked path) | ours % of peak | peer % of peak |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in payload["rows"]:
         ms, pct = r["ms"], r["pct_of_peak"]
         low, high = r["peer_over_ours_iqr"]
+        aa_low, aa_high = r["peer_over_peer_again_iqr"]
         verdict = "ours faster" if low > 1 else "peer faster" if high < 1 else "tie (within noise)"
         lines.append(
             f"| `{r['pair']}` | {ms['ours']:.2f} | {ms['ours, masked path']:.2f} | {ms['peer']:.2f} | {r['peer_over_ours']:.2f}x | "
-            f"{low:.2f}-{high:.2f} | {verdict} | "
+            f"{low:.2f}-{high:.2f} | {verdict} | {aa_low:.2f}-{aa_high:.2f} | "
             f"{r['peer_over_ours_masked']:.2f}x | {pct['ours']:.0f}% | {pct['peer']:.0f}% |"
         )
     return "\n".join(lines) + "\n"

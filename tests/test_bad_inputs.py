@@ -1162,7 +1162,8 @@ def test_images_smaller_than_the_encoder_reads_are_refused_at_the_start_naming_r
 @pytest.mark.parametrize("name", __import__("fusionzoo").list_fusions())
 def test_a_block_remembers_passing_inputs_but_checks_anything_new(name):
     """``prepare`` skips the checks for inputs shaped as the last ones that passed; a new width, batch
-    size or dtype is checked in full and named."""
+    size, dtype or order is checked in full and named, and so is any call after a cast of a model
+    holding the block."""
     import fusionzoo as fz
 
     block = fz.FUSIONS.get(name).example().eval()
@@ -1176,4 +1177,10 @@ def test_a_block_remembers_passing_inputs_but_checks_anything_new(name):
         block({**feats, m: feats[m][:1]})
     with pytest.raises(TypeError, match=rf"features\['{m}'\] is float64"):
         block({**feats, m: feats[m].double()})
+    assert torch.equal(block(feats), first)
+    assert torch.equal(block(dict(reversed(feats.items()))), first)  # another order: the block's order all the same
+    holder = torch.nn.ModuleDict({"fusion": block}).double()
+    with pytest.raises(TypeError, match="parameters are float64"):
+        block(feats)
+    holder.float()
     assert torch.equal(block(feats), first)

@@ -72,13 +72,15 @@ class FusionBlock(nn.Module):
         """Validate the inputs and complete them to every modality; ``present`` comes back ``None``
         when nothing is missing (the fast path). See the module docstring.
 
-        On the fast path, inputs whose shapes, dtypes and devices (and the parameters' device and
-        dtype) are those of the last call that passed the checks are not checked again: the first
-        call with anything new is checked in full and names the modality."""
-        seen = self._seen(features) if present is None and self.fast_path else None
-        if seen is not None and seen == self.__dict__.get("_passed"):
-            tokens = self.input_kind == "tokens"
-            return {m: features[m].unsqueeze(1) if tokens and features[m].dim() == 2 else features[m] for m in self.modalities}, None
+        On the fast path, a call whose inputs have the modalities (in the same order), shapes, dtypes
+        and devices of the last call that passed the checks, with the same first parameter and no
+        cast or move since, is not checked again: the first call with anything new is checked in
+        full and names the modality."""
+        memo = self.__dict__.get("_passed")
+        if memo is not None and present is None and self.fast_path and self._passes_again(features, memo):
+            if self.input_kind == "tokens":
+                return {m: features[m].unsqueeze(1) if features[m].dim() == 2 else features[m] for m in self.modalities}, None
+            return {m: features[m] for m in self.modalities}, None
         where = type(self).__name__
         self._check_keys(features, present, where)
         self._check_dtype_device(features, where)
@@ -105,8 +107,8 @@ class FusionBlock(nn.Module):
             out_p[m] = self._presence(present, m, x, where)
 
         if self._nothing_missing(out_f, out_p):
-            if seen is not None:
-                self.__dict__["_passed"] = seen
+            if present is None:
+                self._remember(features)
             return out_f, None
         for m, mask in list(out_p.items()):
             if mask is None:
@@ -142,21 +144,37 @@ class FusionBlock(nn.Module):
                     f"{where}: present[{m!r}] is given but features has no {m!r} (features holds {sorted(features)})"
                 )
 
-    def _seen(self, features: object) -> tuple | None:
-        """What the checks of a call without ``present`` depend on: each modality's shape, dtype and
-        device and the parameters' device and dtype; None when that is not all there is to it
-        (missing modalities, a dtype other than the parameters', as under autocast, where the
-        check depends on the autocast state)."""
-        if type(features) is not dict or len(features) != len(self.modalities):
-            return None
-        param = self._first_parameter()
-        key: list = [None if param is None else (param.device, param.dtype)]
-        for m in self.modalities:
-            x = features.get(m)
-            if not isinstance(x, Tensor) or param is not None and x.dtype != param.dtype:
-                return None
-            key.append((x.shape, x.dtype, x.device))
-        return tuple(key)
+    def _remember(self, features: dict[str, Tensor]) -> None:
+        """Keep what the checks of this passing call without ``present`` depended on (see
+        :meth:`_passes_again`). Not kept for features in a dtype other than the parameters' (as under
+        autocast, where the check depends on the autocast state)."""
+        self.__dict__.pop("_passed", None)
+        links = self._first_parameter_links()
+        if links and any(x.dtype != links[-1][2].dtype for x in features.values()):
+            return
+        self.__dict__["_passed"] = (links, tuple((m, x.shape, x.dtype, x.device) for m, x in features.items()))
+
+    @staticmethod
+    def _passes_again(features: object, memo: tuple) -> bool:
+        """Whether ``features`` has the kept call's modalities in its order, with its shapes, dtypes and
+        devices, and the first parameter is the same object (looked up through the same module and
+        parameter dicts, so a replaced submodule or parameter is seen). A cast or a move of the block
+        drops what was kept (:meth:`_apply`)."""
+        links, signature = memo
+        if type(features) is not dict or len(features) != len(signature):
+            return False
+        for container, key, value in links:
+            if container.get(key) is not value:
+                return False
+        for (m, shape, dtype, device), (k, x) in zip(signature, features.items()):
+            if k != m or not isinstance(x, Tensor) or x.shape != shape or x.dtype is not dtype or x.device != device:
+                return False
+        return True
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """``.to()``, ``.double()``, ``.cuda()``… of the block or of a model holding it: the next call is checked in full."""
+        self.__dict__.pop("_passed", None)
+        return super()._apply(fn, recurse)
 
     def _nothing_missing(self, features: dict[str, Tensor], present: dict[str, Tensor | None]) -> bool:
         if not self.fast_path or len(features) < len(self.modalities):
@@ -186,23 +204,32 @@ class FusionBlock(nn.Module):
                 )
 
     def _first_parameter(self) -> Tensor | None:
-        """The block's first parameter. Its path is looked up once (walking the module tree costs
-        ~40 us a call) and followed through the ``_modules`` / ``_parameters`` dicts on every call
-        (``get_parameter`` costs ~4 us), so a replaced parameter or submodule is still seen."""
+        """The block's first parameter, read in place now (after ``.to()``, a replaced parameter or a
+        replaced submodule)."""
+        links = self._first_parameter_links()
+        return links[-1][2] if links else None
+
+    def _first_parameter_links(self) -> tuple[tuple[dict, str, object], ...]:
+        """``(dict, key, value)`` for each step from the block down to its first parameter: the
+        ``_modules`` dicts, then the ``_parameters`` dict holding it. Its path is looked up once
+        (walking the module tree costs ~40 us a call) and followed on every call, so a replaced
+        parameter or submodule is seen."""
         path = self.__dict__.get("_first_param_path")
         if path is not None:
-            module: nn.Module | None = self
+            links, module = [], self
             for key in path[:-1]:
-                module = module._modules.get(key)  # type: ignore[union-attr]
-                if module is None:
+                child = module._modules.get(key)
+                if child is None:
                     break
+                links.append((module._modules, key, child))
+                module = child
             else:
-                param = module._parameters.get(path[-1])  # type: ignore[union-attr]
+                param = module._parameters.get(path[-1])
                 if param is not None:
-                    return param
+                    return (*links, (module._parameters, path[-1], param))
         name = next((n for n, _ in self.named_parameters()), None)
         self.__dict__["_first_param_path"] = None if name is None else tuple(name.split("."))
-        return None if name is None else self.get_parameter(name)
+        return () if name is None else self._first_parameter_links()
 
     def _presence(self, present: dict[str, Tensor] | None, m: str, x: Tensor, where: str) -> Tensor | None:
         """The validated mask of ``m`` shaped as ``x`` without its last dim; ``None`` when not given."""
