@@ -50,7 +50,8 @@ def test_train_speed_extracts_a_revision_and_renders(tmp_path):
 def test_peers_verdict_reads_the_per_round_ratio_range():
     def row(name, low, high):
         return {"pair": name, "ms": {"ours": 1.0, "ours, masked path": 1.2, "peer": 1.0}, "peer_over_ours": (low + high) / 2,
-                "peer_over_ours_iqr": [low, high], "peer_over_ours_masked": 0.8, "pct_of_peak": {"ours": 50.0, "peer": 50.0}}
+                "peer_over_ours_iqr": [low, high], "peer_over_ours_masked": 0.8, "peer_over_peer_again_iqr": [0.99, 1.01],
+                "pct_of_peak": {"ours": 50.0, "peer": 50.0}}
 
     payload = {"command": "python benchmarks/peers.py", "machine": {"cpu": "cpu", "threads": 2, "torch": "2"}, "peer": ["tmm"],
                "batch_size": 256, "rounds": 9, "matmul_peak_gflops": 100.0,
@@ -58,7 +59,7 @@ def test_peers_verdict_reads_the_per_round_ratio_range():
     lines = {line.split("|")[1].strip(): line for line in peers.render(payload).splitlines() if line.startswith("| `")}
     assert "| 1.02-1.05 | ours faster |" in lines["`a`"]
     assert "| 0.97-1.01 | tie (within noise) |" in lines["`b`"]
-    assert "| 0.93-0.98 | peer faster |" in lines["`c`"]
+    assert "| 0.93-0.98 | peer faster | 0.99-1.01 |" in lines["`c`"]  # then the A/A range
 
 
 @pytest.mark.slow
